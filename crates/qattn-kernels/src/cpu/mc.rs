@@ -1,0 +1,840 @@
+//! Monte-Carlo attention estimators on the CPU.
+//!
+//! For a block of queries the logits against all visible keys are computed with one matmul into
+//! a per-task buffer (block × Lk, never Lq × Lk); each row is then turned into unnormalised
+//! weights w_j = exp(l_j − max) and sampled by inverse CDF: targets u·W are walked once along the
+//! running sum of w (accumulated in f64, left to right), so a draw is a pure function of its
+//! Philox uniform and the row. See docs/estimators.md for the estimators' maths.
+
+use super::exact::{self, key_limit};
+use super::gemm::{Mat, matmul};
+use super::{HeadInput, Problem};
+use crate::math;
+use crate::noise::Channel;
+use crate::philox::{SampleStream, Stream};
+use crate::spec::{Estimator, EstimatorSpec};
+use rayon::prelude::*;
+
+/// Query rows per task for the sampling estimators.
+const BQM: usize = 32;
+/// Rounds of shots drawn before giving up when noise discards every shot of a query.
+const MAX_ROUNDS: u64 = 64;
+
+/// What one query's estimate was made of (diagnostics and the sampled backward pass).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct QueryDiagnostics {
+    /// Shots measured (including discarded ones and extra rounds).
+    pub shots: u32,
+    /// Shots whose noisy outcome named no usable key and were discarded.
+    pub discarded: u32,
+    /// Effective sample size of the row's attention distribution, 1/Σp².
+    pub ess: f32,
+    /// Estimated variance of the estimate (trace over output dimensions); NaN when it cannot be
+    /// estimated (fewer than two usable shots, or mitigated counts).
+    pub variance: f32,
+    /// Measured key index of every usable shot, in shot order.
+    pub samples: Vec<u32>,
+}
+
+/// Per-query record of a sampled forward pass.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RowRecord {
+    /// Keys summed exactly (top-k's top keys) with their probabilities.
+    pub(crate) exact: Vec<(u32, f32)>,
+    /// Sampled keys with their coefficients in the estimate (tail mass included).
+    pub(crate) sampled: Vec<(u32, f32)>,
+    /// Leave-one-out factor n/(n−1) applied to the sampled part's logit gradient for i.i.d. draws.
+    pub(crate) kappa: f32,
+    pub(crate) diag: QueryDiagnostics,
+}
+
+/// Result of a sampled forward pass.
+pub(crate) struct McForward {
+    pub(crate) out: Vec<f32>,
+    pub(crate) lse: Vec<f32>,
+    /// One record per (batch, head, query) when requested.
+    pub(crate) rows: Option<Vec<RowRecord>>,
+}
+
+/// The control variate of one head: g(v) = μ + (v − μ)UUᵀ with U the top-R principal directions
+/// of the head's (unmasked) values; z_j = (v_j − μ)U.
+pub(crate) struct CvContext {
+    pub(crate) rank: usize,
+    pub(crate) mu: Vec<f32>,
+    /// Dv × R, row-major.
+    pub(crate) u: Vec<f32>,
+    /// Lk × R, row-major.
+    pub(crate) z: Vec<f32>,
+}
+
+impl CvContext {
+    pub(crate) fn new(h: &HeadInput<'_>, rank: usize) -> Self {
+        let (lk, dv) = (h.lk, h.dv);
+        let rank = rank.min(dv).max(1);
+        let keep = |j: usize| h.mask.is_none_or(|m| m[j] != 0);
+        let n = (0..lk).filter(|&j| keep(j)).count().max(1) as f64;
+        let mut mu = vec![0.0f64; dv];
+        for j in (0..lk).filter(|&j| keep(j)) {
+            for (m, &x) in mu.iter_mut().zip(&h.v[j * dv..(j + 1) * dv]) {
+                *m += f64::from(x);
+            }
+        }
+        mu.iter_mut().for_each(|m| *m /= n);
+        let mut cov = vec![0.0f64; dv * dv];
+        let mut c = vec![0.0f64; dv];
+        for j in (0..lk).filter(|&j| keep(j)) {
+            for t in 0..dv {
+                c[t] = f64::from(h.v[j * dv + t]) - mu[t];
+            }
+            for a in 0..dv {
+                for b in a..dv {
+                    cov[a * dv + b] += c[a] * c[b];
+                }
+            }
+        }
+        for a in 0..dv {
+            for b in 0..a {
+                cov[a * dv + b] = cov[b * dv + a];
+            }
+        }
+        let vecs = top_eigenvectors(&mut cov, dv, rank);
+        let u: Vec<f32> = (0..dv * rank).map(|i| vecs[i] as f32).collect();
+        let mu: Vec<f32> = mu.iter().map(|&m| m as f32).collect();
+        let mut z = vec![0.0f32; lk * rank];
+        let mut centred = vec![0.0f32; dv];
+        for j in 0..lk {
+            for t in 0..dv {
+                centred[t] = h.v[j * dv + t] - mu[t];
+            }
+            for r in 0..rank {
+                z[j * rank + r] = (0..dv).map(|t| centred[t] * u[t * rank + r]).sum();
+            }
+        }
+        CvContext { rank, mu, u, z }
+    }
+
+    fn zrow(&self, j: usize) -> &[f32] {
+        &self.z[j * self.rank..(j + 1) * self.rank]
+    }
+
+    /// out += y Uᵀ for an R-vector y.
+    fn add_lift(&self, y: &[f64], out: &mut [f32]) {
+        for (t, o) in out.iter_mut().enumerate() {
+            let row = &self.u[t * self.rank..(t + 1) * self.rank];
+            *o += row
+                .iter()
+                .zip(y)
+                .map(|(&a, &b)| f64::from(a) * b)
+                .sum::<f64>() as f32;
+        }
+    }
+
+    /// x·U for a Dv-vector x.
+    fn project(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = vec![0.0f32; self.rank];
+        for (t, &xt) in x.iter().enumerate() {
+            for r in 0..self.rank {
+                y[r] += xt * self.u[t * self.rank + r];
+            }
+        }
+        y
+    }
+}
+
+/// Top-`rank` eigenvectors (columns of a dv × rank row-major matrix) of a symmetric matrix, by
+/// cyclic Jacobi rotations in f64. `a` is destroyed.
+fn top_eigenvectors(a: &mut [f64], n: usize, rank: usize) -> Vec<f64> {
+    let mut v = vec![0.0f64; n * n];
+    for i in 0..n {
+        v[i * n + i] = 1.0;
+    }
+    let norm: f64 = a.iter().map(|x| x * x).sum::<f64>().sqrt();
+    for _sweep in 0..60 {
+        let off: f64 = (0..n)
+            .flat_map(|i| (0..n).filter(move |&j| j != i).map(move |j| (i, j)))
+            .map(|(i, j)| a[i * n + j] * a[i * n + j])
+            .sum::<f64>()
+            .sqrt();
+        if off <= 1e-12 * norm.max(1e-300) {
+            break;
+        }
+        for p in 0..n {
+            for q in p + 1..n {
+                let apq = a[p * n + q];
+                if apq.abs() < 1e-300 {
+                    continue;
+                }
+                let theta = (a[q * n + q] - a[p * n + p]) / (2.0 * apq);
+                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
+                let t = if theta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (t * t + 1.0).sqrt();
+                let s = t * c;
+                for k in 0..n {
+                    let (akp, akq) = (a[k * n + p], a[k * n + q]);
+                    a[k * n + p] = c * akp - s * akq;
+                    a[k * n + q] = s * akp + c * akq;
+                }
+                for k in 0..n {
+                    let (apk, aqk) = (a[p * n + k], a[q * n + k]);
+                    a[p * n + k] = c * apk - s * aqk;
+                    a[q * n + k] = s * apk + c * aqk;
+                }
+                for k in 0..n {
+                    let (vkp, vkq) = (v[k * n + p], v[k * n + q]);
+                    v[k * n + p] = c * vkp - s * vkq;
+                    v[k * n + q] = s * vkp + c * vkq;
+                }
+            }
+        }
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| a[y * n + y].total_cmp(&a[x * n + x]).then(x.cmp(&y)));
+    let mut out = vec![0.0f64; n * rank];
+    for (r, &col) in order.iter().take(rank).enumerate() {
+        for k in 0..n {
+            out[k * rank + r] = v[k * n + col];
+        }
+    }
+    out
+}
+
+/// How the shots of one row are placed.
+#[derive(Clone, Copy, PartialEq)]
+enum Placement {
+    Iid,
+    Stratified,
+}
+
+/// Reusable per-task buffers.
+#[derive(Default)]
+struct Scratch {
+    targets: Vec<(f64, u32)>,
+    ideal: Vec<u32>,
+    hist: Vec<f64>,
+    counts: Vec<(u32, u32)>,
+}
+
+/// Everything a row needs that is shared across the head.
+struct RowCtx<'a> {
+    h: &'a HeadInput<'a>,
+    estimator: Estimator,
+    channel: Option<Channel>,
+    seed: u64,
+    cv: Option<&'a CvContext>,
+}
+
+/// The usable shots of one row's sampled part.
+struct Shots {
+    keys: Vec<u32>,
+    total: u32,
+    discarded: u32,
+    mitigated: Option<Vec<(u32, f32)>>,
+    placement: Placement,
+}
+
+/// Inverse-CDF draws: `out[s]` = first key whose running sum of `w` exceeds target s.
+fn walk(w: &[f32], targets: &[(f64, u32)], out: &mut [u32]) {
+    let mut cum = 0.0f64;
+    let mut t = 0;
+    let mut last = 0u32;
+    for (j, &x) in w.iter().enumerate() {
+        if x > 0.0 {
+            cum += f64::from(x);
+            last = j as u32;
+            while t < targets.len() && targets[t].0 < cum {
+                out[targets[t].1 as usize] = j as u32;
+                t += 1;
+            }
+            if t == targets.len() {
+                return;
+            }
+        }
+    }
+    // Targets at the very top (rounding): the last key with positive weight.
+    while t < targets.len() {
+        out[targets[t].1 as usize] = last;
+        t += 1;
+    }
+}
+
+impl RowCtx<'_> {
+    fn eligible(&self, o: u32, keff: usize, top: &[u32]) -> bool {
+        let o = o as usize;
+        o < keff && self.h.mask.is_none_or(|m| m[o] != 0) && top.binary_search(&(o as u32)).is_err()
+    }
+
+    /// Draws `n` shots from the weights `w` (total `total`), applies noise and post-selection.
+    #[allow(clippy::too_many_arguments)]
+    fn shots(
+        &self,
+        stream: &SampleStream,
+        w: &[f32],
+        total: f64,
+        n: usize,
+        placement: Placement,
+        top: &[u32],
+        sc: &mut Scratch,
+    ) -> Shots {
+        let keff = w.len();
+        let mut keys = Vec::with_capacity(n);
+        let mut total_shots = 0u32;
+        let mut discarded = 0u32;
+        let mut mitigated = None;
+        for round in 0..MAX_ROUNDS {
+            let base = round * n as u64;
+            sc.targets.clear();
+            for s in 0..n {
+                let u = stream.uniform(Stream::Draw, base + s as u64);
+                let t = match placement {
+                    Placement::Iid => u,
+                    Placement::Stratified => (s as f64 + u) / n as f64,
+                };
+                sc.targets.push((t * total, s as u32));
+            }
+            if placement == Placement::Iid {
+                sc.targets
+                    .sort_unstable_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            }
+            sc.ideal.clear();
+            sc.ideal.resize(n, 0);
+            walk(w, &sc.targets, &mut sc.ideal);
+            total_shots += n as u32;
+            match self.channel {
+                None => {
+                    keys.extend_from_slice(&sc.ideal);
+                    return Shots {
+                        keys,
+                        total: total_shots,
+                        discarded,
+                        mitigated,
+                        placement,
+                    };
+                }
+                Some(ch) => {
+                    if ch.noise.mitigate && round == 0 {
+                        sc.hist.clear();
+                        sc.hist.resize(1usize << ch.qubits, 0.0);
+                    }
+                    for (s, &ideal) in sc.ideal.iter().enumerate() {
+                        let o = ch.apply(ideal, stream, base + s as u64);
+                        if ch.noise.mitigate && round == 0 {
+                            sc.hist[o as usize] += 1.0 / n as f64;
+                        }
+                        if self.eligible(o, keff, top) {
+                            keys.push(o);
+                        } else {
+                            discarded += 1;
+                        }
+                    }
+                    if ch.noise.mitigate && round == 0 {
+                        ch.mitigate(&mut sc.hist);
+                        let mut list: Vec<(u32, f64)> = sc
+                            .hist
+                            .iter()
+                            .enumerate()
+                            .filter(|&(o, &x)| x > 0.0 && self.eligible(o as u32, keff, top))
+                            .map(|(o, &x)| (o as u32, x))
+                            .collect();
+                        let mass: f64 = list.iter().map(|x| x.1).sum();
+                        if mass > 0.0 {
+                            list.iter_mut().for_each(|x| x.1 /= mass);
+                            mitigated =
+                                Some(list.into_iter().map(|(o, x)| (o, x as f32)).collect());
+                            return Shots {
+                                keys,
+                                total: total_shots,
+                                discarded,
+                                mitigated,
+                                placement,
+                            };
+                        }
+                    }
+                    if !keys.is_empty() {
+                        let placement = if discarded > 0 {
+                            Placement::Iid
+                        } else {
+                            placement
+                        };
+                        return Shots {
+                            keys,
+                            total: total_shots,
+                            discarded,
+                            mitigated,
+                            placement,
+                        };
+                    }
+                }
+            }
+        }
+        Shots {
+            keys,
+            total: total_shots,
+            discarded,
+            mitigated,
+            placement: Placement::Iid,
+        }
+    }
+
+    /// Processes one query row. `w` holds the scaled logits of the visible keys and is
+    /// overwritten. Returns the log-sum-exp.
+    fn row(
+        &self,
+        qi: usize,
+        w: &mut [f32],
+        out: &mut [f32],
+        sc: &mut Scratch,
+        rec: Option<&mut RowRecord>,
+    ) -> f32 {
+        let h = self.h;
+        let dv = h.dv;
+        let keff = w.len();
+        if let Some(mask) = h.mask {
+            for (x, &keep) in w.iter_mut().zip(&mask[..keff]) {
+                if keep == 0 {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+        }
+        out.fill(0.0);
+        let mx = math::max(w);
+        if mx == f32::NEG_INFINITY {
+            if let Some(r) = rec {
+                *r = RowRecord {
+                    kappa: 1.0,
+                    ..Default::default()
+                };
+            }
+            return f32::NEG_INFINITY;
+        }
+        math::exp_shift_sum(w, mx);
+        let (mut sum, mut sumsq) = (0.0f64, 0.0f64);
+        for &x in w.iter() {
+            let x = f64::from(x);
+            sum += x;
+            sumsq += x * x;
+        }
+        let lse = mx + sum.ln() as f32;
+        let ess = (sum * sum / sumsq) as f32;
+        let stream = SampleStream::new(self.seed, h.batch, h.head, qi);
+        let vrow = |j: u32| &h.v[j as usize * dv..(j as usize + 1) * dv];
+
+        let mut exact_part: Vec<(u32, f32)> = Vec::new();
+        let mut top: Vec<u32> = Vec::new();
+        let mut mass = 1.0f64;
+        let (n, placement, iid_kappa) = match self.estimator {
+            Estimator::Exact => unreachable!("exact attention does not go through the sampler"),
+            Estimator::Multinomial { samples } => (samples, Placement::Iid, true),
+            Estimator::Stratified { samples } => (samples, Placement::Stratified, false),
+            Estimator::Adaptive { min, max } => {
+                let s = (f64::from(ess).ceil() as usize).clamp(min, max);
+                (s, Placement::Stratified, false)
+            }
+            Estimator::ControlVariate { samples, .. } => (samples, Placement::Iid, true),
+            Estimator::TopK { k, samples } => {
+                let visible = w.iter().filter(|&&x| x > 0.0).count();
+                // Top-k by weight; ties broken by the lower index.
+                let mut idx: Vec<u32> = (0..keff as u32).filter(|&j| w[j as usize] > 0.0).collect();
+                if k < visible {
+                    idx.select_nth_unstable_by(k, |&a, &b| {
+                        w[b as usize].total_cmp(&w[a as usize]).then(a.cmp(&b))
+                    });
+                    idx.truncate(k);
+                }
+                idx.sort_unstable();
+                let top_sum: f64 = idx.iter().map(|&j| f64::from(w[j as usize])).sum();
+                for &j in &idx {
+                    exact_part.push((j, (f64::from(w[j as usize]) / sum) as f32));
+                    w[j as usize] = 0.0;
+                }
+                top = idx;
+                let tail: f64 = w.iter().map(|&x| f64::from(x)).sum();
+                if tail <= 0.0 || k >= visible {
+                    (0, Placement::Iid, false)
+                } else {
+                    mass = tail / (top_sum + tail);
+                    (samples, Placement::Iid, false)
+                }
+            }
+        };
+        let cv = self.cv;
+        let total = if top.is_empty() {
+            sum
+        } else {
+            w.iter().map(|&x| f64::from(x)).sum()
+        };
+        let shots = if n > 0 {
+            Some(self.shots(&stream, w, total, n, placement, &top, sc))
+        } else {
+            None
+        };
+
+        // Coefficients of the sampled part (summing to `mass`).
+        let mut sampled: Vec<(u32, f32)> = Vec::new();
+        if let Some(s) = &shots {
+            if let Some(list) = &s.mitigated {
+                sampled = list
+                    .iter()
+                    .map(|&(j, x)| (j, (f64::from(x) * mass) as f32))
+                    .collect();
+            } else if !s.keys.is_empty() {
+                sc.counts.clear();
+                let mut sorted = s.keys.clone();
+                sorted.sort_unstable();
+                for j in sorted {
+                    match sc.counts.last_mut() {
+                        Some((k, c)) if *k == j => *c += 1,
+                        _ => sc.counts.push((j, 1)),
+                    }
+                }
+                let nk = s.keys.len() as f64;
+                sampled = sc
+                    .counts
+                    .iter()
+                    .map(|&(j, c)| (j, (f64::from(c) / nk * mass) as f32))
+                    .collect();
+            }
+        }
+
+        for &(j, c) in exact_part.iter().chain(&sampled) {
+            math::axpy(c, vrow(j), out);
+        }
+        if let Some(cv) = cv {
+            // out += (Σ p_j z_j − Σ ŵ_j z_j) Uᵀ
+            let mut y = vec![0.0f64; cv.rank];
+            for (j, &x) in w.iter().enumerate() {
+                if x > 0.0 {
+                    let p = f64::from(x) / sum;
+                    for (yr, &zr) in y.iter_mut().zip(cv.zrow(j)) {
+                        *yr += p * f64::from(zr);
+                    }
+                }
+            }
+            for &(j, c) in &sampled {
+                for (yr, &zr) in y.iter_mut().zip(cv.zrow(j as usize)) {
+                    *yr -= f64::from(c) * f64::from(zr);
+                }
+            }
+            cv.add_lift(&y, out);
+        }
+
+        if let Some(r) = rec {
+            let (keys, total_shots, discarded, mitigated, placement) = match &shots {
+                Some(s) => (
+                    s.keys.clone(),
+                    s.total,
+                    s.discarded,
+                    s.mitigated.is_some(),
+                    s.placement,
+                ),
+                None => (Vec::new(), 0, 0, false, Placement::Iid),
+            };
+            let nk = keys.len();
+            let kappa = if iid_kappa && !mitigated && nk >= 2 {
+                nk as f32 / (nk as f32 - 1.0)
+            } else {
+                1.0
+            };
+            let variance = if mitigated {
+                f32::NAN
+            } else if nk == 0 {
+                if shots.is_none() { 0.0 } else { f32::NAN }
+            } else {
+                self.variance(&keys, placement, mass) as f32
+            };
+            *r = RowRecord {
+                exact: exact_part,
+                sampled,
+                kappa,
+                diag: QueryDiagnostics {
+                    shots: total_shots,
+                    discarded,
+                    ess,
+                    variance,
+                    samples: keys,
+                },
+            };
+        }
+        lse
+    }
+
+    /// The summand of the sampled part for key j: v_j, or the residual v_j − g(v_j) for cv.
+    fn summand(&self, j: u32, buf: &mut [f32]) {
+        let h = self.h;
+        let dv = h.dv;
+        buf.copy_from_slice(&h.v[j as usize * dv..(j as usize + 1) * dv]);
+        if let Some(cv) = self.cv {
+            let z = cv.zrow(j as usize);
+            for (t, b) in buf.iter_mut().enumerate() {
+                let lift: f32 = (0..cv.rank).map(|r| cv.u[t * cv.rank + r] * z[r]).sum();
+                *b -= cv.mu[t] + lift;
+            }
+        }
+    }
+
+    /// Estimated variance (trace) of the sampled part: sample variance / n for i.i.d. shots;
+    /// the collapsed-strata estimator (pairs of adjacent strata) for stratified shots.
+    fn variance(&self, keys: &[u32], placement: Placement, mass: f64) -> f64 {
+        let n = keys.len();
+        if n < 2 {
+            return f64::NAN;
+        }
+        let dv = self.h.dv;
+        let mut a = vec![0.0f32; dv];
+        let mut b = vec![0.0f32; dv];
+        let v = match placement {
+            Placement::Iid => {
+                let mut mean = vec![0.0f64; dv];
+                let mut sq = 0.0f64;
+                for &j in keys {
+                    self.summand(j, &mut a);
+                    for (m, &x) in mean.iter_mut().zip(&a) {
+                        *m += f64::from(x);
+                        sq += f64::from(x) * f64::from(x);
+                    }
+                }
+                let nn = n as f64;
+                let ss: f64 = mean.iter().map(|m| m * m / nn).sum();
+                ((sq - ss) / (nn - 1.0)) / nn
+            }
+            Placement::Stratified => {
+                let pairs = n / 2;
+                let mut acc = 0.0f64;
+                for p in 0..pairs {
+                    self.summand(keys[2 * p], &mut a);
+                    self.summand(keys[2 * p + 1], &mut b);
+                    acc += a
+                        .iter()
+                        .zip(&b)
+                        .map(|(&x, &y)| f64::from(x - y).powi(2))
+                        .sum::<f64>();
+                }
+                let nn = n as f64;
+                acc / (nn * nn) * (nn / (2.0 * pairs as f64))
+            }
+        };
+        v * mass * mass
+    }
+}
+
+/// Sampling forward pass over all heads.
+pub(crate) fn forward(p: &Problem<'_>, spec: &EstimatorSpec, seed: u64, record: bool) -> McForward {
+    let (lq, lk, d, dv) = (p.lq, p.lk, p.d, p.dv);
+    let heads = p.heads();
+    let mut out = vec![0.0f32; heads * lq * dv];
+    let mut lse = vec![0.0f32; heads * lq];
+    let mut rows: Vec<RowRecord> = if record {
+        vec![RowRecord::default(); heads * lq]
+    } else {
+        Vec::new()
+    };
+    if lq == 0 {
+        return McForward {
+            out,
+            lse,
+            rows: record.then_some(rows),
+        };
+    }
+    let channel = (!spec.noise.is_none()).then(|| Channel::new(spec.noise, lk));
+    let per_head =
+        |bh: usize, out_h: &mut [f32], lse_h: &mut [f32], rows_h: Option<&mut [RowRecord]>| {
+            let h = p.head(bh);
+            let cv = match spec.estimator {
+                Estimator::ControlVariate { rank, .. } => Some(CvContext::new(&h, rank)),
+                _ => None,
+            };
+            let ctx = RowCtx {
+                h: &h,
+                estimator: spec.estimator,
+                channel,
+                seed,
+                cv: cv.as_ref(),
+            };
+            let task =
+                |blk: usize, o: &mut [f32], l: &mut [f32], mut r: Option<&mut [RowRecord]>| {
+                    let i0 = blk * BQM;
+                    let bq = l.len();
+                    let kend = key_limit(&h, i0 + bq);
+                    let mut s = vec![0.0f32; bq * kend];
+                    matmul(
+                        &mut s,
+                        kend,
+                        false,
+                        Mat::rows(&h.q[i0 * d..(i0 + bq) * d], bq, d, d),
+                        Mat::rows(&h.k[..kend * d], kend, d, d).t(),
+                        h.scale,
+                    );
+                    let mut sc = Scratch::default();
+                    for rr in 0..bq {
+                        let qi = i0 + rr;
+                        let keff = if h.causal { lk.min(qi + 1) } else { lk };
+                        let w = &mut s[rr * kend..rr * kend + keff];
+                        let rec = r.as_deref_mut().map(|r| &mut r[rr]);
+                        l[rr] = ctx.row(qi, w, &mut o[rr * dv..(rr + 1) * dv], &mut sc, rec);
+                    }
+                };
+            match rows_h {
+                Some(rows_h) => out_h
+                    .par_chunks_mut((BQM * dv).max(1))
+                    .zip(lse_h.par_chunks_mut(BQM))
+                    .zip(rows_h.par_chunks_mut(BQM))
+                    .enumerate()
+                    .for_each(|(blk, ((o, l), r))| task(blk, o, l, Some(r))),
+                None => out_h
+                    .par_chunks_mut((BQM * dv).max(1))
+                    .zip(lse_h.par_chunks_mut(BQM))
+                    .enumerate()
+                    .for_each(|(blk, (o, l))| task(blk, o, l, None)),
+            }
+        };
+    if dv == 0 {
+        // Nothing to estimate; still report the log-sum-exp through the exact path.
+        let (_, l) = super::exact_forward(p);
+        return McForward {
+            out,
+            lse: l,
+            rows: record.then_some(rows),
+        };
+    }
+    if record {
+        out.par_chunks_mut(lq * dv)
+            .zip(lse.par_chunks_mut(lq))
+            .zip(rows.par_chunks_mut(lq))
+            .enumerate()
+            .for_each(|(bh, ((o, l), r))| per_head(bh, o, l, Some(r)));
+    } else {
+        out.par_chunks_mut(lq * dv)
+            .zip(lse.par_chunks_mut(lq))
+            .enumerate()
+            .for_each(|(bh, (o, l))| per_head(bh, o, l, None));
+    }
+    let _ = exact::BQ;
+    McForward {
+        out,
+        lse,
+        rows: record.then_some(rows),
+    }
+}
+
+/// Backward of the sampled estimator (gradient mode `sampled`). Needs the records of the forward
+/// pass and its output. Per head, sequential over queries (deterministic), parallel over heads.
+pub(crate) fn backward_sampled(
+    p: &Problem<'_>,
+    spec: &EstimatorSpec,
+    out: &[f32],
+    lse: &[f32],
+    rows: &[RowRecord],
+    dout: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let (lq, lk, d, dv) = (p.lq, p.lk, p.d, p.dv);
+    let heads = p.heads();
+    let mut dq = vec![0.0f32; heads * lq * d];
+    let mut dk = vec![0.0f32; heads * lk * d];
+    let mut dvv = vec![0.0f32; heads * lk * dv];
+    if heads == 0 || lq == 0 || lk == 0 {
+        return (dq, dk, dvv);
+    }
+    dq.par_chunks_mut((lq * d).max(1))
+        .zip(dk.par_chunks_mut((lk * d).max(1)))
+        .zip(dvv.par_chunks_mut((lk * dv).max(1)))
+        .enumerate()
+        .for_each(|(bh, ((dq_h, dk_h), dv_h))| {
+            let h = p.head(bh);
+            let cv = match spec.estimator {
+                Estimator::ControlVariate { rank, .. } => Some(CvContext::new(&h, rank)),
+                _ => None,
+            };
+            let mut acc_z = cv.as_ref().map(|c| vec![0.0f32; lk * c.rank]);
+            let mut logits = vec![0.0f32; lk];
+            for i in 0..lq {
+                let rec = &rows[bh * lq + i];
+                let g = &dout[(bh * lq + i) * dv..(bh * lq + i + 1) * dv];
+                let o = &out[(bh * lq + i) * dv..(bh * lq + i + 1) * dv];
+                let q_i = &h.q[i * d..(i + 1) * d];
+                let mut dq_i = vec![0.0f32; d];
+                let push = |j: usize, dl: f32, dk_h: &mut [f32], dq_i: &mut [f32]| {
+                    let ds = dl * h.scale;
+                    if ds != 0.0 {
+                        math::axpy(ds, &h.k[j * d..(j + 1) * d], dq_i);
+                        math::axpy(ds, q_i, &mut dk_h[j * d..(j + 1) * d]);
+                    }
+                };
+                match &cv {
+                    None => {
+                        let b = math::dot(g, o);
+                        for (&(j, c), is_sampled) in rec
+                            .exact
+                            .iter()
+                            .map(|e| (e, false))
+                            .chain(rec.sampled.iter().map(|e| (e, true)))
+                        {
+                            let j = j as usize;
+                            let vj = &h.v[j * dv..(j + 1) * dv];
+                            let a = math::dot(g, vj);
+                            let coef = if is_sampled { c * rec.kappa } else { c };
+                            push(j, coef * (a - b), dk_h, &mut dq_i);
+                            math::axpy(c, g, &mut dv_h[j * dv..(j + 1) * dv]);
+                        }
+                    }
+                    Some(cv) => {
+                        let lse_i = lse[bh * lq + i];
+                        let gu = cv.project(g);
+                        let gmu = math::dot(g, &cv.mu);
+                        let keff = if h.causal { lk.min(i + 1) } else { lk };
+                        // Control part (exact expectation, dense over visible keys).
+                        if lse_i > f32::NEG_INFINITY {
+                            for (j, l) in logits[..keff].iter_mut().enumerate() {
+                                let keep = h.mask.is_none_or(|m| m[j] != 0);
+                                *l = if keep {
+                                    (math::dot(q_i, &h.k[j * d..(j + 1) * d]) * h.scale - lse_i)
+                                        .exp()
+                                } else {
+                                    0.0
+                                };
+                            }
+                            let mut zbar = vec![0.0f32; cv.rank];
+                            for (j, &pj) in logits[..keff].iter().enumerate() {
+                                math::axpy(pj, cv.zrow(j), &mut zbar);
+                            }
+                            let gz_bar = math::dot(&gu, &zbar);
+                            let acc = acc_z.as_mut().expect("cv accumulator");
+                            for j in 0..keff {
+                                let pj = logits[j];
+                                if pj > 0.0 {
+                                    let dl = pj * (math::dot(&gu, cv.zrow(j)) - gz_bar);
+                                    push(j, dl, dk_h, &mut dq_i);
+                                    math::axpy(pj, &gu, &mut acc[j * cv.rank..(j + 1) * cv.rank]);
+                                }
+                            }
+                        }
+                        // Residual part (sampled).
+                        let gr = |j: usize| {
+                            math::dot(g, &h.v[j * dv..(j + 1) * dv])
+                                - gmu
+                                - math::dot(&gu, cv.zrow(j))
+                        };
+                        let gr_hat: f32 =
+                            rec.sampled.iter().map(|&(j, c)| c * gr(j as usize)).sum();
+                        let mut g_perp = g.to_vec();
+                        let gu64: Vec<f64> = gu.iter().map(|&x| -f64::from(x)).collect();
+                        cv.add_lift(&gu64, &mut g_perp);
+                        for &(j, c) in &rec.sampled {
+                            let j = j as usize;
+                            push(j, rec.kappa * c * (gr(j) - gr_hat), dk_h, &mut dq_i);
+                            math::axpy(c, &g_perp, &mut dv_h[j * dv..(j + 1) * dv]);
+                        }
+                    }
+                }
+                dq_h[i * d..(i + 1) * d].copy_from_slice(&dq_i);
+            }
+            if let (Some(cv), Some(acc)) = (&cv, &acc_z) {
+                for j in 0..lk {
+                    let y: Vec<f64> = acc[j * cv.rank..(j + 1) * cv.rank]
+                        .iter()
+                        .map(|&x| f64::from(x))
+                        .collect();
+                    cv.add_lift(&y, &mut dv_h[j * dv..(j + 1) * dv]);
+                }
+            }
+        });
+    (dq, dk, dvv)
+}

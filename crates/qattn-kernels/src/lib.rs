@@ -1,0 +1,50 @@
+//! # qattn-kernels
+//!
+//! Exact attention and Monte-Carlo ("quantum measurement") attention estimators on candle
+//! tensors. Amplitude-encoding the logits, a_j = exp(l_j/2)/‖a‖, makes the squared amplitudes
+//! equal softmax(l); measuring the key register draws j ~ softmax(l). Quantum attention is thus a
+//! Monte-Carlo estimate of o = Σ_j p_j v_j from S measured keys. This crate implements that
+//! estimate — with several variance-reduction schemes, simulated measurement noise and readout
+//! mitigation — reproducibly (Philox4x32-10 counters) and with gradients.
+//!
+//! ```
+//! use candle_core::{Device, Tensor};
+//! use qattn_kernels::{attention, AttentionOptions, EstimatorSpec};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let dev = Device::Cpu;
+//! let q = Tensor::randn(0f32, 1.0, (1, 2, 8, 16), &dev)?;
+//! let k = Tensor::randn(0f32, 1.0, (1, 2, 8, 16), &dev)?;
+//! let v = Tensor::randn(0f32, 1.0, (1, 2, 8, 16), &dev)?;
+//! let exact = attention(&q, &k, &v, &AttentionOptions::default())?;
+//! let spec: EstimatorSpec = "stratified:64".parse()?;
+//! let opts = AttentionOptions { estimator: spec, seed: 7, ..Default::default() };
+//! let mc = attention(&q, &k, &v, &opts)?;
+//! assert_eq!(mc.dims(), exact.dims());
+//! // Same seed, same draws: bit-identical.
+//! let again = attention(&q, &k, &v, &opts)?;
+//! assert_eq!(mc.flatten_all()?.to_vec1::<f32>()?, again.flatten_all()?.to_vec1::<f32>()?);
+//! # Ok(()) }
+//! ```
+//!
+//! Estimator strings: `exact`, `multinomial:S`, `stratified:S`, `topk:K:S`, `cv:R:S`,
+//! `adaptive:MIN:MAX`, with optional noise `+depol:λ`, `+readout:ε01:ε10`, `+damp:γ`,
+//! `+mitigate`. The maths is in `docs/estimators.md`.
+//!
+//! ## Feature flags
+//! - `cuda` — reserved for the custom CUDA kernels. Without it, tensors on a GPU are rejected
+//!   with [`Error::NotCompiledWithCuda`]; the API is the same either way.
+
+mod cpu;
+mod error;
+mod math;
+pub mod noise;
+mod op;
+pub mod philox;
+pub mod reference;
+mod spec;
+
+pub use cpu::mc::QueryDiagnostics;
+pub use error::{Error, Result};
+pub use op::{AttentionOptions, Diagnostics, attention, attention_with_diagnostics};
+pub use spec::{Estimator, EstimatorSpec, GradMode, Noise};

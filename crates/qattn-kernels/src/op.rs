@@ -1,0 +1,415 @@
+//! The public entry points: validation, dtype handling and the candle `CustomOp3` that gives
+//! attention an autograd backward.
+
+use crate::cpu::mc::{self, QueryDiagnostics, RowRecord};
+use crate::cpu::{self, Problem};
+use crate::error::{Error, Result};
+use crate::spec::{EstimatorSpec, GradMode};
+use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
+use std::sync::{Arc, Mutex};
+
+/// Options of one attention call.
+#[derive(Clone, Debug, Default)]
+pub struct AttentionOptions {
+    /// The estimator (and measurement noise).
+    pub estimator: EstimatorSpec,
+    /// The seed of the Philox streams; with (batch, head, query, shot) it fixes every draw.
+    pub seed: u64,
+    /// Causal masking, top-left aligned as in PyTorch SDPA: query i sees keys j ≤ i.
+    pub causal: bool,
+    /// Logit scale; defaults to 1/√D.
+    pub scale: Option<f64>,
+    /// Gradient mode of sampling estimators (ignored by `exact`).
+    pub grad_mode: GradMode,
+    /// Key mask [B, Lk]; nonzero = keep. Any dtype.
+    pub mask: Option<Tensor>,
+}
+
+impl AttentionOptions {
+    /// Options for `estimator` with everything else default.
+    pub fn new(estimator: EstimatorSpec) -> Self {
+        AttentionOptions {
+            estimator,
+            ..Default::default()
+        }
+    }
+}
+
+/// Per-query diagnostics of one call, in (batch, head, query) row-major order.
+#[derive(Clone, Debug, Default)]
+pub struct Diagnostics {
+    /// (B, H, Lq).
+    pub shape: (usize, usize, usize),
+    /// Number of keys Lk.
+    pub keys: usize,
+    /// One entry per query; empty for exact attention.
+    pub queries: Vec<QueryDiagnostics>,
+}
+
+impl Diagnostics {
+    /// The diagnostics of query `i` of (batch `b`, head `h`).
+    pub fn get(&self, b: usize, h: usize, i: usize) -> Option<&QueryDiagnostics> {
+        let (_, nh, lq) = self.shape;
+        self.queries.get((b * nh + h) * lq + i)
+    }
+
+    /// Dense measurement counts [B, H, Lq, Lk] (usable shots only).
+    pub fn counts(&self) -> Vec<u32> {
+        let lk = self.keys;
+        let mut c = vec![0u32; self.queries.len() * lk];
+        for (r, q) in self.queries.iter().enumerate() {
+            for &j in &q.samples {
+                c[r * lk + j as usize] += 1;
+            }
+        }
+        c
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    b: usize,
+    h: usize,
+    lq: usize,
+    lk: usize,
+    d: usize,
+    dv: usize,
+}
+
+struct OpConfig {
+    spec: EstimatorSpec,
+    seed: u64,
+    causal: bool,
+    scale: f32,
+    grad_mode: GradMode,
+    mask: Option<Vec<u8>>,
+    dims: Dims,
+    record: bool,
+}
+
+#[derive(Default)]
+struct OpState {
+    lse: Option<Vec<f32>>,
+    rows: Option<Vec<RowRecord>>,
+}
+
+struct AttentionOp {
+    cfg: Arc<OpConfig>,
+    state: Arc<Mutex<OpState>>,
+}
+
+fn dims4(
+    t: &Tensor,
+    name: &'static str,
+    expected: impl Fn() -> String,
+) -> Result<(usize, usize, usize, usize)> {
+    match *t.dims() {
+        [a, b, c, d] => Ok((a, b, c, d)),
+        _ => Err(Error::Shape {
+            name,
+            expected: expected(),
+            actual: t.dims().to_vec(),
+        }),
+    }
+}
+
+fn check_dtype(t: &Tensor, name: &'static str) -> Result<()> {
+    match t.dtype() {
+        DType::F32 | DType::F16 | DType::BF16 => Ok(()),
+        other => Err(Error::DType {
+            name,
+            expected: "f32, f16 or bf16",
+            actual: format!("{other:?}"),
+        }),
+    }
+}
+
+fn validate(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+) -> Result<(Dims, Option<Vec<u8>>)> {
+    let (b, h, lq, d) = dims4(q, "q", || "[B, H, Lq, D] (4 dimensions)".into())?;
+    let (kb, kh, lk, kd) = dims4(k, "k", || format!("[B={b}, H={h}, Lk, D={d}]"))?;
+    if (kb, kh, kd) != (b, h, d) {
+        return Err(Error::Shape {
+            name: "k",
+            expected: format!("[B={b}, H={h}, Lk, D={d}]"),
+            actual: k.dims().to_vec(),
+        });
+    }
+    let (vb, vh, vl, dv) = dims4(v, "v", || format!("[B={b}, H={h}, Lk={lk}, Dv]"))?;
+    if (vb, vh, vl) != (b, h, lk) {
+        return Err(Error::Shape {
+            name: "v",
+            expected: format!("[B={b}, H={h}, Lk={lk}, Dv]"),
+            actual: v.dims().to_vec(),
+        });
+    }
+    if lk == 0 {
+        return Err(Error::Shape {
+            name: "k",
+            expected: "at least one key (Lk ≥ 1)".into(),
+            actual: k.dims().to_vec(),
+        });
+    }
+    if d == 0 {
+        return Err(Error::Shape {
+            name: "q",
+            expected: "D ≥ 1".into(),
+            actual: q.dims().to_vec(),
+        });
+    }
+    for (t, name) in [(q, "q"), (k, "k"), (v, "v")] {
+        check_dtype(t, name)?;
+        if !matches!(t.device(), Device::Cpu) {
+            return Err(if cfg!(feature = "cuda") {
+                Error::Options(format!(
+                    "tensor `{name}` is on {:?}; the GPU kernels are not available yet",
+                    t.device()
+                ))
+            } else {
+                Error::NotCompiledWithCuda
+            });
+        }
+    }
+    if b >= 1 << 24 {
+        return Err(Error::Options(format!(
+            "batch size {b} exceeds the sampler's limit of 2^24"
+        )));
+    }
+    if let Some(s) = opts.scale {
+        if !s.is_finite() {
+            return Err(Error::Options(format!("scale must be finite, got {s}")));
+        }
+    }
+    let mask = match &opts.mask {
+        None => None,
+        Some(m) => {
+            if m.dims() != [b, lk] {
+                return Err(Error::Shape {
+                    name: "mask",
+                    expected: format!("[B={b}, Lk={lk}]"),
+                    actual: m.dims().to_vec(),
+                });
+            }
+            let vals = m.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+            Some(vals.into_iter().map(|x| u8::from(x != 0.0)).collect())
+        }
+    };
+    Ok((
+        Dims {
+            b,
+            h,
+            lq,
+            lk,
+            d,
+            dv,
+        },
+        mask,
+    ))
+}
+
+fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        _ => candle_core::bail!("qattn attention: `{name}` must be f32 inside the op"),
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => candle_core::bail!("qattn attention: `{name}` must be contiguous inside the op"),
+    }
+}
+
+impl OpConfig {
+    fn problem<'a>(&'a self, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> Problem<'a> {
+        let Dims {
+            b,
+            h,
+            lq,
+            lk,
+            d,
+            dv,
+        } = self.dims;
+        Problem {
+            q,
+            k,
+            v,
+            b,
+            h,
+            lq,
+            lk,
+            d,
+            dv,
+            scale: self.scale,
+            causal: self.causal,
+            mask: self.mask.as_deref(),
+        }
+    }
+}
+
+impl candle_core::CustomOp3 for AttentionOp {
+    fn name(&self) -> &'static str {
+        "qattn-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let cfg = &self.cfg;
+        let p = cfg.problem(
+            slice(s1, l1, "q")?,
+            slice(s2, l2, "k")?,
+            slice(s3, l3, "v")?,
+        );
+        let (out, lse, rows) = if cfg.spec.is_exact() {
+            let (o, l) = cpu::exact_forward(&p);
+            (o, l, None)
+        } else {
+            let f = mc::forward(&p, &cfg.spec, cfg.seed, cfg.record);
+            (f.out, f.lse, f.rows)
+        };
+        let mut st = self
+            .state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("qattn op state poisoned".into()))?;
+        st.lse = Some(lse);
+        st.rows = rows;
+        let Dims { b, h, lq, dv, .. } = cfg.dims;
+        Ok((CpuStorage::F32(out), Shape::from((b, h, lq, dv))))
+    }
+
+    fn bwd(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        res: &Tensor,
+        grad_res: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let cfg = &self.cfg;
+        let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
+            t.contiguous()?.flatten_all()?.to_vec1::<f32>()
+        };
+        let (qv, kv, vv) = (flat(q)?, flat(k)?, flat(v)?);
+        let dout = flat(&grad_res.to_dtype(DType::F32)?)?;
+        let p = cfg.problem(&qv, &kv, &vv);
+        let st = self
+            .state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("qattn op state poisoned".into()))?;
+        let (dq, dk, dvv) = if cfg.spec.is_exact() {
+            let out = flat(res)?;
+            match &st.lse {
+                Some(lse) => cpu::exact_backward(&p, &out, lse, &dout),
+                None => {
+                    let (o, l) = cpu::exact_forward(&p);
+                    cpu::exact_backward(&p, &o, &l, &dout)
+                }
+            }
+        } else if cfg.grad_mode == GradMode::Sampled {
+            let rows = st.rows.as_ref().ok_or_else(|| {
+                candle_core::Error::Msg(
+                    "qattn: sampled backward needs the forward records (internal error)".into(),
+                )
+            })?;
+            let lse = st.lse.as_ref().expect("lse saved by forward");
+            let out = flat(res)?;
+            mc::backward_sampled(&p, &cfg.spec, &out, lse, rows, &dout)
+        } else {
+            // Straight-through: the gradient of exact attention, recomputed.
+            let (o, l) = cpu::exact_forward(&p);
+            cpu::exact_backward(&p, &o, &l, &dout)
+        };
+        let dev = q.device();
+        Ok((
+            Some(Tensor::from_vec(dq, q.shape(), dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), dev)?),
+            Some(Tensor::from_vec(dvv, v.shape(), dev)?),
+        ))
+    }
+}
+
+fn run(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+    diagnostics: bool,
+) -> Result<(Tensor, Option<Diagnostics>)> {
+    let (dims, mask) = validate(q, k, v, opts)?;
+    let scale = opts.scale.unwrap_or(1.0 / (dims.d as f64).sqrt()) as f32;
+    let tracking = q.track_op() || k.track_op() || v.track_op();
+    let record = diagnostics || (tracking && opts.grad_mode == GradMode::Sampled);
+    let cfg = Arc::new(OpConfig {
+        spec: opts.estimator,
+        seed: opts.seed,
+        causal: opts.causal,
+        scale,
+        grad_mode: opts.grad_mode,
+        mask,
+        dims,
+        record,
+    });
+    let state = Arc::new(Mutex::new(OpState::default()));
+    let prep = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.contiguous()?) };
+    let (qf, kf, vf) = (prep(q)?, prep(k)?, prep(v)?);
+    let out = qf.apply_op3(
+        &kf,
+        &vf,
+        AttentionOp {
+            cfg: cfg.clone(),
+            state: state.clone(),
+        },
+    )?;
+    let out = if q.dtype() == DType::F32 {
+        out
+    } else {
+        out.to_dtype(q.dtype())?
+    };
+    let diag = if diagnostics {
+        let st = state
+            .lock()
+            .map_err(|_| Error::Options("internal: op state poisoned".into()))?;
+        let queries = st
+            .rows
+            .as_ref()
+            .map(|r| r.iter().map(|x| x.diag.clone()).collect())
+            .unwrap_or_default();
+        Some(Diagnostics {
+            shape: (dims.b, dims.h, dims.lq),
+            keys: dims.lk,
+            queries,
+        })
+    } else {
+        None
+    };
+    Ok((out, diag))
+}
+
+/// Attention with the estimator of `opts`: q [B,H,Lq,D], k [B,H,Lk,D], v [B,H,Lk,Dv] → [B,H,Lq,Dv].
+///
+/// f16/bf16 inputs are computed in f32 and the output is returned in q's dtype. Differentiable
+/// through candle's autograd (see [`GradMode`]).
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: &AttentionOptions) -> Result<Tensor> {
+    Ok(run(q, k, v, opts, false)?.0)
+}
+
+/// [`attention`] plus per-query [`Diagnostics`] (sampled indices, effective sample size,
+/// estimated variance).
+pub fn attention_with_diagnostics(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    opts: &AttentionOptions,
+) -> Result<(Tensor, Diagnostics)> {
+    let (t, d) = run(q, k, v, opts, true)?;
+    Ok((t, d.unwrap_or_default()))
+}

@@ -1,0 +1,10 @@
+#![allow(unreachable_pub, missing_docs)]
+//! Integration tests of qattn-kernels through its public API, each against a reference with a
+//! stated tolerance.
+
+mod common;
+mod estimators;
+mod exact;
+mod grads;
+mod noise;
+mod props;
