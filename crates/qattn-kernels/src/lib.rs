@@ -43,6 +43,7 @@ mod op;
 pub mod philox;
 pub mod reference;
 mod spec;
+pub mod study;
 
 pub use cpu::mc::QueryDiagnostics;
 pub use error::{Error, Result};

@@ -25,7 +25,7 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
+    p = p * r + 0.5;
     let y = p * r * r + r + 1.0;
     let scale = f32::from_bits(((ni + 127) as u32) << 23);
     let res = y * scale;
@@ -47,6 +47,22 @@ fn exp_shift_sum_impl(xs: &mut [f32], shift: f32) -> f32 {
         let e = exp_approx(*x - shift);
         *x = e;
         acc[l] += e;
+    }
+    acc.iter().sum()
+}
+
+#[inline(always)]
+fn sum_impl(xs: &[f32]) -> f32 {
+    let mut acc = [0.0f32; LANES];
+    let chunks = xs.chunks_exact(LANES);
+    let rem = chunks.remainder();
+    for c in chunks {
+        for l in 0..LANES {
+            acc[l] += c[l];
+        }
+    }
+    for (l, &x) in rem.iter().enumerate() {
+        acc[l] += x;
     }
     acc.iter().sum()
 }
@@ -122,6 +138,10 @@ macro_rules! dispatch {
 dispatch!(
     /// `xs[i] = exp(xs[i] - shift)`; returns the sum of the new values.
     pub(crate) fn exp_shift_sum(xs: &mut [f32], shift: f32) -> f32 => exp_shift_sum_impl
+);
+dispatch!(
+    /// Sum of `xs` through 16 fixed lanes.
+    pub(crate) fn sum(xs: &[f32]) -> f32 => sum_impl
 );
 dispatch!(
     /// Maximum of `xs` (-inf when empty).

@@ -179,10 +179,8 @@ fn validate(
             "batch size {b} exceeds the sampler's limit of 2^24"
         )));
     }
-    if let Some(s) = opts.scale {
-        if !s.is_finite() {
-            return Err(Error::Options(format!("scale must be finite, got {s}")));
-        }
+    if let Some(s) = opts.scale.filter(|s| !s.is_finite()) {
+        return Err(Error::Options(format!("scale must be finite, got {s}")));
     }
     let mask = match &opts.mask {
         None => None,

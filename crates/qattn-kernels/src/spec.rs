@@ -10,9 +10,10 @@ use std::fmt;
 use std::str::FromStr;
 
 /// How the attention output is estimated.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum Estimator {
     /// Exact softmax attention (streaming softmax, no sampling).
+    #[default]
     Exact,
     /// `multinomial:S` — S i.i.d. measured keys, ô = mean of their values.
     Multinomial {
@@ -39,8 +40,10 @@ pub enum Estimator {
         /// Shots for the residual.
         samples: usize,
     },
-    /// `adaptive:MIN:MAX` — stratified with a per-query shot count S = clamp(⌈ESS⌉, MIN, MAX),
-    /// ESS = 1/Σp² the row's effective sample size.
+    /// `adaptive:MIN:MAX` — stratified with a per-query shot count
+    /// S = clamp(⌈MAX·√(1 − 1/ESS)⌉, MIN, MAX), ESS = 1/Σp² the row's effective sample size:
+    /// Neyman allocation when values are isotropic (expected variance ∝ 1 − 1/ESS), so peaked
+    /// rows spend few shots and diffuse rows up to MAX.
     Adaptive {
         /// Lower bound on shots per query.
         min: usize,
@@ -153,12 +156,6 @@ pub struct EstimatorSpec {
     pub estimator: Estimator,
     /// The measurement noise applied to its shots.
     pub noise: Noise,
-}
-
-impl Default for Estimator {
-    fn default() -> Self {
-        Estimator::Exact
-    }
 }
 
 impl EstimatorSpec {

@@ -133,8 +133,11 @@ impl CvContext {
     fn project(&self, x: &[f32]) -> Vec<f32> {
         let mut y = vec![0.0f32; self.rank];
         for (t, &xt) in x.iter().enumerate() {
-            for r in 0..self.rank {
-                y[r] += xt * self.u[t * self.rank + r];
+            for (yr, &ur) in y
+                .iter_mut()
+                .zip(&self.u[t * self.rank..(t + 1) * self.rank])
+            {
+                *yr += xt * ur;
             }
         }
         y
@@ -208,6 +211,8 @@ enum Placement {
 /// Reusable per-task buffers.
 #[derive(Default)]
 struct Scratch {
+    uniforms: Vec<f64>,
+    bsum: Vec<f64>,
     targets: Vec<(f64, u32)>,
     ideal: Vec<u32>,
     hist: Vec<f64>,
@@ -232,28 +237,69 @@ struct Shots {
     placement: Placement,
 }
 
-/// Inverse-CDF draws: `out[s]` = first key whose running sum of `w` exceeds target s.
-fn walk(w: &[f32], targets: &[(f64, u32)], out: &mut [u32]) {
-    let mut cum = 0.0f64;
+/// Keys per block of the two-level CDF.
+pub(crate) const CDF_BLOCK: usize = 64;
+
+/// Block sums of `w` (each summed in 16 fixed f32 lanes, then widened) and their f64 total,
+/// summed left to right. The total is the normaliser every draw of the row is scaled by.
+fn block_sums(w: &[f32], out: &mut Vec<f64>) -> f64 {
+    out.clear();
+    let mut total = 0.0f64;
+    for blk in w.chunks(CDF_BLOCK) {
+        let s = f64::from(math::sum(blk));
+        out.push(s);
+        total += s;
+    }
+    total
+}
+
+/// Inverse-CDF draws over a two-level CDF: `out[s]` = the key whose cumulative weight interval
+/// contains target s. Targets (sorted ascending) are first located among the block sums and then
+/// inside their block by a left-to-right f64 running sum; a target that rounding leaves past a
+/// block's last element takes the block's last positive key, and one past the total takes the
+/// row's last positive key. Keys with zero weight are never drawn.
+fn walk(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32]) {
+    let n = targets.len();
     let mut t = 0;
-    let mut last = 0u32;
-    for (j, &x) in w.iter().enumerate() {
-        if x > 0.0 {
-            cum += f64::from(x);
-            last = j as u32;
-            while t < targets.len() && targets[t].0 < cum {
-                out[targets[t].1 as usize] = j as u32;
-                t += 1;
+    let mut cum = 0.0f64;
+    for (b, &bs) in bsum.iter().enumerate() {
+        if t == n {
+            return;
+        }
+        if bs <= 0.0 {
+            continue;
+        }
+        let end = cum + bs;
+        if targets[t].0 < end {
+            let start = b * CDF_BLOCK;
+            let blk = &w[start..(start + CDF_BLOCK).min(w.len())];
+            let mut c = cum;
+            let mut last = None;
+            for (i, &x) in blk.iter().enumerate() {
+                if x > 0.0 {
+                    c += f64::from(x);
+                    last = Some((start + i) as u32);
+                    while t < n && targets[t].0 < c {
+                        out[targets[t].1 as usize] = (start + i) as u32;
+                        t += 1;
+                    }
+                }
             }
-            if t == targets.len() {
-                return;
+            if let Some(last) = last {
+                while t < n && targets[t].0 < end {
+                    out[targets[t].1 as usize] = last;
+                    t += 1;
+                }
             }
         }
+        cum = end;
     }
-    // Targets at the very top (rounding): the last key with positive weight.
-    while t < targets.len() {
-        out[targets[t].1 as usize] = last;
-        t += 1;
+    if t < n {
+        let last = w.iter().rposition(|&x| x > 0.0).unwrap_or(0) as u32;
+        while t < n {
+            out[targets[t].1 as usize] = last;
+            t += 1;
+        }
     }
 }
 
@@ -269,6 +315,7 @@ impl RowCtx<'_> {
         &self,
         stream: &SampleStream,
         w: &[f32],
+        bsum: &[f64],
         total: f64,
         n: usize,
         placement: Placement,
@@ -283,8 +330,10 @@ impl RowCtx<'_> {
         for round in 0..MAX_ROUNDS {
             let base = round * n as u64;
             sc.targets.clear();
+            sc.uniforms.resize(n, 0.0);
+            stream.fill_uniform(Stream::Draw, base, &mut sc.uniforms);
             for s in 0..n {
-                let u = stream.uniform(Stream::Draw, base + s as u64);
+                let u = sc.uniforms[s];
                 let t = match placement {
                     Placement::Iid => u,
                     Placement::Stratified => (s as f64 + u) / n as f64,
@@ -297,7 +346,7 @@ impl RowCtx<'_> {
             }
             sc.ideal.clear();
             sc.ideal.resize(n, 0);
-            walk(w, &sc.targets, &mut sc.ideal);
+            walk(w, bsum, &sc.targets, &mut sc.ideal);
             total_shots += n as u32;
             match self.channel {
                 None => {
@@ -407,12 +456,14 @@ impl RowCtx<'_> {
             return f32::NEG_INFINITY;
         }
         math::exp_shift_sum(w, mx);
-        let (mut sum, mut sumsq) = (0.0f64, 0.0f64);
-        for &x in w.iter() {
-            let x = f64::from(x);
-            sum += x;
-            sumsq += x * x;
-        }
+        let mut bsum = std::mem::take(&mut sc.bsum);
+        let sum = block_sums(w, &mut bsum);
+        let need_ess = rec.is_some() || matches!(self.estimator, Estimator::Adaptive { .. });
+        let sumsq = if need_ess {
+            f64::from(math::dot(w, w))
+        } else {
+            f64::NAN
+        };
         let lse = mx + sum.ln() as f32;
         let ess = (sum * sum / sumsq) as f32;
         let stream = SampleStream::new(self.seed, h.batch, h.head, qi);
@@ -426,7 +477,10 @@ impl RowCtx<'_> {
             Estimator::Multinomial { samples } => (samples, Placement::Iid, true),
             Estimator::Stratified { samples } => (samples, Placement::Stratified, false),
             Estimator::Adaptive { min, max } => {
-                let s = (f64::from(ess).ceil() as usize).clamp(min, max);
+                // Neyman allocation under isotropic values: E_v[Var] ∝ 1 − 1/ESS, so S ∝ √(1 − 1/ESS).
+                let s = ((max as f64 * (1.0 - 1.0 / f64::from(ess)).max(0.0).sqrt()).ceil()
+                    as usize)
+                    .clamp(min, max);
                 (s, Placement::Stratified, false)
             }
             Estimator::ControlVariate { samples, .. } => (samples, Placement::Iid, true),
@@ -447,7 +501,7 @@ impl RowCtx<'_> {
                     w[j as usize] = 0.0;
                 }
                 top = idx;
-                let tail: f64 = w.iter().map(|&x| f64::from(x)).sum();
+                let tail = (sum - top_sum).max(0.0);
                 if tail <= 0.0 || k >= visible {
                     (0, Placement::Iid, false)
                 } else {
@@ -460,13 +514,14 @@ impl RowCtx<'_> {
         let total = if top.is_empty() {
             sum
         } else {
-            w.iter().map(|&x| f64::from(x)).sum()
+            block_sums(w, &mut bsum)
         };
         let shots = if n > 0 {
-            Some(self.shots(&stream, w, total, n, placement, &top, sc))
+            Some(self.shots(&stream, w, &bsum, total, n, placement, &top, sc))
         } else {
             None
         };
+        sc.bsum = bsum;
 
         // Coefficients of the sampled part (summing to `mass`).
         let mut sampled: Vec<(u32, f32)> = Vec::new();
@@ -515,6 +570,10 @@ impl RowCtx<'_> {
                 }
             }
             cv.add_lift(&y, out);
+            if sampled.is_empty() {
+                // No usable shot (noise discarded all): the estimate is the control's expectation.
+                math::axpy(1.0, &cv.mu, out);
+            }
         }
 
         if let Some(r) = rec {

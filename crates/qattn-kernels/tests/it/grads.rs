@@ -229,7 +229,7 @@ fn sampled_mode_is_sparse_over_keys() {
             .filter(|&j| dv[j * 3..(j + 1) * 3].iter().any(|&x| x != 0.0))
             .count();
         assert!(
-            touched >= 1 && touched <= 2 * 3,
+            (1..=2 * 3).contains(&touched),
             "{spec}: {touched} keys got gradient"
         );
         assert!(dk.iter().chain(&dv).all(|x| x.is_finite()));

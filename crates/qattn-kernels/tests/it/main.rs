@@ -1,4 +1,4 @@
-#![allow(unreachable_pub, missing_docs)]
+#![allow(unreachable_pub, missing_docs, clippy::needless_range_loop)]
 //! Integration tests of qattn-kernels through its public API, each against a reference with a
 //! stated tolerance.
 

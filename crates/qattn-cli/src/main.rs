@@ -1,0 +1,35 @@
+//! `qattn` — the command-line front door of qattn. Each capability adds a subcommand.
+
+mod attn;
+mod demo;
+mod io;
+
+use clap::{Parser, Subcommand};
+
+/// Monte-Carlo ("quantum measurement") attention: kernels, models and their honest evaluation.
+#[derive(Parser)]
+#[command(name = "qattn", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Apply an estimator to q/k/v tensors from a safetensors file.
+    Attn(attn::Args),
+    /// Print the relative error of every estimator against exact attention as S grows.
+    Demo(demo::Args),
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Attn(a) => attn::run(a),
+        Command::Demo(a) => demo::run(a),
+    };
+    if let Err(e) = result {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}

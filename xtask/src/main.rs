@@ -1,0 +1,243 @@
+//! Project automation for qattn, run as `cargo xtask <command>`.
+//!
+//! * `cargo xtask ci [--skip-clippy] [--skip-tests]`: the checks CI runs, cheapest first
+//!   (format, layering, clippy, tests). This is the README's test command.
+//! * `cargo xtask bench kernels [--quick] [--native]`: criterion benches of `qattn-kernels`
+//!   side by side with PyTorch's `scaled_dot_product_attention`, written to
+//!   `benchmarks/results/kernels.{json,md}`.
+//! * `cargo xtask image`: container images (they arrive with the serving crate).
+//!
+//! xtask depends on `anyhow`, `serde` and `serde_json` only, so it builds in seconds.
+
+mod bench;
+mod layering;
+
+use std::ffi::OsStr;
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitCode};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  ci [--skip-clippy] [--skip-tests]
+        fmt check, layering check, clippy -D warnings, tests (release); stops at the first failure
+  bench kernels [--quick] [--native]
+        criterion benches of qattn-kernels plus the PyTorch SDPA baseline;
+        writes benchmarks/results/kernels.json and kernels.md
+        --quick   smaller size grid and criterion's quick mode
+        --native  build the bench with -C target-cpu=native (separate target dir)
+  image
+        build container images (arrives with the serving crate)
+  help
+        print this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let result = match args.as_slice() {
+        ["ci", rest @ ..] => match parse_ci(rest) {
+            Ok(opts) => ci(&opts),
+            Err(msg) => return usage_error(&msg),
+        },
+        ["bench", "kernels", rest @ ..] => match bench::parse_options(rest) {
+            Ok(opts) => bench::kernels(&repo_root(), &opts),
+            Err(msg) => return usage_error(&msg),
+        },
+        ["image", ..] => {
+            println!(
+                "cargo xtask image: nothing to build yet; container images arrive with the serving crate (qattn-serve)."
+            );
+            Ok(())
+        }
+        ["help" | "--help" | "-h"] => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprint!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Prints `msg` and the usage text; exit status 2 like other command-line tools.
+fn usage_error(msg: &str) -> ExitCode {
+    eprintln!("error: {msg}\n");
+    eprint!("{USAGE}");
+    ExitCode::from(2)
+}
+
+/// The repository root: the parent of this crate's manifest directory.
+pub(crate) fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the repository root")
+        .to_path_buf()
+}
+
+/// The `cargo` that runs us (so the pinned toolchain is used), or `cargo` from PATH.
+pub(crate) fn cargo() -> Command {
+    Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()))
+}
+
+struct CiOptions {
+    skip_clippy: bool,
+    skip_tests: bool,
+}
+
+fn parse_ci(args: &[&str]) -> std::result::Result<CiOptions, String> {
+    let mut opts = CiOptions {
+        skip_clippy: false,
+        skip_tests: false,
+    };
+    for arg in args {
+        match *arg {
+            "--skip-clippy" => opts.skip_clippy = true,
+            "--skip-tests" => opts.skip_tests = true,
+            other => return Err(format!("unknown option for `cargo xtask ci`: {other}")),
+        }
+    }
+    Ok(opts)
+}
+
+fn ci(opts: &CiOptions) -> Result<()> {
+    let root = repo_root();
+    let started = Instant::now();
+
+    step("cargo fmt --all -- --check", || {
+        run(cargo()
+            .current_dir(&root)
+            .args(["fmt", "--all", "--", "--check"]))
+    })?;
+    step("layering check (cargo metadata)", || layering::check(&root))?;
+    if opts.skip_clippy {
+        println!("\n==> clippy skipped (--skip-clippy)");
+    } else {
+        step(
+            "cargo clippy --workspace --all-targets -- -D warnings",
+            || {
+                run(cargo().current_dir(&root).args([
+                    "clippy",
+                    "--workspace",
+                    "--all-targets",
+                    "--",
+                    "-D",
+                    "warnings",
+                ]))
+            },
+        )?;
+    }
+    if opts.skip_tests {
+        println!("\n==> tests skipped (--skip-tests)");
+    } else {
+        step("cargo test --workspace --release", || {
+            run(cargo()
+                .current_dir(&root)
+                .args(["test", "--workspace", "--release"]))
+        })?;
+    }
+    let skipped = match (opts.skip_clippy, opts.skip_tests) {
+        (false, false) => "",
+        (true, false) => " (clippy skipped)",
+        (false, true) => " (tests skipped)",
+        (true, true) => " (clippy and tests skipped)",
+    };
+    println!(
+        "\nci: all checks passed{skipped} in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Runs one named step, printing a header before and the elapsed time after.
+fn step(name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    println!("\n==> {name}");
+    let started = Instant::now();
+    let result = f();
+    let secs = started.elapsed().as_secs_f64();
+    match &result {
+        Ok(()) => println!("==> ok: {name} ({secs:.1} s)"),
+        Err(_) => println!("==> FAILED: {name} ({secs:.1} s)"),
+    }
+    result.with_context(|| format!("step failed: {name}"))
+}
+
+/// Runs a command with inherited stdio and fails on a non-zero exit status.
+pub(crate) fn run(cmd: &mut Command) -> Result<()> {
+    let shown = display(cmd);
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !status.success() {
+        bail!("`{shown}` exited with {status}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its stdout; stderr is passed through.
+pub(crate) fn output(cmd: &mut Command) -> Result<String> {
+    let shown = display(cmd);
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("could not start `{shown}`"))?;
+    if !out.status.success() {
+        bail!("`{shown}` exited with {}", out.status);
+    }
+    String::from_utf8(out.stdout).with_context(|| format!("`{shown}` printed non-UTF-8 output"))
+}
+
+fn display(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(OsStr::to_string_lossy)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same folder, fsync, rename,
+/// then fsync of the folder, so readers see either the old or the new file, never a torn one.
+pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
+    let dir = path
+        .parent()
+        .with_context(|| format!("{} has no parent folder", path.display()))?;
+    fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{} has no file name", path.display()))?
+        .to_string_lossy();
+    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut file =
+            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+        file.write_all(contents)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("syncing {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
+        // Make the rename itself durable; not every filesystem allows syncing a folder.
+        if let Ok(d) = fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
