@@ -1,7 +1,7 @@
 //! Monte-Carlo attention estimators on the CPU.
 //!
 //! For a block of queries the logits against all visible keys are computed with one matmul into
-//! a per-task buffer (block × Lk, never Lq × Lk); each row is then turned into unnormalised
+//! a per-task buffer (64 queries × Lk, never Lq × Lk); each row is then turned into unnormalised
 //! weights w_j = exp(l_j − max) and sampled by inverse CDF: targets u·W are walked once along the
 //! running sum of w (accumulated in f64, left to right), so a draw is a pure function of its
 //! Philox uniform and the row. See docs/estimators.md for the estimators' maths.
@@ -16,7 +16,7 @@ use crate::spec::{Estimator, EstimatorSpec};
 use rayon::prelude::*;
 
 /// Query rows per task for the sampling estimators.
-const BQM: usize = 32;
+const BQM: usize = 64;
 /// Rounds of shots drawn before giving up when noise discards every shot of a query.
 const MAX_ROUNDS: u64 = 64;
 
@@ -253,15 +253,35 @@ fn block_sums(w: &[f32], out: &mut Vec<f64>) -> f64 {
     total
 }
 
-/// Inverse-CDF draws over a two-level CDF: `out[s]` = the key whose cumulative weight interval
-/// contains target s. Targets (sorted ascending) are first located among the block sums and then
-/// inside their block by a left-to-right f64 running sum; a target that rounding leaves past a
-/// block's last element takes the block's last positive key, and one past the total takes the
-/// row's last positive key. Keys with zero weight are never drawn.
+/// Keys per sub-block inside a CDF block.
+const SUB: usize = 16;
+
+/// Sum of up to 16 values in a fixed pairwise order (depth 4, so it pipelines).
+#[inline(always)]
+fn sum16(x: &[f32]) -> f32 {
+    let mut e = [0.0f32; SUB];
+    e[..x.len()].copy_from_slice(x);
+    let mut w = SUB / 2;
+    while w > 0 {
+        for l in 0..w {
+            e[l] += e[l + w];
+        }
+        w /= 2;
+    }
+    e[0]
+}
+
+/// Inverse-CDF draws over a hierarchical CDF: `out[s]` = the key whose cumulative weight interval
+/// contains target s. Targets (sorted ascending) are located among the block sums (64 keys),
+/// then among the block's sub-block sums (16 keys, fixed pairwise order), then by a left-to-right
+/// f64 running sum inside the sub-block; a target that rounding leaves past a sub-block's or
+/// block's last element takes its last positive key, and one past the total takes the row's last
+/// positive key. Keys with zero weight are never drawn.
 fn walk(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32]) {
     let n = targets.len();
     let mut t = 0;
     let mut cum = 0.0f64;
+    let last_pos = |lo: usize, hi: usize| (lo..hi).rev().find(|&j| w[j] > 0.0).map(|j| j as u32);
     for (b, &bs) in bsum.iter().enumerate() {
         if t == n {
             return;
@@ -272,20 +292,34 @@ fn walk(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32]) {
         let end = cum + bs;
         if targets[t].0 < end {
             let start = b * CDF_BLOCK;
-            let blk = &w[start..(start + CDF_BLOCK).min(w.len())];
+            let stop = (start + CDF_BLOCK).min(w.len());
             let mut c = cum;
-            let mut last = None;
-            for (i, &x) in blk.iter().enumerate() {
-                if x > 0.0 {
-                    c += f64::from(x);
-                    last = Some((start + i) as u32);
-                    while t < n && targets[t].0 < c {
-                        out[targets[t].1 as usize] = (start + i) as u32;
-                        t += 1;
+            let mut s0 = start;
+            while s0 < stop && t < n && targets[t].0 < end {
+                let s1 = (s0 + SUB).min(stop);
+                let ss = f64::from(sum16(&w[s0..s1]));
+                if ss > 0.0 && targets[t].0 < c + ss {
+                    let mut cc = c;
+                    for (j, &x) in w[s0..s1].iter().enumerate().map(|(i, x)| (s0 + i, x)) {
+                        if x > 0.0 {
+                            cc += f64::from(x);
+                            while t < n && targets[t].0 < cc {
+                                out[targets[t].1 as usize] = j as u32;
+                                t += 1;
+                            }
+                        }
+                    }
+                    if let Some(last) = last_pos(s0, s1) {
+                        while t < n && targets[t].0 < c + ss {
+                            out[targets[t].1 as usize] = last;
+                            t += 1;
+                        }
                     }
                 }
+                c += ss;
+                s0 = s1;
             }
-            if let Some(last) = last {
+            if let Some(last) = last_pos(start, stop).filter(|_| t < n && targets[t].0 < end) {
                 while t < n && targets[t].0 < end {
                     out[targets[t].1 as usize] = last;
                     t += 1;
@@ -295,7 +329,7 @@ fn walk(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32]) {
         cum = end;
     }
     if t < n {
-        let last = w.iter().rposition(|&x| x > 0.0).unwrap_or(0) as u32;
+        let last = last_pos(0, w.len()).unwrap_or(0);
         while t < n {
             out[targets[t].1 as usize] = last;
             t += 1;
@@ -896,4 +930,63 @@ pub(crate) fn backward_sampled(
             }
         });
     (dq, dk, dvv)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The hierarchical walk agrees with a plain inverse CDF over f64 running sums, across block
+    /// and sub-block boundaries and with zero-weight keys, and never draws a zero-weight key.
+    #[test]
+    fn walk_matches_plain_inverse_cdf() {
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 33) as f64) / (1u64 << 31) as f64
+        };
+        for len in [1usize, 5, 16, 17, 63, 64, 65, 200, 1000] {
+            let w: Vec<f32> = (0..len)
+                .map(|_| if next() < 0.3 { 0.0 } else { next() as f32 })
+                .collect();
+            let mut bsum = Vec::new();
+            let mut total = 0.0f64;
+            for blk in w.chunks(CDF_BLOCK) {
+                let s = f64::from(math::sum(blk));
+                bsum.push(s);
+                total += s;
+            }
+            if total == 0.0 {
+                continue;
+            }
+            let mut targets: Vec<(f64, u32)> = (0..50).map(|s| (next() * total, s)).collect();
+            targets.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let mut out = vec![0u32; 50];
+            walk(&w, &bsum, &targets, &mut out);
+            for &(t, s) in &targets {
+                let j = out[s as usize] as usize;
+                assert!(w[j] > 0.0, "len {len}: drew a zero-weight key");
+                // Plain inverse CDF; allow a neighbour only when t sits within rounding of a boundary.
+                let mut cum = 0.0f64;
+                let mut want = None;
+                for (k, &x) in w.iter().enumerate() {
+                    cum += f64::from(x);
+                    if x > 0.0 && t < cum {
+                        want = Some((k, cum));
+                        break;
+                    }
+                }
+                if let Some((k, c)) = want {
+                    let near = (t - c).abs() < 1e-5 * total
+                        || (t - (c - f64::from(w[k]))).abs() < 1e-5 * total;
+                    assert!(
+                        j == k || near,
+                        "len {len}: target {t} drew {j}, plain CDF {k}"
+                    );
+                }
+            }
+        }
+    }
 }
