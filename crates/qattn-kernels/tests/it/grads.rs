@@ -19,6 +19,43 @@ fn grads(inp: &Inputs, opts: &AttentionOptions, g: &[f32]) -> (Vec<f32>, Vec<f32
     (get(&q), get(&k), get(&v))
 }
 
+/// Asserts that the mean over 2,000 seeds of the sampled-mode gradients of `spec` is within
+/// 4 standard errors (+ `floor`) of `exact` for every coordinate of dq, dk and dv.
+fn assert_sampled_mean_matches(
+    inp: &Inputs,
+    g: &[f32],
+    spec: &str,
+    exact: &(Vec<f32>, Vec<f32>, Vec<f32>),
+    floor: f64,
+) {
+    let runs: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..2000)
+        .map(|seed| {
+            let opts = AttentionOptions {
+                estimator: spec.parse().unwrap(),
+                seed,
+                grad_mode: GradMode::Sampled,
+                ..Default::default()
+            };
+            grads(inp, &opts, g)
+        })
+        .collect();
+    for (name, pick, want) in [
+        ("dq", 0usize, &exact.0),
+        ("dk", 1, &exact.1),
+        ("dv", 2, &exact.2),
+    ] {
+        let m = Moments::of(runs.iter().map(|r| [&r.0, &r.1, &r.2][pick].clone()));
+        for (i, &w) in want.iter().enumerate() {
+            let dev = (m.mean[i] - f64::from(w)).abs();
+            assert!(
+                dev <= 4.0 * m.se(i) + floor,
+                "{spec} {name}[{i}]: |mean − exact| = {dev:.3e}, SE {:.3e}",
+                m.se(i)
+            );
+        }
+    }
+}
+
 fn upstream(n: usize, seed: u64) -> Vec<f32> {
     crate::common::Gen::new(seed).normals(n, 1.0)
 }
@@ -173,35 +210,7 @@ fn sampled_gradients_are_unbiased_for_multinomial() {
     let inp = Inputs::gaussian(46, dims, 1.0);
     let g = upstream(dims.lq * dims.dv, 47);
     let exact = grads(&inp, &AttentionOptions::default(), &g);
-    let runs: Vec<(Vec<f32>, Vec<f32>, Vec<f32>)> = (0..2000)
-        .map(|s| {
-            grads(
-                &inp,
-                &AttentionOptions {
-                    estimator: "multinomial:4".parse().unwrap(),
-                    seed: s,
-                    grad_mode: GradMode::Sampled,
-                    ..Default::default()
-                },
-                &g,
-            )
-        })
-        .collect();
-    for (name, pick, want) in [
-        ("dq", 0usize, &exact.0),
-        ("dk", 1, &exact.1),
-        ("dv", 2, &exact.2),
-    ] {
-        let m = Moments::of(runs.iter().map(|r| [&r.0, &r.1, &r.2][pick].clone()));
-        for (i, &w) in want.iter().enumerate() {
-            let dev = (m.mean[i] - f64::from(w)).abs();
-            assert!(
-                dev <= 4.0 * m.se(i) + 1e-6,
-                "{name}[{i}]: |mean − exact| = {dev:.3e}, SE {:.3e}",
-                m.se(i)
-            );
-        }
-    }
+    assert_sampled_mean_matches(&inp, &g, "multinomial:4", &exact, 1e-6);
 }
 
 /// In sampled mode only sampled keys receive dk/dv gradient, and the gradient is finite.
@@ -259,33 +268,5 @@ fn cv_sampled_gradient_mean_is_close_to_exact() {
     let inp = Inputs::gaussian(50, dims, 1.0);
     let g = upstream(dims.lq * dims.dv, 51);
     let exact = grads(&inp, &AttentionOptions::default(), &g);
-    let runs: Vec<_> = (0..2000)
-        .map(|s| {
-            grads(
-                &inp,
-                &AttentionOptions {
-                    estimator: "cv:2:8".parse().unwrap(),
-                    seed: s,
-                    grad_mode: GradMode::Sampled,
-                    ..Default::default()
-                },
-                &g,
-            )
-        })
-        .collect();
-    for (name, pick, want) in [
-        ("dq", 0usize, &exact.0),
-        ("dk", 1, &exact.1),
-        ("dv", 2, &exact.2),
-    ] {
-        let m = Moments::of(runs.iter().map(|r| [&r.0, &r.1, &r.2][pick].clone()));
-        for (i, &w) in want.iter().enumerate() {
-            let dev = (m.mean[i] - f64::from(w)).abs();
-            assert!(
-                dev <= 4.0 * m.se(i) + 1e-5,
-                "{name}[{i}]: |mean − exact| = {dev:.3e}, SE {:.3e}",
-                m.se(i)
-            );
-        }
-    }
+    assert_sampled_mean_matches(&inp, &g, "cv:2:8", &exact, 1e-5);
 }
