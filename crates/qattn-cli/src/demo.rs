@@ -83,7 +83,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         println!();
     }
     println!(
-        "\nMonte-Carlo error falls as S^(-1/2); stratified, top-k and cv reduce the constant; readout noise adds a bias that does not fall with S, and mitigation removes most of it."
+        "\nMonte-Carlo error falls as S^(-1/2); stratified, top-k and cv reduce the constant; readout noise adds a bias that does not fall with S; mitigation removes most of that bias at the cost of extra variance. q, k and v are drawn afresh on each run, so the digits vary slightly between runs."
     );
     if let Some(path) = a.json {
         let body = serde_json::to_vec_pretty(
