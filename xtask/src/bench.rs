@@ -106,6 +106,17 @@ struct Shape {
     dtype: &'static str,
 }
 
+impl Shape {
+    /// The one shape every kernel benchmark row uses.
+    const BENCH: Shape = Shape {
+        b: B,
+        h: H,
+        d: D,
+        lq_equals_lk: true,
+        dtype: "f32",
+    };
+}
+
 #[derive(Serialize, Clone, Debug, PartialEq)]
 struct Row {
     /// `fwd` or `fwdbwd`.
@@ -317,13 +328,7 @@ pub(crate) fn kernels(root: &Path, opts: &BenchOptions) -> Result<()> {
         .map(|s| s.trim().to_owned())
         .filter(|s| !s.is_empty()),
         torch: torch_info,
-        shape: Shape {
-            b: B,
-            h: H,
-            d: D,
-            lq_equals_lk: true,
-            dtype: "f32",
-        },
+        shape: Shape::BENCH,
         flop_convention: format!(
             "fwd: exact-attention FLOPs 4*B*H*Lq*Lk*D for every estimator (Monte-Carlo rows show \
              effective throughput); fwdbwd: {FWDBWD_FLOP_FACTOR}x fwd (FlashAttention's \
@@ -969,13 +974,7 @@ mod tests {
             rustc: None,
             git_commit: None,
             torch: None,
-            shape: Shape {
-                b: B,
-                h: H,
-                d: D,
-                lq_equals_lk: true,
-                dtype: "f32",
-            },
+            shape: Shape::BENCH,
             flop_convention: String::new(),
             notes: vec![],
             targets,

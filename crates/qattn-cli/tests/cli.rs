@@ -8,6 +8,21 @@ fn qattn() -> Command {
     Command::new(env!("CARGO_BIN_EXE_qattn"))
 }
 
+/// Runs `qattn attn --input INPUT --output OUTPUT EXTRA…`.
+fn attn(input: &std::path::Path, output: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    qattn()
+        .args([
+            "attn",
+            "--input",
+            input.to_str().unwrap(),
+            "--output",
+            output.to_str().unwrap(),
+        ])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
 fn write_input(
     dir: &std::path::Path,
     k_shape: (usize, usize, usize, usize),
@@ -42,30 +57,21 @@ fn write_input(
     p
 }
 
+const SAMPLED: [&str; 6] = [
+    "--estimator",
+    "stratified:16",
+    "--seed",
+    "3",
+    "--grad-mode",
+    "sampled",
+];
+
 #[test]
 fn attn_writes_out_counts_and_gradients() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), (1, 2, 7, 8), true);
     let output = dir.path().join("out.safetensors");
-    let st = qattn()
-        .args([
-            "attn",
-            "--input",
-            input.to_str().unwrap(),
-            "--estimator",
-            "stratified:16",
-            "--seed",
-            "3",
-        ])
-        .args([
-            "--grad-mode",
-            "sampled",
-            "--output",
-            output.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(attn(&input, &output, &SAMPLED).status.success());
     let t = candle_core::safetensors::load(&output, &Device::Cpu).unwrap();
     assert_eq!(t["out"].dims(), &[1, 2, 5, 4]);
     assert_eq!(t["counts"].dims(), &[1, 2, 5, 7]);
@@ -83,27 +89,9 @@ fn attn_writes_out_counts_and_gradients() {
     for g in ["dq", "dk", "dv"] {
         assert!(t.contains_key(g), "missing {g}");
     }
-    // Same seed → identical output file contents.
+    // Same seed → identical output.
     let output2 = dir.path().join("out2.safetensors");
-    let st = qattn()
-        .args([
-            "attn",
-            "--input",
-            input.to_str().unwrap(),
-            "--estimator",
-            "stratified:16",
-            "--seed",
-            "3",
-        ])
-        .args([
-            "--grad-mode",
-            "sampled",
-            "--output",
-            output2.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(attn(&input, &output2, &SAMPLED).status.success());
     let t2 = candle_core::safetensors::load(&output2, &Device::Cpu).unwrap();
     let flat = |x: &Tensor| x.flatten_all().unwrap().to_vec1::<f32>().unwrap();
     assert_eq!(flat(&t["out"]), flat(&t2["out"]));
@@ -114,19 +102,11 @@ fn attn_exact_has_no_counts() {
     let dir = tempfile::tempdir().unwrap();
     let input = write_input(dir.path(), (1, 2, 7, 8), false);
     let output = dir.path().join("out.safetensors");
-    let st = qattn()
-        .args([
-            "attn",
-            "--input",
-            input.to_str().unwrap(),
-            "--estimator",
-            "exact",
-            "--output",
-            output.to_str().unwrap(),
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    assert!(
+        attn(&input, &output, &["--estimator", "exact"])
+            .status
+            .success()
+    );
     let t = candle_core::safetensors::load(&output, &Device::Cpu).unwrap();
     assert!(t.contains_key("out") && !t.contains_key("counts"));
 }
@@ -134,20 +114,13 @@ fn attn_exact_has_no_counts() {
 #[test]
 fn attn_rejects_bad_shapes_and_specs_with_named_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let input = write_input(dir.path(), (1, 2, 7, 3), false);
     let output = dir.path().join("out.safetensors");
-    let o = qattn()
-        .args([
-            "attn",
-            "--input",
-            input.to_str().unwrap(),
-            "--output",
-            output.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    let err = String::from_utf8_lossy(&o.stderr);
+    let stderr = |o: std::process::Output| {
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).into_owned()
+    };
+    let bad = write_input(dir.path(), (1, 2, 7, 3), false);
+    let err = stderr(attn(&bad, &output, &[]));
     assert!(
         err.contains("`k`") && err.contains("D=8") && err.contains("[1, 2, 7, 3]"),
         "{err}"
@@ -155,33 +128,9 @@ fn attn_rejects_bad_shapes_and_specs_with_named_errors() {
     assert!(!output.exists(), "no output on failure");
 
     let good = write_input(dir.path(), (1, 2, 7, 8), false);
-    let o = qattn()
-        .args([
-            "attn",
-            "--input",
-            good.to_str().unwrap(),
-            "--estimator",
-            "stratified:0",
-            "--output",
-            output.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("at least 1"));
-
-    let o = qattn()
-        .args([
-            "attn",
-            "--input",
-            "/nonexistent.safetensors",
-            "--output",
-            output.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("does not exist"));
+    assert!(stderr(attn(&good, &output, &["--estimator", "stratified:0"])).contains("at least 1"));
+    let missing = std::path::Path::new("/nonexistent.safetensors");
+    assert!(stderr(attn(missing, &output, &[])).contains("does not exist"));
 }
 
 #[test]

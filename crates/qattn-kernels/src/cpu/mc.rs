@@ -6,7 +6,7 @@
 //! running sum of w (accumulated in f64, left to right), so a draw is a pure function of its
 //! Philox uniform and the row. See docs/estimators.md for the estimators' maths.
 
-use super::exact::{self, key_limit};
+use super::exact::key_limit;
 use super::gemm::{Mat, matmul};
 use super::{HeadInput, Problem};
 use crate::math;
@@ -800,7 +800,6 @@ pub(crate) fn forward(p: &Problem<'_>, spec: &EstimatorSpec, seed: u64, record: 
             .enumerate()
             .for_each(|(bh, (o, l))| per_head(bh, o, l, None));
     }
-    let _ = exact::BQ;
     McForward {
         out,
         lse,
