@@ -3,6 +3,7 @@
 mod attn;
 mod demo;
 mod io;
+mod model;
 
 use clap::{Parser, Subcommand};
 
@@ -20,6 +21,8 @@ enum Command {
     Attn(attn::Args),
     /// Print the relative error of every estimator against exact attention as S grows.
     Demo(demo::Args),
+    /// Run a BERT-family checkpoint (Hub id or directory) with any attention estimator.
+    Model(model::Args),
 }
 
 fn main() {
@@ -27,6 +30,7 @@ fn main() {
     let result = match cli.command {
         Command::Attn(a) => attn::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Model(a) => model::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

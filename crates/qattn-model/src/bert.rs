@@ -1,0 +1,503 @@
+//! The BERT encoder: embeddings, encoder layers whose self-attention runs through
+//! qattn-kernels with the configured estimator per layer/head, and the pooler.
+
+use crate::attention::{AttentionConfig, SeedStream, derive};
+use crate::config::{Activation, Config};
+use crate::error::{Error, Result};
+use crate::params::Params;
+use candle_core::{D, DType, Device, IndexOp, Tensor};
+use qattn_kernels::{AttentionOptions, attention};
+
+/// Training or inference, and the training step that seeds attention draws and dropout.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Mode {
+    /// Training mode: dropout on, differentiable LayerNorm.
+    pub train: bool,
+    /// The optimiser step (0 at inference); part of every seed.
+    pub step: u64,
+}
+
+impl Mode {
+    /// Inference: no dropout, step 0.
+    pub const EVAL: Mode = Mode {
+        train: false,
+        step: 0,
+    };
+
+    /// Training at `step`.
+    pub fn train(step: u64) -> Self {
+        Mode { train: true, step }
+    }
+}
+
+/// Token inputs of one batch.
+#[derive(Clone, Debug)]
+pub struct Inputs {
+    /// Token ids [B, L] (u32 or i64).
+    pub input_ids: Tensor,
+    /// Segment ids [B, L]; zeros when `None`.
+    pub token_type_ids: Option<Tensor>,
+    /// 1 for real tokens, 0 for padding, [B, L]; all ones when `None`.
+    pub attention_mask: Option<Tensor>,
+}
+
+impl Inputs {
+    /// Inputs of `ids` with no segments and no padding.
+    pub fn from_ids(input_ids: Tensor) -> Self {
+        Inputs {
+            input_ids,
+            token_type_ids: None,
+            attention_mask: None,
+        }
+    }
+}
+
+impl From<&crate::tokenizer::Batch> for Inputs {
+    fn from(b: &crate::tokenizer::Batch) -> Self {
+        Inputs {
+            input_ids: b.input_ids.clone(),
+            token_type_ids: Some(b.token_type_ids.clone()),
+            attention_mask: Some(b.attention_mask.clone()),
+        }
+    }
+}
+
+/// What the encoder returns.
+#[derive(Clone, Debug)]
+pub struct EncoderOutput {
+    /// The last layer's hidden states [B, L, H].
+    pub last_hidden_state: Tensor,
+    /// tanh(W·h_[CLS] + b) [B, H], when the model has a pooler.
+    pub pooler_output: Option<Tensor>,
+    /// Embedding output followed by every layer's output (when requested), each [B, L, H].
+    pub hidden_states: Vec<Tensor>,
+}
+
+/// A dense layer y = x Wᵀ + b over the last dimension, computed as one 2-D matmul.
+#[derive(Clone, Debug)]
+pub(crate) struct Linear {
+    pub(crate) weight: Tensor,
+    pub(crate) bias: Tensor,
+}
+
+impl Linear {
+    pub(crate) fn load(p: &Params, name: &str, in_dim: usize, out_dim: usize) -> Result<Self> {
+        Ok(Linear {
+            weight: p.get(&format!("{name}.weight"), (out_dim, in_dim))?,
+            bias: p.get(&format!("{name}.bias"), out_dim)?,
+        })
+    }
+
+    pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let (last, lead) = dims
+            .split_last()
+            .ok_or_else(|| Error::Input("a dense layer needs at least one dimension".into()))?;
+        let rows: usize = lead.iter().product();
+        let x2 = x.reshape((rows, *last))?;
+        let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let mut out = lead.to_vec();
+        out.push(self.weight.dim(0)?);
+        Ok(y.reshape(out)?)
+    }
+}
+
+#[derive(Clone, Debug)]
+struct LayerNorm {
+    weight: Tensor,
+    bias: Tensor,
+    eps: f64,
+}
+
+impl LayerNorm {
+    fn load(p: &Params, name: &str, size: usize, eps: f64) -> Result<Self> {
+        Ok(LayerNorm {
+            weight: p.get(&format!("{name}.weight"), size)?,
+            bias: p.get(&format!("{name}.bias"), size)?,
+            eps,
+        })
+    }
+
+    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+        // candle-nn's fused kernel has no backward; training takes the composed form.
+        let y = if mode.train {
+            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?
+        } else {
+            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)?
+        };
+        Ok(y)
+    }
+}
+
+/// Inverted dropout whose mask comes from a Philox stream of (seed, step, site), so a training
+/// run is reproducible from its seed (candle's CPU RNG cannot be seeded).
+pub(crate) fn dropout(x: &Tensor, p: f64, seed: u64, step: u64, site: u32) -> Result<Tensor> {
+    if p <= 0.0 {
+        return Ok(x.clone());
+    }
+    let n = x.elem_count();
+    let key = derive(seed, SeedStream::Dropout, step, site, 0);
+    let key = [key as u32, (key >> 32) as u32];
+    let keep = 1.0 - p;
+    let scale = (1.0 / keep) as f32;
+    let threshold = (keep * 4_294_967_296.0) as u64;
+    let mut mask = Vec::with_capacity(n + 3);
+    let mut ctr = 0u64;
+    while mask.len() < n {
+        let r = qattn_kernels::philox::philox4x32_10([ctr as u32, (ctr >> 32) as u32, 0, 0], key);
+        ctr += 1;
+        for w in r {
+            mask.push(if u64::from(w) < threshold { scale } else { 0.0 });
+        }
+    }
+    mask.truncate(n);
+    let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
+        .to_device(x.device())?
+        .to_dtype(x.dtype())?;
+    Ok((x * mask)?)
+}
+
+#[derive(Clone, Debug)]
+struct Embeddings {
+    word: Tensor,
+    position: Tensor,
+    token_type: Tensor,
+    norm: LayerNorm,
+}
+
+impl Embeddings {
+    fn load(p: &Params, cfg: &Config) -> Result<Self> {
+        let h = cfg.hidden_size;
+        Ok(Embeddings {
+            word: p.get(
+                "bert.embeddings.word_embeddings.weight",
+                (cfg.vocab_size, h),
+            )?,
+            position: p.get(
+                "bert.embeddings.position_embeddings.weight",
+                (cfg.max_position_embeddings, h),
+            )?,
+            token_type: p.get(
+                "bert.embeddings.token_type_embeddings.weight",
+                (cfg.type_vocab_size, h),
+            )?,
+            norm: LayerNorm::load(p, "bert.embeddings.LayerNorm", h, cfg.layer_norm_eps)?,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Layer {
+    query: Linear,
+    key: Linear,
+    value: Linear,
+    attn_out: Linear,
+    attn_norm: LayerNorm,
+    intermediate: Linear,
+    output: Linear,
+    out_norm: LayerNorm,
+}
+
+impl Layer {
+    fn load(p: &Params, cfg: &Config, i: usize) -> Result<Self> {
+        let h = cfg.hidden_size;
+        let eps = cfg.layer_norm_eps;
+        let pre = format!("bert.encoder.layer.{i}");
+        Ok(Layer {
+            query: Linear::load(p, &format!("{pre}.attention.self.query"), h, h)?,
+            key: Linear::load(p, &format!("{pre}.attention.self.key"), h, h)?,
+            value: Linear::load(p, &format!("{pre}.attention.self.value"), h, h)?,
+            attn_out: Linear::load(p, &format!("{pre}.attention.output.dense"), h, h)?,
+            attn_norm: LayerNorm::load(p, &format!("{pre}.attention.output.LayerNorm"), h, eps)?,
+            intermediate: Linear::load(
+                p,
+                &format!("{pre}.intermediate.dense"),
+                h,
+                cfg.intermediate_size,
+            )?,
+            output: Linear::load(p, &format!("{pre}.output.dense"), cfg.intermediate_size, h)?,
+            out_norm: LayerNorm::load(p, &format!("{pre}.output.LayerNorm"), h, eps)?,
+        })
+    }
+}
+
+/// The BERT encoder (embeddings, layers, optional pooler) with pluggable attention.
+#[derive(Clone, Debug)]
+pub struct Bert {
+    config: Config,
+    attention: AttentionConfig,
+    embeddings: Embeddings,
+    layers: Vec<Layer>,
+    pooler: Option<Linear>,
+}
+
+impl Bert {
+    /// Builds the encoder from canonical (`bert.`-prefixed) parameters.
+    pub fn new(cfg: &Config, attention: AttentionConfig, p: &Params) -> Result<Self> {
+        cfg.validate()?;
+        attention.validate(cfg.num_hidden_layers, cfg.num_attention_heads)?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| Layer::load(p, cfg, i))
+            .collect::<Result<Vec<_>>>()?;
+        let pooler = if p.contains("bert.pooler.dense.weight") {
+            Some(Linear::load(
+                p,
+                "bert.pooler.dense",
+                cfg.hidden_size,
+                cfg.hidden_size,
+            )?)
+        } else {
+            None
+        };
+        Ok(Bert {
+            config: cfg.clone(),
+            attention,
+            embeddings: Embeddings::load(p, cfg)?,
+            layers,
+            pooler,
+        })
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The attention configuration.
+    pub fn attention(&self) -> &AttentionConfig {
+        &self.attention
+    }
+
+    /// Replaces the attention configuration (validated against the layer and head counts).
+    pub fn set_attention(&mut self, attention: AttentionConfig) -> Result<()> {
+        attention.validate(
+            self.config.num_hidden_layers,
+            self.config.num_attention_heads,
+        )?;
+        self.attention = attention;
+        Ok(())
+    }
+
+    /// Whether the checkpoint had a pooler.
+    pub fn has_pooler(&self) -> bool {
+        self.pooler.is_some()
+    }
+
+    /// Runs the encoder. With `all_hidden_states`, the output also holds the embedding output
+    /// and every layer's output.
+    pub fn forward(
+        &self,
+        inputs: &Inputs,
+        mode: Mode,
+        all_hidden_states: bool,
+    ) -> Result<EncoderOutput> {
+        let cfg = &self.config;
+        let (b, l) = inputs.input_ids.dims2().map_err(|_| {
+            Error::Input(format!(
+                "input_ids must be [batch, length], got {:?}",
+                inputs.input_ids.dims()
+            ))
+        })?;
+        if l == 0 || b == 0 {
+            return Err(Error::Input("empty batch or zero-length sequence".into()));
+        }
+        if l > cfg.max_position_embeddings {
+            return Err(Error::Input(format!(
+                "sequence length {l} exceeds max_position_embeddings {}; truncate the input",
+                cfg.max_position_embeddings
+            )));
+        }
+        let ids = to_u32(&inputs.input_ids, "input_ids")?;
+        check_range(&ids, cfg.vocab_size, "input_ids", "vocab_size")?;
+        let dev = self.embeddings.word.device().clone();
+        let types = match &inputs.token_type_ids {
+            Some(t) => {
+                check_same_shape(t, (b, l), "token_type_ids")?;
+                let t = to_u32(t, "token_type_ids")?;
+                check_range(&t, cfg.type_vocab_size, "token_type_ids", "type_vocab_size")?;
+                t
+            }
+            None => Tensor::zeros((b, l), DType::U32, &dev)?,
+        };
+        let mask = match &inputs.attention_mask {
+            Some(m) => {
+                check_same_shape(m, (b, l), "attention_mask")?;
+                Some(m.clone())
+            }
+            None => None,
+        };
+
+        let e = &self.embeddings;
+        let flat = ids.flatten_all()?;
+        let words = e
+            .word
+            .index_select(&flat, 0)?
+            .reshape((b, l, cfg.hidden_size))?;
+        let types = e
+            .token_type
+            .index_select(&types.flatten_all()?, 0)?
+            .reshape((b, l, cfg.hidden_size))?;
+        let pos = e.position.narrow(0, 0, l)?.unsqueeze(0)?;
+        let mut x = words.broadcast_add(&pos)?.add(&types)?;
+        x = e.norm.forward(&x, mode)?;
+        x = self.drop(&x, mode, 0)?;
+
+        let mut hidden = Vec::new();
+        if all_hidden_states {
+            hidden.push(x.clone());
+        }
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = self.layer_forward(layer, i, &x, mask.as_ref(), mode)?;
+            if all_hidden_states {
+                hidden.push(x.clone());
+            }
+        }
+        let pooler_output = match &self.pooler {
+            Some(p) => Some(p.forward(&x.i((.., 0))?.contiguous()?)?.tanh()?),
+            None => None,
+        };
+        Ok(EncoderOutput {
+            last_hidden_state: x,
+            pooler_output,
+            hidden_states: hidden,
+        })
+    }
+
+    fn drop(&self, x: &Tensor, mode: Mode, site: u32) -> Result<Tensor> {
+        if !mode.train {
+            return Ok(x.clone());
+        }
+        dropout(
+            x,
+            self.config.hidden_dropout_prob,
+            self.attention.seed,
+            mode.step,
+            site,
+        )
+    }
+
+    fn layer_forward(
+        &self,
+        layer: &Layer,
+        index: usize,
+        x: &Tensor,
+        mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, l, h) = x.dims3()?;
+        let nh = cfg.num_attention_heads;
+        let dh = cfg.head_dim();
+        // [B, L, H] → [B, nh, L, dh]
+        let heads = |t: Tensor| -> Result<Tensor> {
+            Ok(t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous()?)
+        };
+        let q = heads(layer.query.forward(x)?)?;
+        let k = heads(layer.key.forward(x)?)?;
+        let v = heads(layer.value.forward(x)?)?;
+        let ctx = self.attend(index, &q, &k, &v, mask, mode)?;
+        let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((b, l, h))?;
+        let a = layer.attn_out.forward(&ctx)?;
+        let a = self.drop(&a, mode, 1 + 2 * index as u32)?;
+        let a = layer.attn_norm.forward(&(a + x)?, mode)?;
+        let f = layer.intermediate.forward(&a)?;
+        let f = match cfg.hidden_act {
+            Activation::Gelu => f.gelu_erf()?,
+            Activation::GeluTanh => f.gelu()?,
+            Activation::Relu => f.relu()?,
+            Activation::Silu => f.silu()?,
+        };
+        let f = layer.output.forward(&f)?;
+        let f = self.drop(&f, mode, 2 + 2 * index as u32)?;
+        layer.out_norm.forward(&(f + a)?, mode)
+    }
+
+    /// Self-attention of one layer: one kernel call per group of heads sharing an estimator.
+    fn attend(
+        &self,
+        layer: usize,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        mask: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let nh = self.config.num_attention_heads;
+        let groups = self.attention.groups(layer, nh);
+        let opts = |spec: &qattn_kernels::EstimatorSpec, first: usize| AttentionOptions {
+            estimator: spec.clone(),
+            seed: self.attention.seed_for(mode.step, layer, first),
+            causal: false,
+            scale: None,
+            grad_mode: self.attention.grad_mode,
+            mask: mask.cloned(),
+        };
+        if groups.len() == 1 {
+            return Ok(attention(q, k, v, &opts(&groups[0].0, 0))?);
+        }
+        let mut outs: Vec<Option<Tensor>> = vec![None; nh];
+        for (spec, hs) in &groups {
+            let idx = Tensor::new(
+                hs.iter().map(|&h| h as u32).collect::<Vec<_>>().as_slice(),
+                q.device(),
+            )?;
+            let pick =
+                |t: &Tensor| -> Result<Tensor> { Ok(t.index_select(&idx, 1)?.contiguous()?) };
+            let o = attention(&pick(q)?, &pick(k)?, &pick(v)?, &opts(spec, hs[0]))?;
+            for (j, &h) in hs.iter().enumerate() {
+                outs[h] = Some(o.narrow(1, j, 1)?);
+            }
+        }
+        let outs: Vec<Tensor> = outs.into_iter().flatten().collect();
+        Ok(Tensor::cat(&outs, 1)?)
+    }
+}
+
+fn to_u32(t: &Tensor, name: &str) -> Result<Tensor> {
+    match t.dtype() {
+        DType::U32 => Ok(t.clone()),
+        DType::I64 | DType::U8 => Ok(t.to_dtype(DType::U32)?),
+        other => Err(Error::Input(format!(
+            "{name} must be an integer tensor (u32/i64), got {other:?}"
+        ))),
+    }
+}
+
+fn check_same_shape(t: &Tensor, (b, l): (usize, usize), name: &str) -> Result<()> {
+    if t.dims() != [b, l] {
+        return Err(Error::Input(format!(
+            "{name} has shape {:?}, input_ids has [{b}, {l}]",
+            t.dims()
+        )));
+    }
+    Ok(())
+}
+
+fn check_range(t: &Tensor, limit: usize, name: &str, field: &str) -> Result<()> {
+    let max = t.flatten_all()?.max(D::Minus1)?.to_scalar::<u32>()?;
+    if max as usize >= limit {
+        return Err(Error::Input(format!(
+            "{name} contains {max}, but the model's {field} is {limit}"
+        )));
+    }
+    Ok(())
+}
+
+/// Mean of the hidden states over real (mask = 1) tokens, then L2-normalised: the
+/// sentence-transformers embedding. `hidden` [B, L, H], `mask` [B, L] → [B, H].
+pub fn mean_pool_normalize(hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let (b, l, _) = hidden.dims3()?;
+    let mask = match mask {
+        Some(m) => m.to_dtype(hidden.dtype())?,
+        None => Tensor::ones((b, l), hidden.dtype(), hidden.device())?,
+    };
+    let summed = hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
+    let count = mask.sum_keepdim(1)?.clamp(1e-9, f64::INFINITY)?;
+    let mean = summed.broadcast_div(&count)?;
+    let norm = mean
+        .sqr()?
+        .sum_keepdim(1)?
+        .sqrt()?
+        .clamp(1e-12, f64::INFINITY)?;
+    Ok(mean.broadcast_div(&norm)?)
+}
