@@ -1,6 +1,6 @@
 //! `qattn attn`: apply a qattn estimator to tensors exported from PyTorch (or anywhere).
 
-use crate::io::write_atomic;
+use qattn_model::io::write_atomic;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor, Var};
 use qattn_kernels::{AttentionOptions, EstimatorSpec, GradMode, attention_with_diagnostics};

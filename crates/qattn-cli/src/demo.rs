@@ -89,7 +89,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         let body = serde_json::to_vec_pretty(
             &serde_json::json!({"lk": a.lk, "d": a.d, "seeds": a.seeds, "rows": json_rows}),
         )?;
-        crate::io::write_atomic(&path, &body)?;
+        qattn_model::io::write_atomic(&path, &body)?;
         eprintln!("wrote {}", path.display());
     }
     Ok(())

@@ -2,7 +2,6 @@
 
 mod attn;
 mod demo;
-mod io;
 mod model;
 
 use clap::{Parser, Subcommand};

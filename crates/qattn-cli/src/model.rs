@@ -243,7 +243,7 @@ fn info(a: InfoArgs) -> Result<()> {
         println!("labels      {}", labels.join(", "));
     }
     println!(
-        "attention   seed {}, gradient {:?}",
+        "attention   seed {}, gradient {}",
         model.attention().seed,
         model.attention().grad_mode
     );

@@ -1,0 +1,191 @@
+//! Forward throughput and peak memory of one qattn-model configuration, for
+//! `cargo xtask bench model` (one process per configuration, so the peak RSS is that
+//! configuration's own).
+//!
+//! ```text
+//! cargo run --release -p qattn-model --example bench_forward -- \
+//!     --model sentence-transformers/all-MiniLM-L6-v2 --cache-dir ../shared/data/hf \
+//!     --attention stratified:32 --batch 32 --seq 128 --warmup 2 --iters 10 --json out.json
+//! ```
+//!
+//! The model is loaded offline from the cache (no tokenizer). The token ids are deterministic
+//! and identical to `benchmarks/baselines/hf_bert.py`: `id[b][j]` is 101 for `j = 0`, 102 for
+//! `j = L-1` and `1000 + (b·7919 + j·104729) mod 28000` otherwise, with no padding. After
+//! `warmup` untimed passes, `iters` forward passes are timed one by one (wall clock). The JSON
+//! written: `{"estimator", "model", "batch", "seq", "warmup", "iters", "times_s": [...],
+//! "median_s", "seqs_per_s", "peak_rss_mb", "threads", "load_s", "output_abs_mean"}`, where
+//! `seqs_per_s = batch / median_s`, `peak_rss_mb` is `VmHWM` of `/proc/self/status` in MiB and
+//! `threads` is candle's (and rayon's) thread count, set with `RAYON_NUM_THREADS`.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use candle_core::{Device, Tensor};
+use qattn_model::{AttentionConfig, HubOptions, Inputs, LoadOptions, Mode, Model};
+
+/// Command-line options.
+struct Args {
+    model: String,
+    cache_dir: Option<PathBuf>,
+    attention: String,
+    batch: usize,
+    seq: usize,
+    warmup: usize,
+    iters: usize,
+    json: Option<PathBuf>,
+}
+
+fn parse_args() -> Result<Args> {
+    let mut args = Args {
+        model: "sentence-transformers/all-MiniLM-L6-v2".to_owned(),
+        cache_dir: None,
+        attention: "exact".to_owned(),
+        batch: 32,
+        seq: 128,
+        warmup: 2,
+        iters: 10,
+        json: None,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || {
+            it.next()
+                .with_context(|| format!("{flag} needs a value"))
+        };
+        let number = |v: String| -> Result<usize> {
+            v.parse()
+                .with_context(|| format!("{flag}: {v:?} is not a non-negative integer"))
+        };
+        match flag.as_str() {
+            "--model" => args.model = value()?,
+            "--cache-dir" => args.cache_dir = Some(value()?.into()),
+            "--attention" => args.attention = value()?,
+            "--batch" => args.batch = number(value()?)?,
+            "--seq" => args.seq = number(value()?)?,
+            "--warmup" => args.warmup = number(value()?)?,
+            "--iters" => args.iters = number(value()?)?,
+            "--json" => args.json = Some(value()?.into()),
+            other => bail!(
+                "unknown option {other}; expected --model, --cache-dir, --attention, --batch, \
+                 --seq, --warmup, --iters, --json"
+            ),
+        }
+    }
+    if args.batch == 0 || args.seq < 2 || args.iters == 0 {
+        bail!("need --batch ≥ 1, --seq ≥ 2 and --iters ≥ 1");
+    }
+    Ok(args)
+}
+
+/// The benchmark's token ids, the same formula as `benchmarks/baselines/hf_bert.py`.
+fn token_ids(batch: usize, seq: usize) -> Vec<u32> {
+    let mut ids = Vec::with_capacity(batch * seq);
+    for b in 0..batch {
+        for j in 0..seq {
+            ids.push(if j == 0 {
+                101
+            } else if j == seq - 1 {
+                102
+            } else {
+                1000 + ((b * 7919 + j * 104_729) % 28_000) as u32
+            });
+        }
+    }
+    ids
+}
+
+/// Peak resident set size of this process (`VmHWM`), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line
+        .trim_start_matches("VmHWM:")
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024.0)
+}
+
+fn median(times: &[f64]) -> f64 {
+    let mut sorted = times.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
+    }
+}
+
+fn main() -> Result<()> {
+    let args = parse_args()?;
+    let threads = candle_core::utils::get_num_threads();
+    let opts = LoadOptions {
+        hub: HubOptions {
+            cache_dir: args.cache_dir.clone(),
+            offline: true,
+            ..HubOptions::default()
+        },
+        attention: Some(AttentionConfig::parse(&args.attention)?),
+        tokenizer: false,
+        ..Default::default()
+    };
+    let started = Instant::now();
+    let model = Model::load(&args.model, &opts)
+        .with_context(|| format!("loading {} (offline)", args.model))?;
+    let load_s = started.elapsed().as_secs_f64();
+    let ids = Tensor::from_vec(
+        token_ids(args.batch, args.seq),
+        (args.batch, args.seq),
+        &Device::Cpu,
+    )?;
+    let inputs = Inputs::from_ids(ids);
+
+    for _ in 0..args.warmup {
+        model.forward(&inputs, Mode::EVAL)?;
+    }
+    let mut times = Vec::with_capacity(args.iters);
+    let mut output_abs_mean = 0.0;
+    for _ in 0..args.iters {
+        let t0 = Instant::now();
+        let out = model.forward(&inputs, Mode::EVAL)?;
+        times.push(t0.elapsed().as_secs_f64());
+        output_abs_mean = out
+            .last_hidden_state
+            .abs()?
+            .mean_all()?
+            .to_scalar::<f32>()? as f64;
+    }
+    let median_s = median(&times);
+    let seqs_per_s = args.batch as f64 / median_s;
+    eprintln!(
+        "qattn {:>16}: median {:.4} s/batch, {:.1} seq/s, {} threads",
+        args.attention, median_s, seqs_per_s, threads
+    );
+    let report = serde_json::json!({
+        "estimator": args.attention,
+        "model": args.model,
+        "batch": args.batch,
+        "seq": args.seq,
+        "warmup": args.warmup,
+        "iters": args.iters,
+        "times_s": times,
+        "median_s": median_s,
+        "seqs_per_s": seqs_per_s,
+        "peak_rss_mb": peak_rss_mib(),
+        "threads": threads,
+        "load_s": load_s,
+        "output_abs_mean": output_abs_mean,
+    });
+    let body = serde_json::to_string_pretty(&report)? + "\n";
+    match &args.json {
+        Some(path) => {
+            std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{body}"),
+    }
+    Ok(())
+}
