@@ -49,10 +49,7 @@ fn parse_args() -> Result<Args> {
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
-        let mut value = || {
-            it.next()
-                .with_context(|| format!("{flag} needs a value"))
-        };
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
         let number = |v: String| -> Result<usize> {
             v.parse()
                 .with_context(|| format!("{flag}: {v:?} is not a non-negative integer"))

@@ -41,8 +41,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("{line}");
     }
     let pairs = [
-        ("A man is playing a guitar.", Some("A person plays an instrument.")),
-        ("A man is playing a guitar.", Some("Nobody is making music.")),
+        (
+            "A man is playing a guitar.",
+            Some("A person plays an instrument."),
+        ),
+        (
+            "A man is playing a guitar.",
+            Some("Nobody is making music."),
+        ),
     ];
     let batch = model.tokenize(&pairs)?;
     let logits = model.logits(&(&batch).into(), Mode::EVAL)?;

@@ -206,7 +206,7 @@ impl AttentionConfig {
             let spec = self.estimator_for(layer, h);
             match groups.iter_mut().find(|(s, _)| s == spec) {
                 Some((_, heads)) => heads.push(h),
-                None => groups.push((spec.clone(), vec![h])),
+                None => groups.push((*spec, vec![h])),
             }
         }
         groups

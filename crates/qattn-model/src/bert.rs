@@ -67,7 +67,7 @@ impl From<&crate::tokenizer::Batch> for Inputs {
 pub struct EncoderOutput {
     /// The last layer's hidden states [B, L, H].
     pub last_hidden_state: Tensor,
-    /// tanh(W·h_[CLS] + b) [B, H], when the model has a pooler.
+    /// tanh(W·h_\[CLS\] + b) [B, H], when the model has a pooler.
     pub pooler_output: Option<Tensor>,
     /// Embedding output followed by every layer's output (when requested), each [B, L, H].
     pub hidden_states: Vec<Tensor>,
@@ -425,7 +425,7 @@ impl Bert {
         let nh = self.config.num_attention_heads;
         let groups = self.attention.groups(layer, nh);
         let opts = |spec: &qattn_kernels::EstimatorSpec, first: usize| AttentionOptions {
-            estimator: spec.clone(),
+            estimator: *spec,
             seed: self.attention.seed_for(mode.step, layer, first),
             causal: false,
             scale: None,

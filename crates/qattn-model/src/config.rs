@@ -238,7 +238,7 @@ impl Config {
                 return Err(Error::Config(format!("{name} must be > 0")));
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::Config(format!(
                 "hidden_size {} is not a multiple of num_attention_heads {}",
                 self.hidden_size, self.num_attention_heads
@@ -258,7 +258,7 @@ impl Config {
                 return Err(Error::Config(format!("{name} = {p} is not in [0, 1)")));
             }
         }
-        if !(self.layer_norm_eps > 0.0) {
+        if self.layer_norm_eps.is_nan() || self.layer_norm_eps <= 0.0 {
             return Err(Error::Config("layer_norm_eps must be > 0".into()));
         }
         Ok(())

@@ -101,12 +101,15 @@ impl std::fmt::Display for MissingFiles {
         }
         let first = |s: &String| s.split(" | ").next().unwrap_or(s).to_string();
         let names: Vec<String> = self.files.iter().map(first).collect();
+        let (repo, revision) = match self.model.split_once('@') {
+            Some((repo, rev)) => (repo, format!(" --revision {rev}")),
+            None => (self.model.as_str(), String::new()),
+        };
         write!(
             f,
             "to get them: run online (unset HF_HUB_OFFLINE) so qattn downloads them into the cache, \
-             or `huggingface-cli download {} {}`, or point --cache-dir / HF_HUB_CACHE / HF_HOME at a \
-             cache that has them",
-            self.model,
+             or `huggingface-cli download {repo}{revision} {}`, or point --cache-dir / HF_HUB_CACHE / \
+             HF_HOME at a cache that has them",
             names.join(" ")
         )
     }

@@ -1,9 +1,9 @@
-//! Task heads on top of the pooled [CLS] representation, with transformers' tensor names.
+//! Task heads on top of the pooled \[CLS\] representation, with transformers' tensor names.
 //!
 //! | head | transformers class | `classifier` shape | output |
 //! |---|---|---|---|
 //! | [`HeadKind::Classification`] | `BertForSequenceClassification` | [N, H] | logits [B, N] |
-//! | [`HeadKind::Regression`] | `BertForSequenceClassification` (`num_labels = 1`, `problem_type = "regression"`) | [1, H] | score [B] |
+//! | [`HeadKind::Regression`] | `BertForSequenceClassification` (`num_labels = 1`, `problem_type = "regression"`) | [1, H] | score \[B\] |
 //! | [`HeadKind::MultipleChoice`] | `BertForMultipleChoice` | [1, H] | logits [B, C] |
 //! | [`HeadKind::CandidateScoring`] | `BertForMultipleChoice` weights | [1, H] | one score per candidate |
 //!
@@ -92,7 +92,7 @@ impl std::fmt::Display for HeadKind {
     }
 }
 
-/// Softmax cross-entropy of `logits` [B, N] against class ids `labels` [B] (mean over B).
+/// Softmax cross-entropy of `logits` [B, N] against class ids `labels` \[B\] (mean over B).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let labels = labels.to_dtype(DType::U32)?;
     Ok(candle_nn::loss::cross_entropy(
@@ -101,7 +101,7 @@ pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     )?)
 }
 
-/// Mean squared error of `pred` [B] against `target` [B].
+/// Mean squared error of `pred` \[B\] against `target` \[B\].
 pub fn mse(pred: &Tensor, target: &Tensor) -> Result<Tensor> {
     Ok(candle_nn::loss::mse(
         &pred.to_dtype(DType::F32)?,

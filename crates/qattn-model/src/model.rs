@@ -455,7 +455,7 @@ impl Model {
         mean_pool_normalize(&out.last_hidden_state, inputs.attention_mask.as_ref())
     }
 
-    /// The head's output for every sequence: logits [B, N] (classification), scores [B]
+    /// The head's output for every sequence: logits [B, N] (classification), scores \[B\]
     /// (regression, multiple choice, candidates). Multiple-choice callers reshape the scores of
     /// B·C sequences to [B, C] (see [`Model::choice_logits`]).
     pub fn logits(&self, inputs: &Inputs, mode: Mode) -> Result<Tensor> {

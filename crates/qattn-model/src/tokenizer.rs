@@ -11,6 +11,7 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use tokenizers::{
     EncodeInput, PostProcessor, TruncationDirection, TruncationParams, TruncationStrategy,
+    truncate_encodings,
 };
 
 use crate::error::{Error, Result};
@@ -19,7 +20,7 @@ use crate::error::{Error, Result};
 /// disabled.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
-    /// The tokenizer; padding always off, truncation as set by `set_max_length`.
+    /// The tokenizer; padding and truncation always off.
     inner: tokenizers::Tokenizer,
     /// The maximum length including special tokens; `None` = no truncation.
     max_length: Option<usize>,
@@ -99,19 +100,6 @@ impl Tokenizer {
     /// special tokens makes [`Tokenizer::encode`] fail.
     pub fn set_max_length(&mut self, max_length: Option<usize>) {
         self.max_length = max_length;
-        let params = max_length
-            .filter(|&m| m > 0 && m >= self.n_special(false))
-            .map(|m| TruncationParams {
-                direction: TruncationDirection::Right,
-                max_length: m,
-                strategy: TruncationStrategy::LongestFirst,
-                stride: 0,
-            });
-        if self.inner.with_truncation(params).is_err() {
-            // Cannot happen with stride 0 and a length that holds the special tokens; `encode`
-            // reports the mismatch if it ever does.
-            let _ = self.inner.with_truncation(None);
-        }
     }
 
     /// The number of special tokens added to a single text or a pair.
@@ -121,10 +109,11 @@ impl Tokenizer {
             .map_or(0, |p| p.added_tokens(is_pair))
     }
 
-    /// Checks that the truncation length can hold the special tokens of the input.
-    fn check_max_length(&self, is_pair: bool) -> Result<()> {
+    /// The truncation of the texts (special tokens excluded) for an input, if any; an error
+    /// when the maximum length cannot even hold the special tokens.
+    fn truncation(&self, is_pair: bool) -> Result<Option<TruncationParams>> {
         let Some(m) = self.max_length else {
-            return Ok(());
+            return Ok(None);
         };
         let special = self.n_special(is_pair);
         if m == 0 || m < special {
@@ -135,39 +124,76 @@ impl Tokenizer {
                 special.max(1)
             )));
         }
-        if self.inner.get_truncation().map(|t| t.max_length) != Some(m) {
-            return Err(Error::Tokenizer(format!(
-                "could not set truncation to max_length {m}"
-            )));
-        }
-        Ok(())
+        Ok(Some(TruncationParams {
+            direction: TruncationDirection::Right,
+            max_length: m - special,
+            strategy: TruncationStrategy::LongestFirst,
+            stride: 0,
+        }))
+    }
+
+    /// Truncates the encoded texts (longest first) and adds the special tokens.
+    fn finish(
+        &self,
+        text: tokenizers::Encoding,
+        pair: Option<tokenizers::Encoding>,
+        what: &str,
+    ) -> Result<Encoding> {
+        let (text, pair) = match self.truncation(pair.is_some())? {
+            Some(params) => truncate_encodings(text, pair, &params)
+                .map_err(|e| Error::Tokenizer(format!("truncating {what}: {e}")))?,
+            None => (text, pair),
+        };
+        let encoding = self
+            .inner
+            .post_process(text, pair, true)
+            .map_err(|e| Error::Tokenizer(format!("adding special tokens to {what}: {e}")))?;
+        Ok(Encoding::from(&encoding))
     }
 
     /// Tokenises a text, or a text pair, adding the special tokens; truncates to
     /// [`Tokenizer::max_length`] when set; never pads.
     pub fn encode(&self, text: &str, pair: Option<&str>) -> Result<Encoding> {
-        self.check_max_length(pair.is_some())?;
-        let encoding = self
-            .inner
-            .encode(encode_input(text, pair), true)
-            .map_err(|e| Error::Tokenizer(format!("encoding {text:?}: {e}")))?;
-        Ok(Encoding::from(&encoding))
+        // Truncation is done here, not by `tokenizers`: its 0.23.2 early exit cuts each text
+        // to max_length tokens before comparing lengths, which makes longest-first split a
+        // pair differently from Hugging Face (and from `tokenizers` 0.23.3).
+        self.truncation(pair.is_some())?;
+        let encode = |s: &str| {
+            self.inner
+                .encode(s, false)
+                .map_err(|e| Error::Tokenizer(format!("encoding {s:?}: {e}")))
+        };
+        let first = encode(text)?;
+        let second = pair.map(encode).transpose()?;
+        self.finish(first, second, &format!("{text:?}"))
     }
 
     /// Tokenises several inputs (in parallel) like [`Tokenizer::encode`]; no padding.
     pub fn encode_batch(&self, inputs: &[(&str, Option<&str>)]) -> Result<Vec<Encoding>> {
         for (_, pair) in inputs {
-            self.check_max_length(pair.is_some())?;
+            self.truncation(pair.is_some())?;
         }
-        let batch: Vec<EncodeInput<'_>> = inputs
+        let texts: Vec<EncodeInput<'_>> = inputs
             .iter()
-            .map(|&(text, pair)| encode_input(text, pair))
+            .flat_map(|&(text, pair)| std::iter::once(text).chain(pair))
+            .map(|s| EncodeInput::Single(s.into()))
             .collect();
-        let encodings = self
+        let mut encoded = self
             .inner
-            .encode_batch(batch, true)
-            .map_err(|e| Error::Tokenizer(format!("encoding a batch of {}: {e}", inputs.len())))?;
-        Ok(encodings.iter().map(Encoding::from).collect())
+            .encode_batch(texts, false)
+            .map_err(|e| Error::Tokenizer(format!("encoding a batch of {}: {e}", inputs.len())))?
+            .into_iter();
+        let mut out = Vec::with_capacity(inputs.len());
+        for (i, &(_, pair)) in inputs.iter().enumerate() {
+            let missing = || Error::Tokenizer(format!("batch encoding lost input {i}"));
+            let first = encoded.next().ok_or_else(missing)?;
+            let second = match pair {
+                Some(_) => Some(encoded.next().ok_or_else(missing)?),
+                None => None,
+            };
+            out.push(self.finish(first, second, &format!("batch input {i}"))?);
+        }
+        Ok(out)
     }
 
     /// The id used to pad: the file's padding id, else the id of `[PAD]` (or `<pad>`), else 0.
@@ -178,18 +204,13 @@ impl Tokenizer {
     /// The `tokenizer.json` text of this tokenizer, with padding and truncation disabled
     /// (`"padding": null`, `"truncation": null`), for saving next to a model.
     pub fn to_json(&self) -> Result<String> {
-        let mut plain = self.inner.clone();
-        plain.with_padding(None);
-        plain
-            .with_truncation(None)
-            .map_err(|e| Error::Tokenizer(format!("cannot disable truncation: {e}")))?;
-        plain
+        self.inner
             .to_string(true)
             .map_err(|e| Error::Tokenizer(format!("cannot serialise the tokenizer: {e}")))
     }
 
-    /// The wrapped `tokenizers` tokenizer (padding off; truncation as set by
-    /// [`Tokenizer::set_max_length`]).
+    /// The wrapped `tokenizers` tokenizer. Its padding and truncation are always off:
+    /// [`Tokenizer::encode`] truncates by itself.
     pub fn inner(&self) -> &tokenizers::Tokenizer {
         &self.inner
     }
@@ -197,14 +218,6 @@ impl Tokenizer {
     /// The vocabulary size, added tokens included.
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
-    }
-}
-
-/// The `tokenizers` input for a text or a pair.
-fn encode_input<'s>(text: &'s str, pair: Option<&'s str>) -> EncodeInput<'s> {
-    match pair {
-        Some(pair) => EncodeInput::Dual(text.into(), pair.into()),
-        None => EncodeInput::Single(text.into()),
     }
 }
 
@@ -405,8 +418,10 @@ mod tests {
         let mut tok = minilm();
         tok.set_max_length(Some(8));
         assert_eq!(tok.max_length(), Some(8));
-        // Expected values from the Python `tokenizers` 0.23 with
-        // enable_truncation(8, strategy="longest_first").
+        // Expected values from Python `tokenizers` 0.23.3 with
+        // enable_truncation(8, strategy="longest_first") (and from transformers' classic
+        // one-token-at-a-time longest_first): the texts have 14 and 12 tokens, 5 fit, the
+        // longer first text keeps 3. (`tokenizers` 0.23.2's own truncation gives 2 + 3.)
         let e = tok.encode(LONG_A, Some(LONG_B)).unwrap();
         assert_eq!(e.ids, vec![101, 1996, 4248, 2829, 102, 1037, 2711, 102]);
         assert_eq!(e.type_ids, vec![0, 0, 0, 0, 0, 1, 1, 1]);
@@ -433,7 +448,10 @@ mod tests {
         );
         tok.set_max_length(None);
         assert!(tok.inner().get_truncation().is_none());
-        assert_eq!(tok.encode(LONG_A, Some(LONG_B)).unwrap().ids.len(), 30);
+        assert_eq!(
+            tok.encode(LONG_A, Some(LONG_B)).unwrap().ids.len(),
+            14 + 12 + 3
+        );
     }
 
     #[test]
@@ -535,48 +553,4 @@ mod tests {
         let err = collate(&[enc(&[1, 2], &[0])], 0, &Device::Cpu).unwrap_err();
         assert!(matches!(err, Error::Input(_)), "{err:?}");
     }
-}
-#[cfg(test)]
-mod dbg_tests {
-    #[test]
-    fn dbg_trunc() {
-        let mut t = tokenizers::Tokenizer::from_file("/work/shared/data/hf/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/main/tokenizer.json").unwrap();
-        t.with_padding(None);
-        t.with_truncation(None).unwrap();
-        let a = t.encode(super::tests_consts::A, false).unwrap();
-        let b = t.encode(super::tests_consts::B, false).unwrap();
-        eprintln!("{} {}", a.get_ids().len(), b.get_ids().len());
-        let p = tokenizers::TruncationParams {
-            max_length: 5,
-            ..Default::default()
-        };
-        let (x, y) = tokenizers::utils::truncation::truncate_encodings(a, Some(b), &p).unwrap();
-        eprintln!("{:?} {:?}", x.get_tokens(), y.unwrap().get_tokens());
-        t.with_truncation(Some(tokenizers::TruncationParams {
-            max_length: 8,
-            ..Default::default()
-        }))
-        .unwrap();
-        eprintln!(
-            "{:?}",
-            t.encode((super::tests_consts::A, super::tests_consts::B), true)
-                .unwrap()
-                .get_tokens()
-        );
-        eprintln!("{:?}", t.get_truncation());
-        let mut w = super::Tokenizer::from_file(std::path::Path::new("/work/shared/data/hf/models--sentence-transformers--all-MiniLM-L6-v2/snapshots/main/tokenizer.json")).unwrap();
-        w.set_max_length(Some(8));
-        eprintln!("{:?}", w.inner().get_truncation());
-        eprintln!(
-            "{:?}",
-            w.encode(super::tests_consts::A, Some(super::tests_consts::B))
-                .unwrap()
-                .tokens
-        );
-    }
-}
-#[cfg(test)]
-mod tests_consts {
-    pub(super) const A: &str = "The quick brown fox jumps over the lazy dog near the river bank.";
-    pub(super) const B: &str = "A person plays an instrument while the crowd sings along loudly.";
 }
