@@ -1,0 +1,617 @@
+//! The training loop.
+//!
+//! One optimiser step: for each of `gradient_accumulation_steps` micro-batches, a forward
+//! pass in [`Mode::train`] (dropout masks and attention draws keyed by the micro-batch
+//! counter), the task loss divided by the number of micro-batches (so k micro-batches of b
+//! give the gradient of one batch of k·b), backward, and f32 accumulation of the gradients;
+//! then gradient averaging through the [`Collective`], per-group clipping, the AdamW update
+//! with the scheduled learning rate, and logging / evaluation / checkpointing on their
+//! intervals.
+//!
+//! **Measurement-consistency regularisation** (`consistency_weight` λ > 0): when an
+//! attention estimator samples, the batch is run a second time with independent
+//! measurement outcomes (same data, same dropout masks, another Philox key) and
+//! λ·D(out₁, out₂) is added to the loss, with D the symmetric KL divergence between the two
+//! predicted distributions (classification, multiple choice) or the squared difference
+//! (regression). It penalises predictions that depend on which keys were measured, pushing
+//! the model towards attention patterns the sampler estimates well. With exact attention the
+//! two passes are identical and the term is zero (the second pass is skipped).
+//!
+//! **Determinism.** Data order is a Philox permutation of (seed, epoch); dropout masks and
+//! attention draws are keyed by (seed, micro-batch counter); new weights by the seed. A run is
+//! a pure function of its arguments and data, and resuming from a checkpoint continues it
+//! bit-identically.
+
+use crate::args::TrainingArgs;
+use crate::checkpoint::CheckpointManager;
+use crate::collective::{BUCKET_ELEMS, Collective, SingleProcess, average_gradients};
+use crate::data::{Dataset, Labels, epoch_batches};
+use crate::error::{Error, Result};
+use crate::optim::{AdamW, Group};
+use crate::tracking::{Progress, RunStatus, Tracker};
+use candle_core::{D, DType, Tensor};
+use qattn_model::heads::{cross_entropy, mse};
+use qattn_model::{AttentionConfig, Inputs, Mode, Model};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+/// Where a run stands; saved in every checkpoint's `trainer_state.json`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimiser steps done.
+    pub step: u64,
+    /// Current epoch (0-based).
+    pub epoch: u64,
+    /// Next batch within the epoch's order.
+    pub batch_in_epoch: usize,
+    /// Sum and count of micro-batch losses since the last log line.
+    pub running_loss: f64,
+    /// Micro-batches in `running_loss`.
+    pub running_count: u64,
+    /// Examples seen.
+    pub samples_seen: u64,
+    /// Best value of the best-model metric so far.
+    pub best_metric: Option<f64>,
+    /// Step of the best model.
+    pub best_step: Option<u64>,
+    /// Evaluations since the best one.
+    pub evals_without_improvement: u64,
+    /// The attention configuration the run trains towards (before the sample schedule).
+    pub attention: AttentionConfig,
+    /// The label space.
+    pub labels: Option<Labels>,
+}
+
+/// What a run did.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Optimiser steps at the end.
+    pub steps: u64,
+    /// Steps done by this process (after a resume, fewer than `steps`).
+    pub steps_this_run: u64,
+    /// The step resumed from, if any.
+    pub resumed_from: Option<u64>,
+    /// Mean training loss of the last logging window.
+    pub last_loss: Option<f64>,
+    /// The last evaluation's metrics.
+    pub eval: BTreeMap<String, f64>,
+    /// Best metric value and its step.
+    pub best_metric: Option<f64>,
+    /// Step of the best checkpoint.
+    pub best_step: Option<u64>,
+    /// Whether early stopping ended the run.
+    pub stopped_early: bool,
+    /// Wall-clock seconds of this process's training.
+    pub seconds: f64,
+    /// Training examples per second (this process).
+    pub samples_per_second: f64,
+    /// Checkpoints skipped at resume because they did not verify.
+    pub skipped_checkpoints: Vec<String>,
+}
+
+/// Trains one model on one dataset.
+pub struct Trainer {
+    args: TrainingArgs,
+    model: Model,
+    train: Dataset,
+    eval: Option<Dataset>,
+    collective: Box<dyn Collective>,
+    trackers: Vec<Box<dyn Tracker>>,
+    plain_progress: bool,
+    quiet: bool,
+}
+
+impl Trainer {
+    /// A trainer for `model` (loaded trainable, with the head of `train.labels`).
+    pub fn new(
+        args: TrainingArgs,
+        model: Model,
+        train: Dataset,
+        eval: Option<Dataset>,
+    ) -> Result<Self> {
+        args.validate()?;
+        if model.params().vars().is_empty() {
+            return Err(Error::Args(
+                "the model is not trainable: load it with LoadOptions { trainable: true, .. }"
+                    .into(),
+            ));
+        }
+        if model.head() != Some(train.labels.head()) {
+            return Err(Error::Args(format!(
+                "the model's head {:?} does not match the data ({:?})",
+                model.head(),
+                train.labels.head()
+            )));
+        }
+        if train.is_empty() {
+            return Err(Error::Args("the training set is empty".into()));
+        }
+        Ok(Trainer {
+            args,
+            model,
+            train,
+            eval,
+            collective: Box::new(SingleProcess),
+            trackers: Vec::new(),
+            plain_progress: false,
+            quiet: false,
+        })
+    }
+
+    /// Adds a metrics sink (the JSONL log, MLflow).
+    pub fn add_tracker(&mut self, t: Box<dyn Tracker>) {
+        self.trackers.push(t);
+    }
+
+    /// Uses `c` for gradient averaging.
+    pub fn set_collective(&mut self, c: Box<dyn Collective>) {
+        self.collective = c;
+    }
+
+    /// Plain progress lines instead of a bar; `quiet` prints nothing.
+    pub fn set_output(&mut self, plain: bool, quiet: bool) {
+        self.plain_progress = plain;
+        self.quiet = quiet;
+    }
+
+    /// The model (trained in place).
+    pub fn model(&self) -> &Model {
+        &self.model
+    }
+
+    /// Optimiser steps per epoch.
+    pub fn steps_per_epoch(&self) -> u64 {
+        let batches = self
+            .train
+            .len()
+            .div_ceil(self.args.per_device_train_batch_size) as u64;
+        batches.div_ceil(self.args.gradient_accumulation_steps as u64)
+    }
+
+    /// Total optimiser steps of the run.
+    pub fn total_steps(&self) -> u64 {
+        self.args
+            .max_steps
+            .unwrap_or(self.steps_per_epoch() * self.args.num_train_epochs)
+    }
+
+    fn lengths(&self) -> Vec<usize> {
+        self.train.examples.iter().map(|e| e.len()).collect()
+    }
+
+    /// The loss of one micro-batch (already divided by `scale`), with the consistency term.
+    fn micro_loss(
+        &mut self,
+        idx: &[usize],
+        mode: Mode,
+        attention: &AttentionConfig,
+        scale: f64,
+    ) -> Result<(Tensor, f64)> {
+        let pad = self.pad_id();
+        let (batch, targets) = self.train.collate(idx, pad, self.model.device())?;
+        let inputs: Inputs = (&batch).into();
+        let out = head_output(&self.model, &inputs, &self.train.labels, idx.len(), mode)?;
+        let task = task_loss(&out, &targets, &self.train.labels)?;
+        let task_value = f64::from(task.to_dtype(DType::F32)?.to_scalar::<f32>()?);
+        let mut loss = task;
+        if self.args.consistency_weight > 0.0 && !attention.is_exact() {
+            let mut other = attention.clone();
+            other.seed ^= 0x9e37_79b9_7f4a_7c15;
+            self.model.set_attention(other)?;
+            let out2 = head_output(&self.model, &inputs, &self.train.labels, idx.len(), mode);
+            self.model.set_attention(attention.clone())?;
+            let reg = consistency(&out, &out2?, &self.train.labels)?;
+            loss = (loss + (reg * self.args.consistency_weight)?)?;
+        }
+        Ok(((loss / scale)?, task_value))
+    }
+
+    fn pad_id(&self) -> u32 {
+        self.model.tokenizer().map(|t| t.pad_id()).unwrap_or(0)
+    }
+
+    /// Evaluates on the evaluation set: `eval_loss` and `eval_accuracy` (classes, choices)
+    /// or `eval_mse` and `eval_pearson` (regression). Deterministic ([`Mode::EVAL`]).
+    pub fn evaluate(&self) -> Result<BTreeMap<String, f64>> {
+        let ds = match &self.eval {
+            Some(d) => d,
+            None => return Ok(BTreeMap::new()),
+        };
+        evaluate(
+            &self.model,
+            ds,
+            self.args.per_device_eval_batch_size,
+            self.pad_id(),
+        )
+    }
+
+    /// Runs training to the end (or early stop). With `resume`, continues from the newest
+    /// checkpoint in `output_dir` that verifies (reporting the ones that do not).
+    pub fn train(&mut self, resume: bool) -> Result<TrainSummary> {
+        let out_dir = self.args.output_dir.clone();
+        std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+        let ckpts = CheckpointManager::new(&out_dir, self.args.save_total_limit);
+        let mut summary = TrainSummary::default();
+        let base_attention = self.model.attention().clone();
+        let params: Vec<(String, candle_core::Var)> = self
+            .model
+            .params()
+            .vars()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let vars: BTreeMap<String, candle_core::Var> = params.iter().cloned().collect();
+        let mut opt = AdamW::new(&vars, self.args.adam(), self.args.groups())?;
+        let mut state = TrainerState {
+            attention: base_attention.clone(),
+            labels: Some(self.train.labels.clone()),
+            ..Default::default()
+        };
+        if resume {
+            let removed = ckpts.clean_temporaries()?;
+            for r in removed {
+                self.note(&format!("removed an unfinished checkpoint {}", r.display()));
+            }
+            let (good, skipped) = ckpts.latest_good()?;
+            for s in &skipped {
+                let msg = format!(
+                    "checkpoint {} is damaged ({}); using an older one",
+                    s.dir.display(),
+                    s.reason
+                );
+                self.note(&msg);
+                summary.skipped_checkpoints.push(msg);
+            }
+            match good {
+                Some(c) => {
+                    let restored = Model::load(
+                        c.dir.to_str().ok_or_else(|| {
+                            Error::Args(format!("non-UTF-8 path {}", c.dir.display()))
+                        })?,
+                        &qattn_model::LoadOptions {
+                            trainable: true,
+                            tokenizer: false,
+                            ..Default::default()
+                        },
+                    )?;
+                    copy_params(&restored, &self.model)?;
+                    opt.load_state(&c.optimizer()?)?;
+                    state = serde_json::from_value(c.state()?).map_err(|e| Error::Checkpoint {
+                        path: c.dir.clone(),
+                        message: format!("trainer_state.json: {e}"),
+                    })?;
+                    if opt.steps() != state.step {
+                        return Err(Error::Checkpoint {
+                            path: c.dir.clone(),
+                            message: format!(
+                                "optimizer step {} ≠ trainer step {}",
+                                opt.steps(),
+                                state.step
+                            ),
+                        });
+                    }
+                    summary.resumed_from = Some(state.step);
+                    self.note(&format!(
+                        "resumed from {} (step {})",
+                        c.dir.display(),
+                        c.step
+                    ));
+                }
+                None => self.note("no checkpoint to resume from; starting from the beginning"),
+            }
+        }
+        let base_attention = state.attention.clone();
+        let total = self.total_steps();
+        let warmup = self.args.warmup(total);
+        let accum = self.args.gradient_accumulation_steps;
+        let bs = self.args.per_device_train_batch_size;
+        let eval_every = self.args.eval_steps.unwrap_or(self.args.save_steps);
+        let lengths = self.lengths();
+        let mut order = epoch_batches(
+            &lengths,
+            bs,
+            self.args.seed,
+            state.epoch,
+            self.args.mega_batch_factor,
+        );
+        let progress = (!self.quiet).then(|| Progress::new(total, state.step, self.plain_progress));
+        let start = Instant::now();
+        let start_samples = state.samples_seen;
+        let start_step = state.step;
+        let mut last_log = (Instant::now(), state.samples_seen);
+        let mut stopped_early = false;
+        while state.step < total {
+            let step = state.step;
+            let mut attention = base_attention.clone();
+            let sched = self.args.sample_schedule;
+            attention.default = sched.apply(&attention.default, step);
+            for spec in attention.layers.values_mut() {
+                *spec = sched.apply(spec, step);
+            }
+            for o in attention.heads.iter_mut() {
+                o.estimator = sched.apply(&o.estimator, step);
+            }
+            self.model.set_attention(attention.clone())?;
+            let mut grads: Vec<Vec<f32>> = params
+                .iter()
+                .map(|(_, v)| vec![0.0f32; v.elem_count()])
+                .collect();
+            for micro in 0..accum {
+                if state.batch_in_epoch >= order.len() {
+                    state.epoch += 1;
+                    state.batch_in_epoch = 0;
+                    order = epoch_batches(
+                        &lengths,
+                        bs,
+                        self.args.seed,
+                        state.epoch,
+                        self.args.mega_batch_factor,
+                    );
+                }
+                let idx = order[state.batch_in_epoch].clone();
+                state.batch_in_epoch += 1;
+                let mode = Mode::train(step * accum as u64 + micro as u64);
+                let (loss, task_value) = self.micro_loss(&idx, mode, &attention, accum as f64)?;
+                if !task_value.is_finite() {
+                    return Err(Error::Training(format!(
+                        "loss is {task_value} at step {step}; lower the learning rate"
+                    )));
+                }
+                let g = loss.backward()?;
+                for ((_, var), acc) in params.iter().zip(grads.iter_mut()) {
+                    if let Some(gt) = g.get(var.as_tensor()) {
+                        let v = gt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                        acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                    }
+                }
+                state.running_loss += task_value;
+                state.running_count += 1;
+                state.samples_seen += idx.len() as u64;
+            }
+            average_gradients(self.collective.as_ref(), &mut grads, BUCKET_ELEMS)?;
+            let factor = self.args.lr_scheduler_type.factor(step, warmup, total);
+            let report = opt.step(&mut grads, factor)?;
+            state.step += 1;
+            let now_step = state.step;
+            let loss_now = state.running_loss / state.running_count.max(1) as f64;
+            let lr = report.lrs.get(&Group::Backbone).copied().unwrap_or(0.0);
+            let elapsed = last_log.0.elapsed().as_secs_f64().max(1e-9);
+            let sps = (state.samples_seen - last_log.1) as f64 / elapsed;
+            if let Some(p) = &progress {
+                p.update(now_step, loss_now, lr, sps);
+            }
+            if now_step % self.args.logging_steps == 0 || now_step == total {
+                let mut m = BTreeMap::new();
+                m.insert("loss".to_string(), loss_now);
+                m.insert("lr".to_string(), lr);
+                for (g, v) in &report.lrs {
+                    m.insert(format!("lr_{}", g.name()), *v);
+                }
+                for (g, v) in &report.grad_norms {
+                    m.insert(format!("grad_norm_{}", g.name()), *v);
+                }
+                m.insert(
+                    "epoch".to_string(),
+                    now_step as f64 / self.steps_per_epoch().max(1) as f64,
+                );
+                m.insert("samples_per_second".to_string(), sps);
+                m.insert(
+                    "mc_samples".to_string(),
+                    attention.default.estimator.nominal_samples() as f64,
+                );
+                self.log(now_step, &m)?;
+                summary.last_loss = Some(loss_now);
+                state.running_loss = 0.0;
+                state.running_count = 0;
+                last_log = (Instant::now(), state.samples_seen);
+            }
+            let do_eval = self.eval.is_some() && (now_step % eval_every == 0 || now_step == total);
+            let do_save = now_step % self.args.save_steps == 0 || now_step == total;
+            // Evaluate and save with the target estimator, not the annealed one.
+            self.model.set_attention(base_attention.clone())?;
+            if do_eval {
+                let metrics = self.evaluate()?;
+                self.log(now_step, &metrics)?;
+                summary.eval = metrics.clone();
+                if let Some(&v) = metrics.get(&self.args.metric_for_best_model) {
+                    let better = match state.best_metric {
+                        None => true,
+                        Some(b) if self.args.greater_is_better() => v > b,
+                        Some(b) => v < b,
+                    };
+                    if better {
+                        state.best_metric = Some(v);
+                        state.best_step = Some(now_step);
+                        state.evals_without_improvement = 0;
+                    } else {
+                        state.evals_without_improvement += 1;
+                    }
+                } else {
+                    return Err(Error::Args(format!(
+                        "metric_for_best_model {:?} is not among the evaluation metrics {:?}",
+                        self.args.metric_for_best_model,
+                        metrics.keys().collect::<Vec<_>>()
+                    )));
+                }
+                if let Some(p) = self.args.early_stopping_patience
+                    && state.evals_without_improvement >= p
+                {
+                    stopped_early = true;
+                }
+            }
+            if (do_save || stopped_early) && self.collective.is_main() {
+                let value = serde_json::to_value(&state)
+                    .map_err(|e| Error::Training(format!("trainer state: {e}")))?;
+                let c = ckpts.save(
+                    now_step,
+                    &self.model,
+                    &opt.state()?,
+                    &value,
+                    state.best_step,
+                )?;
+                if let Some(p) = &progress {
+                    p.println(&format!("saved {}", c.dir.display()));
+                }
+            }
+            if stopped_early {
+                self.note(&format!(
+                    "early stopping at step {now_step}: {} did not improve for {} evaluations",
+                    self.args.metric_for_best_model, state.evals_without_improvement
+                ));
+                break;
+            }
+        }
+        self.model.set_attention(base_attention)?;
+        let seconds = start.elapsed().as_secs_f64();
+        summary.steps = state.step;
+        summary.steps_this_run = state.step - start_step;
+        summary.best_metric = state.best_metric;
+        summary.best_step = state.best_step;
+        summary.stopped_early = stopped_early;
+        summary.seconds = seconds;
+        summary.samples_per_second =
+            (state.samples_seen - start_samples) as f64 / seconds.max(1e-9);
+        if let Some(p) = &progress {
+            p.finish(&format!(
+                "trained to step {} in {:.1}s ({:.1} samples/s){}",
+                state.step,
+                seconds,
+                summary.samples_per_second,
+                summary
+                    .last_loss
+                    .map(|l| format!(", last loss {l:.4}"))
+                    .unwrap_or_default()
+            ));
+        }
+        for t in &mut self.trackers {
+            t.finish(RunStatus::Finished)?;
+        }
+        Ok(summary)
+    }
+
+    fn log(&mut self, step: u64, m: &BTreeMap<String, f64>) -> Result<()> {
+        if !self.collective.is_main() {
+            return Ok(());
+        }
+        for t in &mut self.trackers {
+            t.log_metrics(step, m)?;
+        }
+        Ok(())
+    }
+
+    fn note(&self, msg: &str) {
+        if !self.quiet {
+            eprintln!("{msg}");
+        }
+    }
+}
+
+/// Copies every parameter of `from` into the variables of `to` (same names and shapes).
+fn copy_params(from: &Model, to: &Model) -> Result<()> {
+    for (name, var) in to.params().vars() {
+        let src = from
+            .params()
+            .tensors()
+            .get(name)
+            .ok_or_else(|| Error::Training(format!("checkpoint lacks parameter {name}")))?;
+        var.set(src)?;
+    }
+    Ok(())
+}
+
+/// The head output: logits [B, N] (classes), [B, C] (choices) or scores [B] (regression).
+fn head_output(
+    model: &Model,
+    inputs: &Inputs,
+    labels: &Labels,
+    examples: usize,
+    mode: Mode,
+) -> Result<Tensor> {
+    Ok(match labels {
+        Labels::Choice { num_choices } => {
+            let l = model.choice_logits(inputs, *num_choices, mode)?;
+            debug_assert_eq!(l.dim(0)?, examples);
+            l
+        }
+        _ => model.logits(inputs, mode)?,
+    })
+}
+
+fn task_loss(out: &Tensor, targets: &Tensor, labels: &Labels) -> Result<Tensor> {
+    Ok(match labels {
+        Labels::Regression => mse(out, targets)?,
+        _ => cross_entropy(out, targets)?,
+    })
+}
+
+/// D(out₁, out₂): symmetric KL of the softmaxes, or the mean squared difference (regression).
+fn consistency(a: &Tensor, b: &Tensor, labels: &Labels) -> Result<Tensor> {
+    Ok(match labels {
+        Labels::Regression => (a - b)?.sqr()?.mean_all()?,
+        _ => {
+            let la = candle_nn::ops::log_softmax(a, D::Minus1)?;
+            let lb = candle_nn::ops::log_softmax(b, D::Minus1)?;
+            let diff = (la.exp()? - lb.exp()?)?;
+            ((diff * (la - lb)?)?.sum(D::Minus1)? * 0.5)?.mean_all()?
+        }
+    })
+}
+
+/// Evaluation metrics of `model` on `ds` (see [`Trainer::evaluate`]).
+pub fn evaluate(
+    model: &Model,
+    ds: &Dataset,
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<BTreeMap<String, f64>> {
+    let mut loss_sum = 0.0;
+    let mut correct = 0usize;
+    let (mut preds, mut golds) = (Vec::new(), Vec::new());
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let (batch, targets) = ds.collate(chunk, pad_id, model.device())?;
+        let out = head_output(model, &(&batch).into(), &ds.labels, chunk.len(), Mode::EVAL)?;
+        let loss = task_loss(&out, &targets, &ds.labels)?.to_scalar::<f32>()?;
+        loss_sum += f64::from(loss) * chunk.len() as f64;
+        match ds.labels {
+            Labels::Regression => {
+                preds.extend(out.to_vec1::<f32>()?.into_iter().map(f64::from));
+                golds.extend(targets.to_vec1::<f32>()?.into_iter().map(f64::from));
+            }
+            _ => {
+                let p = out.argmax(D::Minus1)?.to_vec1::<u32>()?;
+                let t = targets.to_vec1::<u32>()?;
+                correct += p.iter().zip(&t).filter(|(a, b)| a == b).count();
+            }
+        }
+    }
+    let n = ds.len().max(1) as f64;
+    let mut m = BTreeMap::new();
+    m.insert("eval_loss".to_string(), loss_sum / n);
+    match ds.labels {
+        Labels::Regression => {
+            m.insert("eval_mse".to_string(), loss_sum / n);
+            m.insert("eval_pearson".to_string(), pearson(&preds, &golds));
+        }
+        _ => {
+            m.insert("eval_accuracy".to_string(), correct as f64 / n);
+        }
+    }
+    Ok(m)
+}
+
+fn pearson(x: &[f64], y: &[f64]) -> f64 {
+    let n = x.len() as f64;
+    if x.len() < 2 {
+        return f64::NAN;
+    }
+    let (mx, my) = (x.iter().sum::<f64>() / n, y.iter().sum::<f64>() / n);
+    let (mut sxy, mut sxx, mut syy) = (0.0, 0.0, 0.0);
+    for (a, b) in x.iter().zip(y) {
+        sxy += (a - mx) * (b - my);
+        sxx += (a - mx) * (a - mx);
+        syy += (b - my) * (b - my);
+    }
+    sxy / (sxx * syy).sqrt()
+}
