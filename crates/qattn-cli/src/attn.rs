@@ -1,9 +1,9 @@
 //! `qattn attn`: apply a qattn estimator to tensors exported from PyTorch (or anywhere).
 
-use qattn_model::io::write_atomic;
 use anyhow::{Context, Result, bail};
 use candle_core::{DType, Device, Tensor, Var};
 use qattn_kernels::{AttentionOptions, EstimatorSpec, GradMode, attention_with_diagnostics};
+use qattn_model::io::write_atomic;
 use std::collections::HashMap;
 use std::path::PathBuf;
 

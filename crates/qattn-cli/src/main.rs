@@ -3,6 +3,7 @@
 mod attn;
 mod demo;
 mod model;
+mod train;
 
 use clap::{Parser, Subcommand};
 
@@ -22,6 +23,8 @@ enum Command {
     Demo(demo::Args),
     /// Run a BERT-family checkpoint (Hub id or directory) with any attention estimator.
     Model(model::Args),
+    /// Fine-tune a model on JSONL data with exact or Monte-Carlo attention.
+    Train(train::Args),
 }
 
 fn main() {
@@ -30,6 +33,7 @@ fn main() {
         Command::Attn(a) => attn::run(a),
         Command::Demo(a) => demo::run(a),
         Command::Model(a) => model::run(a),
+        Command::Train(a) => train::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

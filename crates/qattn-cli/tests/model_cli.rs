@@ -59,7 +59,10 @@ fn flat(v: &Value) -> Vec<f64> {
 fn max_abs(a: &Value, b: &Value) -> f64 {
     let (a, b) = (flat(a), flat(b));
     assert_eq!(a.len(), b.len(), "length mismatch");
-    a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f64::max)
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max)
 }
 
 #[test]
@@ -180,7 +183,10 @@ fn missing_files_and_bad_specs_fail_clearly() {
     ]);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--attention") && err.contains("stratified"), "{err}");
+    assert!(
+        err.contains("--attention") && err.contains("stratified"),
+        "{err}"
+    );
     let out = model_cmd(&["info", "--model", "./no/such/dir"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/dir"));

@@ -28,7 +28,7 @@ use crate::collective::{BUCKET_ELEMS, Collective, SingleProcess, average_gradien
 use crate::data::{Dataset, Labels, epoch_batches};
 use crate::error::{Error, Result};
 use crate::optim::{AdamW, Group};
-use crate::tracking::{Progress, RunStatus, Tracker};
+use crate::tracking::{JsonlLog, Progress, RunStatus, Tracker};
 use candle_core::{D, DType, Tensor};
 use qattn_model::heads::{cross_entropy, mse};
 use qattn_model::{AttentionConfig, Inputs, Mode, Model};
@@ -226,9 +226,95 @@ impl Trainer {
         )
     }
 
+    /// Accumulates the gradients of one optimiser step (all its micro-batches), advancing the
+    /// data position in `state`.
+    fn step_gradients(
+        &mut self,
+        params: &[(String, candle_core::Var)],
+        state: &mut TrainerState,
+        order: &mut Vec<Vec<usize>>,
+        lengths: &[usize],
+        attention: &AttentionConfig,
+    ) -> Result<Vec<Vec<f32>>> {
+        let accum = self.args.gradient_accumulation_steps;
+        let bs = self.args.per_device_train_batch_size;
+        let step = state.step;
+        let mut grads: Vec<Vec<f32>> = params
+            .iter()
+            .map(|(_, v)| vec![0.0f32; v.elem_count()])
+            .collect();
+        for micro in 0..accum {
+            if state.batch_in_epoch >= order.len() {
+                state.epoch += 1;
+                state.batch_in_epoch = 0;
+                *order = epoch_batches(
+                    lengths,
+                    bs,
+                    self.args.seed,
+                    state.epoch,
+                    self.args.mega_batch_factor,
+                );
+            }
+            let idx = order[state.batch_in_epoch].clone();
+            state.batch_in_epoch += 1;
+            let mode = Mode::train(step * accum as u64 + micro as u64);
+            let (loss, task_value) = self.micro_loss(&idx, mode, attention, accum as f64)?;
+            if !task_value.is_finite() {
+                return Err(Error::Training(format!(
+                    "loss is {task_value} at step {step}; lower the learning rate"
+                )));
+            }
+            let g = loss.backward()?;
+            for ((_, var), acc) in params.iter().zip(grads.iter_mut()) {
+                if let Some(gt) = g.get(var.as_tensor()) {
+                    let v = gt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                }
+            }
+            state.running_loss += task_value;
+            state.running_count += 1;
+            state.samples_seen += idx.len() as u64;
+        }
+        Ok(grads)
+    }
+
+    /// The gradients (by parameter name) and mean task loss of the first optimiser step,
+    /// without updating anything: what accumulation and regularisation tests compare.
+    pub fn first_step_gradients(&mut self) -> Result<(BTreeMap<String, Vec<f32>>, f64)> {
+        let params: Vec<(String, candle_core::Var)> = self
+            .model
+            .params()
+            .vars()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let lengths = self.lengths();
+        let mut order = epoch_batches(
+            &lengths,
+            self.args.per_device_train_batch_size,
+            self.args.seed,
+            0,
+            self.args.mega_batch_factor,
+        );
+        let attention = self.model.attention().clone();
+        let mut state = TrainerState::default();
+        let grads = self.step_gradients(&params, &mut state, &mut order, &lengths, &attention)?;
+        let loss = state.running_loss / state.running_count.max(1) as f64;
+        Ok((
+            params.into_iter().map(|(n, _)| n).zip(grads).collect(),
+            loss,
+        ))
+    }
+
     /// Runs training to the end (or early stop). With `resume`, continues from the newest
     /// checkpoint in `output_dir` that verifies (reporting the ones that do not).
     pub fn train(&mut self, resume: bool) -> Result<TrainSummary> {
+        self.train_until(resume, None)
+    }
+
+    /// [`Trainer::train`], stopping after step `stop_at` as if the process had been
+    /// interrupted there (no final checkpoint or evaluation beyond the regular intervals).
+    pub fn train_until(&mut self, resume: bool, stop_at: Option<u64>) -> Result<TrainSummary> {
         let out_dir = self.args.output_dir.clone();
         std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
         let ckpts = CheckpointManager::new(&out_dir, self.args.save_total_limit);
@@ -302,9 +388,18 @@ impl Trainer {
             }
         }
         let base_attention = state.attention.clone();
+        if self.collective.is_main() {
+            // The JSONL log always exists; on resume it is cut back to the checkpoint's step so
+            // it reads like an uninterrupted run.
+            let log = JsonlLog::open(&out_dir.join("metrics.jsonl"), summary.resumed_from)?;
+            self.trackers.insert(0, Box::new(log));
+            let params = self.params_for_tracking(&base_attention);
+            for t in &mut self.trackers {
+                t.log_params(&params)?;
+            }
+        }
         let total = self.total_steps();
         let warmup = self.args.warmup(total);
-        let accum = self.args.gradient_accumulation_steps;
         let bs = self.args.per_device_train_batch_size;
         let eval_every = self.args.eval_steps.unwrap_or(self.args.save_steps);
         let lengths = self.lengths();
@@ -321,7 +416,7 @@ impl Trainer {
         let start_step = state.step;
         let mut last_log = (Instant::now(), state.samples_seen);
         let mut stopped_early = false;
-        while state.step < total {
+        while state.step < total && stop_at.is_none_or(|s| state.step < s) {
             let step = state.step;
             let mut attention = base_attention.clone();
             let sched = self.args.sample_schedule;
@@ -333,42 +428,8 @@ impl Trainer {
                 o.estimator = sched.apply(&o.estimator, step);
             }
             self.model.set_attention(attention.clone())?;
-            let mut grads: Vec<Vec<f32>> = params
-                .iter()
-                .map(|(_, v)| vec![0.0f32; v.elem_count()])
-                .collect();
-            for micro in 0..accum {
-                if state.batch_in_epoch >= order.len() {
-                    state.epoch += 1;
-                    state.batch_in_epoch = 0;
-                    order = epoch_batches(
-                        &lengths,
-                        bs,
-                        self.args.seed,
-                        state.epoch,
-                        self.args.mega_batch_factor,
-                    );
-                }
-                let idx = order[state.batch_in_epoch].clone();
-                state.batch_in_epoch += 1;
-                let mode = Mode::train(step * accum as u64 + micro as u64);
-                let (loss, task_value) = self.micro_loss(&idx, mode, &attention, accum as f64)?;
-                if !task_value.is_finite() {
-                    return Err(Error::Training(format!(
-                        "loss is {task_value} at step {step}; lower the learning rate"
-                    )));
-                }
-                let g = loss.backward()?;
-                for ((_, var), acc) in params.iter().zip(grads.iter_mut()) {
-                    if let Some(gt) = g.get(var.as_tensor()) {
-                        let v = gt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                        acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
-                    }
-                }
-                state.running_loss += task_value;
-                state.running_count += 1;
-                state.samples_seen += idx.len() as u64;
-            }
+            let mut grads =
+                self.step_gradients(&params, &mut state, &mut order, &lengths, &attention)?;
             average_gradients(self.collective.as_ref(), &mut grads, BUCKET_ELEMS)?;
             let factor = self.args.lr_scheduler_type.factor(step, warmup, total);
             let report = opt.step(&mut grads, factor)?;
@@ -488,6 +549,30 @@ impl Trainer {
             t.finish(RunStatus::Finished)?;
         }
         Ok(summary)
+    }
+
+    /// The run's parameters for trackers: every training argument, the attention
+    /// configuration and the model.
+    fn params_for_tracking(&self, attention: &AttentionConfig) -> BTreeMap<String, String> {
+        let mut out = BTreeMap::new();
+        if let Ok(serde_json::Value::Object(map)) = serde_json::to_value(&self.args) {
+            for (k, v) in map {
+                let v = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                out.insert(k, v);
+            }
+        }
+        if let Ok(a) = serde_json::to_string(attention) {
+            out.insert("attention_config".into(), a);
+        }
+        out.insert(
+            "model_parameters".into(),
+            self.model.params().count().to_string(),
+        );
+        out.insert("train_examples".into(), self.train.len().to_string());
+        out
     }
 
     fn log(&mut self, step: u64, m: &BTreeMap<String, f64>) -> Result<()> {

@@ -1,0 +1,279 @@
+//! The trainer end to end on the tiny random BERT from the shared model cache
+//! (`QATTN_HF_CACHE`, default `<repo>/../shared/data/hf`).
+
+use qattn_model::{AttentionConfig, HubOptions, LoadOptions, Model};
+use qattn_train::{Dataset, Problem, Trainer, TrainingArgs, tokenizer_for};
+use std::path::{Path, PathBuf};
+
+const TINY: &str = "synthetic/bert-tiny-random-h32";
+
+fn hub() -> HubOptions {
+    let cache = std::env::var_os("QATTN_HF_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/data/hf"
+            ))
+        });
+    assert!(
+        cache.is_dir(),
+        "{} not found: set QATTN_HF_CACHE to the shared model cache",
+        cache.display()
+    );
+    HubOptions {
+        cache_dir: Some(cache),
+        offline: true,
+        ..HubOptions::default()
+    }
+}
+
+/// A separable toy task: the sentiment word decides the label, fillers are noise.
+fn write_task(dir: &Path, n: usize) -> PathBuf {
+    let fillers = [
+        "alpha", "river", "stone", "blue", "quiet", "table", "music", "green", "light", "paper",
+    ];
+    let mut s = String::new();
+    for i in 0..n {
+        let label = i % 2;
+        let word = if label == 1 { "wonderful" } else { "terrible" };
+        let a = fillers[(i * 7) % fillers.len()];
+        let b = fillers[(i * 3 + 1) % fillers.len()];
+        let extra = if i % 3 == 0 {
+            " and more words here"
+        } else {
+            ""
+        };
+        s.push_str(&format!(
+            "{{\"text\": \"{a} {word} {b}{extra}\", \"label\": {label}}}\n"
+        ));
+    }
+    let p = dir.join("train.jsonl");
+    std::fs::write(&p, s).unwrap();
+    p
+}
+
+fn args(out: &Path) -> TrainingArgs {
+    TrainingArgs {
+        output_dir: out.to_path_buf(),
+        max_steps: Some(100),
+        per_device_train_batch_size: 8,
+        learning_rate: 3e-3,
+        logging_steps: 1,
+        save_steps: 1000,
+        warmup_steps: 5,
+        seed: 1,
+        ..Default::default()
+    }
+}
+
+fn trainer(args: TrainingArgs, data: &Path, attention: &str, zero_dropout: bool) -> Trainer {
+    let hub = hub();
+    let tok = tokenizer_for(TINY, &hub, args.max_length).unwrap();
+    let train = Dataset::from_jsonl(data, &tok, Problem::Auto, None).unwrap();
+    let mut att = AttentionConfig::parse(attention)
+        .unwrap()
+        .with_seed(args.seed);
+    att.grad_mode = args.grad_mode;
+    let opts = LoadOptions {
+        hub,
+        attention: Some(att.clone()),
+        head: Some(train.labels.head()),
+        trainable: !zero_dropout,
+        init_seed: args.seed,
+        ..Default::default()
+    };
+    let mut model = Model::load(TINY, &opts).unwrap();
+    if zero_dropout {
+        let mut cfg = model.config().clone();
+        cfg.hidden_dropout_prob = 0.0;
+        let mut params = model.params().clone();
+        params.make_trainable().unwrap();
+        model =
+            Model::from_params(cfg, att, model.head(), params, model.tokenizer().cloned()).unwrap();
+    }
+    let mut t = Trainer::new(args, model, train, None).unwrap();
+    t.set_output(true, true);
+    t
+}
+
+fn logged_losses(dir: &Path) -> Vec<(u64, f64)> {
+    std::fs::read_to_string(dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("loss").is_some())
+        .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
+        .collect()
+}
+
+fn params_of(t: &Trainer) -> Vec<(String, Vec<f32>)> {
+    t.model()
+        .params()
+        .tensors()
+        .iter()
+        .map(|(k, v)| {
+            (
+                k.clone(),
+                v.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn fits(attention: &str, grad_mode: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_task(dir.path(), 48);
+    let mut a = args(&dir.path().join("out"));
+    a.grad_mode = grad_mode.parse().unwrap();
+    let mut t = trainer(a, &data, attention, false);
+    let s = t.train(false).unwrap();
+    let losses = logged_losses(&dir.path().join("out"));
+    let first = losses[..3].iter().map(|x| x.1).sum::<f64>() / 3.0;
+    let last = losses[losses.len() - 5..].iter().map(|x| x.1).sum::<f64>() / 5.0;
+    eprintln!("{attention} ({grad_mode} gradient): loss {first:.4} → {last:.4}");
+    assert_eq!(s.steps, 100);
+    assert!(
+        first > 0.5,
+        "{attention}: the task should start unsolved ({first})"
+    );
+    assert!(
+        last < 0.05,
+        "{attention}/{grad_mode}: loss did not go to ~0: {last}"
+    );
+}
+
+#[test]
+fn loss_goes_to_zero_with_exact_attention() {
+    fits("exact", "exact");
+}
+
+#[test]
+fn loss_goes_to_zero_with_mc_attention_straight_through() {
+    fits("stratified:8", "exact");
+}
+
+#[test]
+fn loss_goes_to_zero_with_mc_attention_sampled_gradient() {
+    fits("multinomial:8", "sampled");
+}
+
+#[test]
+fn accumulation_equals_one_large_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_task(dir.path(), 32);
+    let mut big = args(&dir.path().join("a"));
+    big.per_device_train_batch_size = 8;
+    big.mega_batch_factor = 0;
+    let mut small = big.clone();
+    small.per_device_train_batch_size = 2;
+    small.gradient_accumulation_steps = 4;
+    let (g_big, l_big) = trainer(big, &data, "exact", true)
+        .first_step_gradients()
+        .unwrap();
+    let (g_small, l_small) = trainer(small, &data, "exact", true)
+        .first_step_gradients()
+        .unwrap();
+    assert!((l_big - l_small).abs() < 1e-5, "{l_big} vs {l_small}");
+    let mut worst = 0.0f32;
+    let mut scale = 0.0f32;
+    for (name, a) in &g_big {
+        let b = &g_small[name];
+        for (x, y) in a.iter().zip(b) {
+            worst = worst.max((x - y).abs());
+            scale = scale.max(x.abs());
+        }
+    }
+    eprintln!("accumulation: max |Δgrad| {worst:.2e} (max |grad| {scale:.2e})");
+    assert!(scale > 0.0);
+    assert!(worst <= 1e-5 * scale.max(1.0), "{worst} vs scale {scale}");
+}
+
+#[test]
+fn consistency_regularisation_changes_the_gradient_only_when_sampling() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_task(dir.path(), 16);
+    let base = args(&dir.path().join("o"));
+    let mut reg = base.clone();
+    reg.consistency_weight = 1.0;
+    let grads = |a: TrainingArgs, att: &str| {
+        trainer(a, &data, att, false)
+            .first_step_gradients()
+            .unwrap()
+    };
+    let (g0, l0) = grads(base.clone(), "multinomial:4");
+    let (g1, l1) = grads(reg.clone(), "multinomial:4");
+    assert_eq!(l0, l1, "the task loss itself is unchanged");
+    let diff: f32 = g0
+        .iter()
+        .map(|(k, a)| {
+            a.iter()
+                .zip(&g1[k])
+                .map(|(x, y)| (x - y).abs())
+                .sum::<f32>()
+        })
+        .sum();
+    assert!(
+        diff > 1e-4,
+        "consistency term did not change the gradient ({diff})"
+    );
+    let (e0, _) = grads(base, "exact");
+    let (e1, _) = grads(reg, "exact");
+    assert_eq!(e0, e1, "with exact attention the term is zero");
+}
+
+#[test]
+fn resume_continues_bit_identically() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_task(dir.path(), 24);
+    let mut a = args(&dir.path().join("full"));
+    a.max_steps = Some(10);
+    a.save_steps = 4;
+    a.attention = None;
+    let mut full = trainer(a.clone(), &data, "stratified:4", false);
+    full.train(false).unwrap();
+    let want = logged_losses(&a.output_dir);
+    let mut b = a.clone();
+    b.output_dir = dir.path().join("interrupted");
+    let mut first = trainer(b.clone(), &data, "stratified:4", false);
+    first.train_until(false, Some(6)).unwrap(); // "crash" after step 6; last checkpoint: 4
+    let mut second = trainer(b.clone(), &data, "stratified:4", false);
+    let s = second.train(true).unwrap();
+    assert_eq!(s.resumed_from, Some(4));
+    let got = logged_losses(&b.output_dir);
+    assert_eq!(got.len(), 10, "{got:?}");
+    for ((s1, l1), (s2, l2)) in want.iter().zip(&got) {
+        assert_eq!(s1, s2);
+        assert_eq!(
+            l1.to_bits(),
+            l2.to_bits(),
+            "loss at step {s1}: {l1} vs {l2}"
+        );
+    }
+    assert_eq!(params_of(&full), params_of(&second), "final weights differ");
+}
+
+#[test]
+fn sample_schedule_is_applied_and_logged() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_task(dir.path(), 16);
+    let mut a = args(&dir.path().join("o"));
+    a.max_steps = Some(6);
+    a.sample_schedule.exact_steps = 2;
+    a.sample_schedule.start_samples = 64;
+    a.sample_schedule.anneal_steps = 2;
+    let mut t = trainer(a.clone(), &data, "multinomial:4", false);
+    t.train(false).unwrap();
+    let s: Vec<f64> = std::fs::read_to_string(a.output_dir.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["mc_samples"]
+                .as_f64()
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(s, vec![0.0, 0.0, 64.0, 16.0, 4.0, 4.0]);
+    // The saved model carries the target estimator, not an annealed one.
+    assert_eq!(t.model().attention().default.to_string(), "multinomial:4");
+}
