@@ -277,3 +277,71 @@ fn sample_schedule_is_applied_and_logged() {
     // The saved model carries the target estimator, not an annealed one.
     assert_eq!(t.model().attention().default.to_string(), "multinomial:4");
 }
+
+#[test]
+fn early_stopping_and_best_model_tracking() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_task(dir.path(), 16);
+    let mut a = args(&dir.path().join("o"));
+    // lr = 0: the evaluation loss never improves after the first evaluation.
+    a.learning_rate = 0.0;
+    a.max_steps = Some(50);
+    a.eval_steps = Some(2);
+    a.save_steps = 2;
+    a.early_stopping_patience = Some(2);
+    a.save_total_limit = Some(1);
+    let hub = hub();
+    let tok = tokenizer_for(TINY, &hub, a.max_length).unwrap();
+    let train = Dataset::from_jsonl(&data, &tok, Problem::Auto, None).unwrap();
+    let eval = Dataset::from_jsonl(&data, &tok, Problem::Auto, Some(&train.labels)).unwrap();
+    let model = Model::load(
+        TINY,
+        &LoadOptions {
+            hub,
+            head: Some(train.labels.head()),
+            trainable: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut t = Trainer::new(a.clone(), model, train, Some(eval)).unwrap();
+    t.set_output(true, true);
+    let s = t.train(false).unwrap();
+    assert!(s.stopped_early);
+    assert_eq!(s.steps, 6, "best at 2, no improvement at 4 and 6");
+    assert_eq!(s.best_step, Some(2));
+    // keep-last-1 plus the protected best checkpoint.
+    let mut kept: Vec<String> = std::fs::read_dir(&a.output_dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("checkpoint-"))
+        .collect();
+    kept.sort();
+    assert_eq!(kept, vec!["checkpoint-2", "checkpoint-6"]);
+}
+
+#[test]
+fn multiple_choice_trains() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = String::new();
+    for i in 0..24 {
+        let right = i % 2;
+        let choices = if right == 0 {
+            "[\"wonderful\", \"terrible\"]"
+        } else {
+            "[\"terrible\", \"wonderful\"]"
+        };
+        s.push_str(&format!(
+            "{{\"text\": \"pick the happy word {i}\", \"choices\": {choices}, \"label\": {right}}}\n"
+        ));
+    }
+    let data = dir.path().join("mc.jsonl");
+    std::fs::write(&data, s).unwrap();
+    let mut a = args(&dir.path().join("o"));
+    a.max_steps = Some(60);
+    let mut t = trainer(a.clone(), &data, "exact", false);
+    t.train(false).unwrap();
+    let losses = logged_losses(&a.output_dir);
+    let last = losses[losses.len() - 5..].iter().map(|x| x.1).sum::<f64>() / 5.0;
+    assert!(losses[0].1 > 0.5 && last < 0.1, "{} → {last}", losses[0].1);
+}
