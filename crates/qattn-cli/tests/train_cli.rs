@@ -189,7 +189,7 @@ fn sigkill_during_training_loses_nothing_saved() {
     );
     let summary: Value = serde_json::from_slice(&out.stdout).unwrap();
     let from = summary["resumed_from"].as_u64().expect("resumed");
-    assert!(from >= 9 && from % 3 == 0, "resumed from {from}");
+    assert!(from >= 9 && from.is_multiple_of(3), "resumed from {from}");
     assert_eq!(summary["steps"], 300);
     let steps: Vec<u64> = metric_steps(&o)
         .iter()

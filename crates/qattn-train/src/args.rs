@@ -380,24 +380,30 @@ mod tests {
                 .to_string()
                 .contains("lerning_rate")
         );
-        let mut bad = TrainingArgs::default();
-        bad.gradient_accumulation_steps = 0;
+        let bad = TrainingArgs {
+            gradient_accumulation_steps: 0,
+            ..Default::default()
+        };
         assert!(
             bad.validate()
                 .unwrap_err()
                 .to_string()
                 .contains("gradient_accumulation")
         );
-        let mut bf = TrainingArgs::default();
-        bf.precision = Precision::Bf16;
+        let bf = TrainingArgs {
+            precision: Precision::Bf16,
+            ..Default::default()
+        };
         assert!(bf.validate().unwrap_err().to_string().contains("cuda"));
     }
 
     #[test]
     fn groups_inherit_the_base_settings() {
-        let mut a = TrainingArgs::default();
-        a.head_learning_rate = Some(1e-3);
-        a.attention_max_grad_norm = Some(0.5);
+        let mut a = TrainingArgs {
+            head_learning_rate: Some(1e-3),
+            attention_max_grad_norm: Some(0.5),
+            ..Default::default()
+        };
         let g = a.groups();
         assert_eq!(g[&Group::Backbone].lr, 2e-5);
         assert_eq!(g[&Group::Head].lr, 1e-3);

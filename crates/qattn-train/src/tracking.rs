@@ -1043,7 +1043,7 @@ mod tests {
         let line = format_progress_line(
             40,
             200,
-            0.693_147,
+            std::f64::consts::LN_2,
             2e-5,
             12.34,
             Some(Duration::from_secs(65)),

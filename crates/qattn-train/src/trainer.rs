@@ -442,7 +442,7 @@ impl Trainer {
             if let Some(p) = &progress {
                 p.update(now_step, loss_now, lr, sps);
             }
-            if now_step % self.args.logging_steps == 0 || now_step == total {
+            if now_step.is_multiple_of(self.args.logging_steps) || now_step == total {
                 let mut m = BTreeMap::new();
                 m.insert("loss".to_string(), loss_now);
                 m.insert("lr".to_string(), lr);
@@ -467,8 +467,9 @@ impl Trainer {
                 state.running_count = 0;
                 last_log = (Instant::now(), state.samples_seen);
             }
-            let do_eval = self.eval.is_some() && (now_step % eval_every == 0 || now_step == total);
-            let do_save = now_step % self.args.save_steps == 0 || now_step == total;
+            let do_eval =
+                self.eval.is_some() && (now_step.is_multiple_of(eval_every) || now_step == total);
+            let do_save = now_step.is_multiple_of(self.args.save_steps) || now_step == total;
             // Evaluate and save with the target estimator, not the annealed one.
             self.model.set_attention(base_attention.clone())?;
             if do_eval {

@@ -103,7 +103,7 @@ fn state(step: u64) -> serde_json::Value {
         "best_metric": 0.8125,
         "best_step": 2,
         "rng": {"seed": 42u64, "offset": 18_446_744_073_709_551_615u64},
-        "log_history": [{"step": step, "loss": 0.693_147_180_559_945_3, "lr": 2e-5}],
+        "log_history": [{"step": step, "loss": 0.456_789_012_345_678_9, "lr": 2e-5}],
         "args": {"output_dir": "runs/x", "note": "ünïcødé ✓"},
     })
 }
@@ -503,4 +503,28 @@ fn sigkill_during_save_never_exposes_a_torn_checkpoint() {
         started.elapsed().as_secs_f64(),
         report.join("; ")
     );
+}
+
+/// Every f64 of the trainer state comes back with the same bits. serde_json parses floats
+/// exactly only with its `float_roundtrip` feature; without it these values come back one
+/// ulp off.
+#[test]
+fn trainer_state_floats_round_trip_bit_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mgr = CheckpointManager::new(tmp.path(), None);
+    let values: [f64; 5] = [
+        2.0 / 11.0,
+        8.502_574_670_373_677e-14,
+        -1.819_967_304_027_17e-179,
+        1.586_084_611_999_269_7e-265,
+        -1.603_964_615_428_183e143,
+    ];
+    let state = json!({ "values": values });
+    let c = mgr
+        .save(1, &tiny_model(1), &BTreeMap::new(), &state, None)
+        .unwrap();
+    let back: Vec<f64> = serde_json::from_value(c.state().unwrap()["values"].clone()).unwrap();
+    for (a, b) in values.iter().zip(&back) {
+        assert_eq!(a.to_bits(), b.to_bits(), "{a:e} came back as {b:e}");
+    }
 }

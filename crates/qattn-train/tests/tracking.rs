@@ -407,7 +407,7 @@ fn progress_plain_line_format() {
         format_progress_line(
             40,
             200,
-            0.693_147_18,
+            std::f64::consts::LN_2,
             2e-5,
             12.34,
             Some(Duration::from_secs(65))
