@@ -65,7 +65,7 @@ pub enum Problem {
 pub struct Example {
     /// One encoding, or one per choice.
     pub sequences: Vec<Encoding>,
-    /// Class id or choice index (as f32 for regression targets).
+    /// Class id or choice index (as f32), or the regression target; NaN when unlabelled.
     pub target: f32,
 }
 
@@ -94,19 +94,27 @@ pub struct Dataset {
     pub labels: Labels,
 }
 
-#[derive(Deserialize)]
+/// One raw example: a JSONL line, or built in memory (e.g. by the GLUE readers).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Line {
-    text: String,
+pub struct Record {
+    /// First segment.
+    pub text: String,
+    /// Optional second segment.
     #[serde(default)]
-    text_pair: Option<String>,
+    pub text_pair: Option<String>,
+    /// Multiple-choice alternatives (each becomes the second segment of one sequence).
     #[serde(default)]
-    choices: Option<Vec<String>>,
-    label: serde_json::Value,
+    pub choices: Option<Vec<String>>,
+    /// Class id, class name, real-valued target or choice index; `null` when unlabelled.
     #[serde(default)]
-    #[allow(dead_code)]
-    idx: Option<serde_json::Value>,
+    pub label: serde_json::Value,
+    /// An optional example id, carried but unused by training.
+    #[serde(default)]
+    pub idx: Option<serde_json::Value>,
 }
+
+type Line = Record;
 
 impl Dataset {
     /// Reads and tokenises a JSONL file. `labels` fixes the label space (pass the training
@@ -131,9 +139,41 @@ impl Dataset {
             let l: Line = serde_json::from_str(raw).map_err(|e| data_err(i + 1, e.to_string()))?;
             lines.push((i + 1, l));
         }
+        Self::from_numbered_records(path, lines, tokenizer, problem, labels)
+    }
+
+    /// Tokenises in-memory records (errors name record numbers as "lines" of `source`).
+    pub fn from_records(
+        source: &Path,
+        records: Vec<Record>,
+        tokenizer: &Tokenizer,
+        problem: Problem,
+        labels: Option<&Labels>,
+    ) -> Result<Dataset> {
+        let lines = records
+            .into_iter()
+            .enumerate()
+            .map(|(i, r)| (i + 1, r))
+            .collect();
+        Self::from_numbered_records(source, lines, tokenizer, problem, labels)
+    }
+
+    fn from_numbered_records(
+        path: &Path,
+        lines: Vec<(usize, Record)>,
+        tokenizer: &Tokenizer,
+        problem: Problem,
+        labels: Option<&Labels>,
+    ) -> Result<Dataset> {
+        let data_err = |line: usize, message: String| Error::Data {
+            path: path.to_path_buf(),
+            line,
+            message,
+        };
         if lines.is_empty() {
             return Err(data_err(0, "no examples".into()));
         }
+        let given = labels.is_some();
         let labels = match labels {
             Some(l) => l.clone(),
             None => infer_labels(&lines, problem).map_err(|(n, m)| data_err(n, m))?,
@@ -142,7 +182,13 @@ impl Dataset {
         let mut owners = Vec::new();
         let mut targets = Vec::with_capacity(lines.len());
         for (n, l) in &lines {
-            let target = target_of(&l.label, &labels).map_err(|m| data_err(*n, m))?;
+            // Unlabelled examples (test sets) are allowed once the label space is known;
+            // their target is NaN and must not be scored.
+            let target = if l.label.is_null() && given {
+                f32::NAN
+            } else {
+                target_of(&l.label, &labels).map_err(|m| data_err(*n, m))?
+            };
             match (&labels, &l.choices) {
                 (Labels::Choice { num_choices }, Some(ch)) => {
                     if ch.len() != *num_choices {
