@@ -5,6 +5,7 @@
 
 pub mod error;
 pub mod metrics;
+pub mod runner;
 pub mod tasks;
 
 pub use error::{Error, Result};

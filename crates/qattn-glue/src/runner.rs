@@ -1,0 +1,528 @@
+//! Fine-tune / evaluate / predict / score: tasks mapped onto qattn-train datasets, official
+//! decisions (arg-max, per-group candidate choice) and official metrics, run records.
+
+use crate::error::{Error, Result};
+use crate::metrics;
+use crate::tasks::{self, Example, Label, Split, Task, TaskKind};
+use qattn_model::{AttentionConfig, HubOptions, LoadOptions, Model};
+use qattn_train::{Dataset, Labels, Problem, Record, Trainer, TrainingArgs, tokenizer_for};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// The label space qattn-train uses for `task`.
+pub fn labels_for(task: Task) -> Labels {
+    match task.kind() {
+        TaskKind::Classification { labels } => Labels::Classes {
+            names: labels.iter().map(|s| s.to_string()).collect(),
+        },
+        TaskKind::Regression => Labels::Regression,
+        TaskKind::MultipleChoice { choices } => Labels::Choice {
+            num_choices: choices,
+        },
+        // One binary decision per (query, candidate); the arg-max within the query decides.
+        TaskKind::CandidateScoring => Labels::Classes {
+            names: vec!["0".into(), "1".into()],
+        },
+    }
+}
+
+/// Examples as training records (label = class id or score; `null` when unlabelled).
+pub fn to_records(examples: &[Example]) -> Vec<Record> {
+    examples
+        .iter()
+        .map(|e| Record {
+            text: e.text.clone(),
+            text_pair: e.text_pair.clone(),
+            choices: e.choices.clone(),
+            label: match e.label {
+                Some(Label::Class(c)) => serde_json::json!(c),
+                Some(Label::Score(s)) => serde_json::json!(s),
+                None => serde_json::Value::Null,
+            },
+            idx: Some(serde_json::Value::String(e.id.clone())),
+        })
+        .collect()
+}
+
+/// A prediction for one example.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Prediction {
+    /// A class id or choice index (ReCoRD: 1 for the chosen candidate of its query, else 0).
+    Class(usize),
+    /// A regression score.
+    Score(f64),
+}
+
+impl Prediction {
+    fn class(&self) -> usize {
+        match self {
+            Prediction::Class(c) => *c,
+            Prediction::Score(s) => s.round().max(0.0) as usize,
+        }
+    }
+}
+
+/// Turns the head outputs of `examples` into predictions: arg-max of the logits, the score, or
+/// (ReCoRD) the candidate with the largest logit margin within each query.
+pub fn decide(task: Task, examples: &[Example], outputs: &[Vec<f32>]) -> Result<Vec<Prediction>> {
+    if examples.len() != outputs.len() {
+        return Err(Error::Invalid(format!(
+            "{} outputs for {} examples",
+            outputs.len(),
+            examples.len()
+        )));
+    }
+    let argmax = |v: &[f32]| {
+        v.iter()
+            .enumerate()
+            .fold(
+                (0, f32::NEG_INFINITY),
+                |b, (i, &x)| if x > b.1 { (i, x) } else { b },
+            )
+            .0
+    };
+    Ok(match task.kind() {
+        TaskKind::Regression => outputs
+            .iter()
+            .map(|o| Prediction::Score(f64::from(o[0])))
+            .collect(),
+        TaskKind::CandidateScoring => {
+            let margin = |o: &Vec<f32>| o.get(1).copied().unwrap_or(0.0) - o[0];
+            let mut best: BTreeMap<&str, (usize, f32)> = BTreeMap::new();
+            for (i, (e, o)) in examples.iter().zip(outputs).enumerate() {
+                let g = e.group.as_deref().unwrap_or(e.id.as_str());
+                let m = margin(o);
+                let entry = best.entry(g).or_insert((i, m));
+                if m > entry.1 {
+                    *entry = (i, m);
+                }
+            }
+            let chosen: std::collections::BTreeSet<usize> = best.values().map(|v| v.0).collect();
+            (0..examples.len())
+                .map(|i| Prediction::Class(usize::from(chosen.contains(&i))))
+                .collect()
+        }
+        _ => outputs
+            .iter()
+            .map(|o| Prediction::Class(argmax(o)))
+            .collect(),
+    })
+}
+
+/// The official metrics of `task` on the labelled examples.
+pub fn score(
+    task: Task,
+    examples: &[Example],
+    preds: &[Prediction],
+) -> Result<BTreeMap<String, f64>> {
+    if examples.len() != preds.len() {
+        return Err(Error::Invalid(format!(
+            "{} predictions for {} examples",
+            preds.len(),
+            examples.len()
+        )));
+    }
+    let labelled: Vec<usize> = (0..examples.len())
+        .filter(|&i| examples[i].label.is_some())
+        .collect();
+    if labelled.is_empty() {
+        return Err(Error::Invalid(format!(
+            "{}: no labelled examples to score",
+            task.name()
+        )));
+    }
+    let gold_c: Vec<usize> = labelled
+        .iter()
+        .map(|&i| examples[i].label.and_then(Label::class).unwrap_or(0))
+        .collect();
+    let pred_c: Vec<usize> = labelled.iter().map(|&i| preds[i].class()).collect();
+    let mut m = BTreeMap::new();
+    if task == Task::Record {
+        // One prediction per query: the chosen candidate's entity vs the gold answers.
+        let mut by_query: BTreeMap<String, (Option<String>, Vec<String>)> = BTreeMap::new();
+        for &i in &labelled {
+            let e = &examples[i];
+            let q = e.group.clone().unwrap_or_else(|| e.id.clone());
+            let slot = by_query.entry(q).or_default();
+            if slot.1.is_empty()
+                && let Some(a) = e.extra.get("answers")
+            {
+                slot.1 = serde_json::from_str(a).unwrap_or_default();
+            }
+            if preds[i].class() == 1 {
+                slot.0 = e.extra.get("entity").cloned();
+            }
+        }
+        let (p, g): (Vec<String>, Vec<Vec<String>>) = by_query
+            .into_values()
+            .map(|(p, g)| (p.unwrap_or_default(), g))
+            .unzip();
+        let (f1, em) = metrics::record(&p, &g)?;
+        m.insert(metrics::F1.to_string(), f1);
+        m.insert(metrics::EM.to_string(), em);
+        return Ok(m);
+    }
+    for &name in task.metrics() {
+        let v = match name {
+            metrics::ACCURACY => metrics::accuracy(&pred_c, &gold_c)?,
+            metrics::F1 => metrics::f1_binary(&pred_c, &gold_c)?,
+            metrics::MCC => metrics::matthews(&pred_c, &gold_c)?,
+            metrics::F1_MACRO => {
+                let n = task.labels().map(|l| l.len()).unwrap_or(2);
+                metrics::f1_macro(&pred_c, &gold_c, n)?
+            }
+            metrics::PEARSON | metrics::SPEARMAN => {
+                let x: Vec<f64> = labelled
+                    .iter()
+                    .map(|&i| match preds[i] {
+                        Prediction::Score(s) => s,
+                        Prediction::Class(c) => c as f64,
+                    })
+                    .collect();
+                let y: Vec<f64> = labelled
+                    .iter()
+                    .map(|&i| examples[i].label.and_then(Label::score).unwrap_or(f64::NAN))
+                    .collect();
+                if name == metrics::PEARSON {
+                    metrics::pearson(&x, &y)?
+                } else {
+                    metrics::spearman(&x, &y)?
+                }
+            }
+            metrics::F1A | metrics::EM => {
+                let q: Vec<String> = labelled
+                    .iter()
+                    .map(|&i| examples[i].group.clone().unwrap_or_default())
+                    .collect();
+                let (f1a, em) = metrics::multirc(&pred_c, &gold_c, &q)?;
+                if name == metrics::F1A { f1a } else { em }
+            }
+            metrics::GENDER_PARITY => {
+                let ids: Vec<u64> = labelled
+                    .iter()
+                    .map(|&i| {
+                        examples[i]
+                            .extra
+                            .get("pair_id")
+                            .and_then(|s| s.parse().ok())
+                            .ok_or_else(|| {
+                                Error::Invalid(format!("example {} has no pair_id", examples[i].id))
+                            })
+                    })
+                    .collect::<Result<_>>()?;
+                metrics::gender_parity(&pred_c, &ids)?
+            }
+            other => return Err(Error::Invalid(format!("unknown metric {other}"))),
+        };
+        m.insert(name.to_string(), v);
+    }
+    Ok(m)
+}
+
+/// Options of `qattn glue run`.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    /// The task.
+    pub task: Task,
+    /// Hub id or directory.
+    pub model: String,
+    /// Attention estimator spec.
+    pub attention: String,
+    /// One fine-tuning run per seed.
+    pub seeds: Vec<u64>,
+    /// Training arguments (output_dir and seed are set per run).
+    pub args: TrainingArgs,
+    /// Where the task data lives.
+    pub data_dir: PathBuf,
+    /// Where runs go.
+    pub output_dir: PathBuf,
+    /// Continue interrupted runs.
+    pub resume: bool,
+    /// Model files.
+    pub hub: HubOptions,
+    /// Train on a seeded subset of this many examples.
+    pub train_limit: Option<usize>,
+    /// Evaluate on the first N dev examples.
+    pub eval_limit: Option<usize>,
+}
+
+/// Everything about one fine-tuning run, for statistics later.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// Task name.
+    pub task: String,
+    /// Model id or directory.
+    pub model: String,
+    /// Attention spec.
+    pub attention: String,
+    /// Seed.
+    pub seed: u64,
+    /// Training arguments.
+    pub training_args: TrainingArgs,
+    /// Git commit of the code, when known.
+    pub git_sha: Option<String>,
+    /// CPU, cores, OS.
+    pub machine: BTreeMap<String, String>,
+    /// Official dev metrics.
+    pub dev_metrics: BTreeMap<String, f64>,
+    /// Per-example dev predictions with gold labels.
+    pub predictions: Vec<PredictionRecord>,
+    /// Wall seconds per phase: load, train, eval.
+    pub wall_seconds: BTreeMap<String, f64>,
+    /// Training tokens (non-padding) per second.
+    pub train_tokens_per_second: f64,
+    /// Peak resident memory of the process so far (MiB).
+    pub peak_rss_mb: Option<f64>,
+    /// Training examples used.
+    pub train_examples: usize,
+    /// Dev examples scored.
+    pub dev_examples: usize,
+    /// UTC time the record was written (seconds since the epoch).
+    pub unix_time: u64,
+}
+
+/// One dev prediction.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct PredictionRecord {
+    /// Official example id.
+    pub id: String,
+    /// The prediction.
+    pub pred: Prediction,
+    /// The gold label.
+    pub gold: Option<Label>,
+}
+
+/// `n` of `examples` chosen by a seeded shuffle (all when `n` ≥ len).
+fn subset(mut examples: Vec<Example>, n: Option<usize>, seed: u64) -> Vec<Example> {
+    let Some(n) = n.filter(|&n| n < examples.len()) else {
+        return examples;
+    };
+    let key = [seed as u32, (seed >> 32) as u32];
+    for i in (1..examples.len()).rev() {
+        let r = philox_u64(i as u32, key);
+        examples.swap(i, (r % (i as u64 + 1)) as usize);
+    }
+    examples.truncate(n);
+    examples
+}
+
+fn philox_u64(i: u32, key: [u32; 2]) -> u64 {
+    let r = qattn_kernels::philox::philox4x32_10([i, 0x6c75, 0, 0], key);
+    (u64::from(r[0]) << 32) | u64::from(r[1])
+}
+
+/// Peak resident set size of this process (MiB), from /proc.
+pub fn peak_rss_mb() -> Option<f64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
+/// CPU model, cores, OS.
+pub fn machine() -> BTreeMap<String, String> {
+    let mut m = BTreeMap::new();
+    if let Ok(s) = std::fs::read_to_string("/proc/cpuinfo")
+        && let Some(l) = s.lines().find(|l| l.starts_with("model name"))
+    {
+        m.insert(
+            "cpu".into(),
+            l.split(':').nth(1).unwrap_or("").trim().to_string(),
+        );
+    }
+    m.insert(
+        "threads".into(),
+        std::thread::available_parallelism()
+            .map(|n| n.get().to_string())
+            .unwrap_or_default(),
+    );
+    m.insert("os".into(), std::env::consts::OS.to_string());
+    m
+}
+
+/// A directory name for an attention spec.
+pub fn slug(spec: &str) -> String {
+    spec.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Fine-tunes `opts.task` once per seed, evaluates on dev, writes
+/// `OUTPUT/TASK/ATTENTION/seed-S/run.json` (atomically) and returns the records.
+pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<RunRecord>> {
+    let task = opts.task;
+    if task.file(Split::Train).is_none() || task.file(Split::Dev).is_none() {
+        return Err(Error::Invalid(format!(
+            "{} is a diagnostic without train/dev data: fine-tune {} and use `qattn glue predict`",
+            task.name(),
+            if task.benchmark() == tasks::Benchmark::Glue {
+                "mnli-m"
+            } else {
+                "sg-rte"
+            }
+        )));
+    }
+    let mut records = Vec::new();
+    for &seed in &opts.seeds {
+        let t0 = Instant::now();
+        let train_ex = subset(
+            tasks::read(task, Split::Train, &opts.data_dir)?,
+            opts.train_limit,
+            seed,
+        );
+        let mut dev_ex = tasks::read(task, Split::Dev, &opts.data_dir)?;
+        if let Some(n) = opts.eval_limit {
+            dev_ex.truncate(n);
+        }
+        let mut args = opts.args.clone();
+        args.seed = seed;
+        args.attention = Some(opts.attention.clone());
+        args.output_dir = opts
+            .output_dir
+            .join(task.name())
+            .join(slug(&opts.attention))
+            .join(format!("seed-{seed}"));
+        args.validate().map_err(|e| Error::Invalid(e.to_string()))?;
+        let tok = tokenizer_for(&opts.model, &opts.hub, args.max_length)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let labels = labels_for(task);
+        let src = task.path(Split::Train, &opts.data_dir).unwrap_or_default();
+        let train = Dataset::from_records(
+            &src,
+            to_records(&train_ex),
+            &tok,
+            Problem::Auto,
+            Some(&labels),
+        )
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        let dsrc = task.path(Split::Dev, &opts.data_dir).unwrap_or_default();
+        let dev = Dataset::from_records(
+            &dsrc,
+            to_records(&dev_ex),
+            &tok,
+            Problem::Auto,
+            Some(&labels),
+        )
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+        let train_tokens: usize = train
+            .examples
+            .iter()
+            .flat_map(|e| e.sequences.iter().map(|s| s.ids.len()))
+            .sum();
+        let attention = AttentionConfig::parse(&opts.attention)
+            .map_err(|e| Error::Invalid(e.to_string()))?
+            .with_seed(seed)
+            .with_grad_mode(args.grad_mode);
+        let load = LoadOptions {
+            hub: opts.hub.clone(),
+            attention: Some(attention),
+            head: Some(labels.head()),
+            labels: match &labels {
+                Labels::Classes { names } if task != Task::Record => Some(names.clone()),
+                _ => None,
+            },
+            trainable: true,
+            init_seed: seed,
+            ..Default::default()
+        };
+        let mut model =
+            Model::load(&opts.model, &load).map_err(|e| Error::Invalid(e.to_string()))?;
+        if let Some(t) = model.tokenizer_mut() {
+            t.set_max_length(Some(args.max_length));
+        }
+        let load_s = t0.elapsed().as_secs_f64();
+        on_progress(&format!(
+            "{} seed {seed}: {} train / {} dev examples, attention {}",
+            task.name(),
+            train.len(),
+            dev.len(),
+            opts.attention
+        ));
+        let t1 = Instant::now();
+        let mut trainer = Trainer::new(args.clone(), model, train.clone(), None)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let summary = trainer
+            .train(opts.resume)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        let train_s = t1.elapsed().as_secs_f64();
+        let t2 = Instant::now();
+        let pad = trainer.model().tokenizer().map(|t| t.pad_id()).unwrap_or(0);
+        let outputs =
+            qattn_train::predict(trainer.model(), &dev, args.per_device_eval_batch_size, pad)
+                .map_err(|e| Error::Invalid(e.to_string()))?;
+        let preds = decide(task, &dev_ex, &outputs)?;
+        let dev_metrics = score(task, &dev_ex, &preds)?;
+        let eval_s = t2.elapsed().as_secs_f64();
+        let trained_tokens = if summary.steps_this_run == 0 {
+            0.0
+        } else {
+            train_tokens as f64
+                * summary.steps_this_run as f64
+                * args.per_device_train_batch_size as f64
+                * args.gradient_accumulation_steps as f64
+                / train.len().max(1) as f64
+        };
+        let rec = RunRecord {
+            task: task.name().to_string(),
+            model: opts.model.clone(),
+            attention: opts.attention.clone(),
+            seed,
+            training_args: args.clone(),
+            git_sha: qattn_train::tracking::git_sha(Path::new(".")),
+            machine: machine(),
+            dev_metrics,
+            predictions: dev_ex
+                .iter()
+                .zip(&preds)
+                .map(|(e, p)| PredictionRecord {
+                    id: e.id.clone(),
+                    pred: p.clone(),
+                    gold: e.label,
+                })
+                .collect(),
+            wall_seconds: BTreeMap::from([
+                ("load".to_string(), load_s),
+                ("train".to_string(), train_s),
+                ("eval".to_string(), eval_s),
+            ]),
+            train_tokens_per_second: trained_tokens / train_s.max(1e-9),
+            peak_rss_mb: peak_rss_mb(),
+            train_examples: train.len(),
+            dev_examples: dev_ex.len(),
+            unix_time: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        let json = serde_json::to_string_pretty(&rec)
+            .map_err(|e| Error::Invalid(format!("run record: {e}")))?;
+        let path = args.output_dir.join("run.json");
+        qattn_model::io::write_atomic(&path, json.as_bytes())
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        trainer
+            .model()
+            .save_pretrained(&args.output_dir.join("model"))
+            .map_err(|e| Error::Invalid(e.to_string()))?;
+        on_progress(&format!(
+            "{} seed {seed}: {} ({:.0}s train)",
+            task.name(),
+            rec.dev_metrics
+                .iter()
+                .map(|(k, v)| format!("{k} {v:.4}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            train_s
+        ));
+        records.push(rec);
+    }
+    Ok(records)
+}
