@@ -35,11 +35,12 @@ pub mod trainer;
 
 pub use args::{LossScaler, Precision, TrainingArgs};
 pub use collective::{Collective, SingleProcess};
+pub use data::Record;
 pub use data::{Dataset, Labels, Problem};
 pub use error::{Error, Result};
 pub use optim::{AdamW, Group};
 pub use schedule::{LrSchedule, SampleSchedule};
-pub use trainer::{TrainSummary, Trainer, TrainerState};
+pub use trainer::{TrainSummary, Trainer, TrainerState, evaluate, predict};
 
 /// The tokenizer of `model` (a Hub id or directory) with truncation at `max_length`.
 pub fn tokenizer_for(

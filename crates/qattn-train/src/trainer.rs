@@ -701,3 +701,25 @@ fn pearson(x: &[f64], y: &[f64]) -> f64 {
     }
     sxy / (sxx * syy).sqrt()
 }
+
+/// The head's raw output for every example of `ds`, in order: the logits row
+/// (classification, multiple choice) or a one-element score (regression). Deterministic
+/// ([`Mode::EVAL`]).
+pub fn predict(
+    model: &Model,
+    ds: &Dataset,
+    batch_size: usize,
+    pad_id: u32,
+) -> Result<Vec<Vec<f32>>> {
+    let idx: Vec<usize> = (0..ds.len()).collect();
+    let mut out = Vec::with_capacity(ds.len());
+    for chunk in idx.chunks(batch_size.max(1)) {
+        let (batch, _) = ds.collate(chunk, pad_id, model.device())?;
+        let y = head_output(model, &(&batch).into(), &ds.labels, chunk.len(), Mode::EVAL)?;
+        match ds.labels {
+            Labels::Regression => out.extend(y.to_vec1::<f32>()?.into_iter().map(|v| vec![v])),
+            _ => out.extend(y.to_dtype(DType::F32)?.to_vec2::<f32>()?),
+        }
+    }
+    Ok(out)
+}
