@@ -2,6 +2,7 @@
 
 mod attn;
 mod demo;
+mod glue;
 mod model;
 mod train;
 
@@ -25,6 +26,8 @@ enum Command {
     Model(model::Args),
     /// Fine-tune a model on JSONL data with exact or Monte-Carlo attention.
     Train(train::Args),
+    /// GLUE and SuperGLUE: fine-tune and evaluate, write submissions, score predictions.
+    Glue(glue::Args),
 }
 
 fn main() {
@@ -34,6 +37,7 @@ fn main() {
         Command::Demo(a) => demo::run(a),
         Command::Model(a) => model::run(a),
         Command::Train(a) => train::run(a),
+        Command::Glue(a) => glue::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

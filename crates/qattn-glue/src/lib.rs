@@ -6,6 +6,7 @@
 pub mod error;
 pub mod metrics;
 pub mod runner;
+pub mod submission;
 pub mod tasks;
 
 pub use error::{Error, Result};

@@ -612,6 +612,17 @@ pub fn load(task: Task, split: Split, data_dir: &Path) -> Result<Loaded> {
     }
 }
 
+/// Reads `split` of `task` from an explicit file in the official format (e.g. the gold file
+/// given to `qattn glue score`).
+pub fn load_path(task: Task, split: Split, path: &Path) -> Result<Loaded> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let text = read_file(task, path, dir)?;
+    match task.benchmark() {
+        Benchmark::Glue => glue::read(task, split, path, &text),
+        Benchmark::SuperGlue => superglue::read(task, split, path, &text),
+    }
+}
+
 /// Reads a data file as UTF-8 text without a BOM.
 fn read_file(task: Task, path: &Path, data_dir: &Path) -> Result<String> {
     let bytes = match std::fs::read(path) {

@@ -1,0 +1,294 @@
+//! `qattn glue run | predict | score`: GLUE and SuperGLUE with the official formats and metrics.
+
+use anyhow::{Context, Result, bail};
+use qattn_glue::runner::{self, RunOptions};
+use qattn_glue::submission;
+use qattn_glue::tasks::{self, Split, Task};
+use qattn_model::{HubOptions, LoadOptions, Model};
+use qattn_train::{Dataset, Problem, TrainingArgs};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Arguments of `qattn glue`.
+#[derive(clap::Args)]
+pub(crate) struct Args {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Fine-tune on a task's train split (one run per seed), evaluate on dev, write run records.
+    Run(RunArgs),
+    /// Write the official submission file of a split with a fine-tuned model.
+    Predict(PredictArgs),
+    /// Score a prediction file against an official gold file; prints JSON.
+    Score(ScoreArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Task (cola, sst2, mrpc, stsb, qqp, mnli-m, mnli-mm, qnli, rte, wnli, boolq, cb, copa,
+    /// multirc, record, sg-rte, wic, wsc).
+    #[arg(long)]
+    task: String,
+    /// Hub id or directory of the pretrained model.
+    #[arg(long)]
+    model: String,
+    /// Attention estimator spec.
+    #[arg(long, default_value = "exact")]
+    attention: String,
+    /// Comma-separated seeds, one fine-tuning run each.
+    #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
+    seeds: Vec<u64>,
+    /// Epochs.
+    #[arg(long, default_value_t = 3)]
+    epochs: u64,
+    /// Stop after this many optimiser steps (overrides --epochs).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Learning rate.
+    #[arg(long, default_value_t = 2e-5)]
+    lr: f64,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Truncate inputs to this many tokens.
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Train on a seeded subset of this many examples (state it when reporting).
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Score only the first N dev examples.
+    #[arg(long)]
+    eval_limit: Option<usize>,
+    /// Directory with glue/ and superglue/ (default: QATTN_DATA_DIR, else ../shared/data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output directory.
+    #[arg(long)]
+    output_dir: PathBuf,
+    /// Continue interrupted runs from their checkpoints.
+    #[arg(long)]
+    resume: bool,
+    /// Set any TrainingArgs field (KEY=VALUE); repeatable.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Hub cache directory.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Never download.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(clap::Args)]
+struct PredictArgs {
+    /// Task.
+    #[arg(long)]
+    task: String,
+    /// Fine-tuned model directory (or Hub id).
+    #[arg(long)]
+    model: String,
+    /// Split to predict.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Output file (the official name is {TASK}.tsv / {Task}.jsonl).
+    #[arg(long)]
+    output: PathBuf,
+    /// Directory with glue/ and superglue/.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Examples per batch.
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Truncate inputs to this many tokens.
+    #[arg(long, default_value_t = 128)]
+    max_len: usize,
+    /// Hub cache directory.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Never download.
+    #[arg(long)]
+    offline: bool,
+}
+
+#[derive(clap::Args)]
+struct ScoreArgs {
+    /// Task.
+    #[arg(long)]
+    task: String,
+    /// The official labelled file (e.g. glue/CoLA/dev.tsv).
+    #[arg(long)]
+    gold: PathBuf,
+    /// Predictions: TSV `index<TAB>prediction` or JSONL `{"idx", "label"}`.
+    #[arg(long)]
+    pred: PathBuf,
+}
+
+pub(crate) fn run(a: Args) -> Result<()> {
+    match a.command {
+        Command::Run(a) => run_task(a),
+        Command::Predict(a) => predict(a),
+        Command::Score(a) => score(a),
+    }
+}
+
+fn hub(cache_dir: &Option<PathBuf>, offline: bool) -> HubOptions {
+    let mut h = HubOptions::from_env();
+    h.cache_dir = cache_dir.clone();
+    h.offline |= offline;
+    h
+}
+
+fn mean_sd(v: &[f64]) -> (f64, f64) {
+    let n = v.len() as f64;
+    let m = v.iter().sum::<f64>() / n;
+    let var = if v.len() > 1 {
+        v.iter().map(|x| (x - m).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (m, var.sqrt())
+}
+
+fn run_task(a: RunArgs) -> Result<()> {
+    let task = Task::from_name(&a.task)?;
+    if a.seeds.is_empty() {
+        bail!("--seeds needs at least one seed");
+    }
+    let mut args = TrainingArgs {
+        num_train_epochs: a.epochs,
+        max_steps: a.max_steps,
+        learning_rate: a.lr,
+        per_device_train_batch_size: a.batch_size,
+        max_length: a.max_len,
+        warmup_ratio: 0.1,
+        logging_steps: 10,
+        save_steps: 200,
+        ..Default::default()
+    };
+    for s in &a.sets {
+        args.set(s)?;
+    }
+    let opts = RunOptions {
+        task,
+        model: a.model.clone(),
+        attention: a.attention.clone(),
+        seeds: a.seeds.clone(),
+        args,
+        data_dir: tasks::data_dir(a.data_dir.as_deref()),
+        output_dir: a.output_dir.clone(),
+        resume: a.resume,
+        hub: hub(&a.cache_dir, a.offline),
+        train_limit: a.train_limit,
+        eval_limit: a.eval_limit,
+    };
+    let records = runner::run(&opts, |m| eprintln!("{m}"))?;
+    println!(
+        "| task | attention | seeds | {} | train s (mean) |",
+        task.metrics().join(" | ")
+    );
+    println!("|---|---|---|{}---:|", "---:|".repeat(task.metrics().len()));
+    let cells: Vec<String> = task
+        .metrics()
+        .iter()
+        .map(|m| {
+            let v: Vec<f64> = records
+                .iter()
+                .filter_map(|r| r.dev_metrics.get(*m).copied())
+                .collect();
+            let (mean, sd) = mean_sd(&v);
+            format!("{:.2} ± {:.2}", 100.0 * mean, 100.0 * sd)
+        })
+        .collect();
+    let train_s: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r.wall_seconds.get("train").copied())
+        .collect();
+    println!(
+        "| {} | {} | {} | {} | {:.0} |",
+        task.name(),
+        a.attention,
+        records.len(),
+        cells.join(" | "),
+        mean_sd(&train_s).0
+    );
+    println!(
+        "run records: {}",
+        a.output_dir
+            .join(task.name())
+            .join(runner::slug(&a.attention))
+            .display()
+    );
+    Ok(())
+}
+
+fn predict(a: PredictArgs) -> Result<()> {
+    let task = Task::from_name(&a.task)?;
+    let split = Split::from_name(&a.split)?;
+    let data_dir = tasks::data_dir(a.data_dir.as_deref());
+    let loaded = tasks::load(task, split, &data_dir)?;
+    for s in &loaded.skipped {
+        eprintln!("skipped line {}: {}", s.line, s.reason);
+    }
+    let hub = hub(&a.cache_dir, a.offline);
+    let mut model = Model::load(
+        &a.model,
+        &LoadOptions {
+            hub,
+            ..Default::default()
+        },
+    )
+    .with_context(|| format!("cannot load model {:?}", a.model))?;
+    let labels = runner::labels_for(task);
+    if model.head() != Some(labels.head()) {
+        bail!(
+            "model {} has head {:?}, task {} needs {}",
+            a.model,
+            model.head().map(|h| h.to_string()),
+            task.name(),
+            labels.head()
+        );
+    }
+    let tok = model
+        .tokenizer_mut()
+        .context("the model directory has no tokenizer.json")?;
+    tok.set_max_length(Some(a.max_len));
+    let tok = tok.clone();
+    let ds = Dataset::from_records(
+        &a.output,
+        runner::to_records(&loaded.examples),
+        &tok,
+        Problem::Auto,
+        Some(&labels),
+    )?;
+    let outputs = qattn_train::predict(&model, &ds, a.batch_size, tok.pad_id())?;
+    let preds = runner::decide(task, &loaded.examples, &outputs)?;
+    let body = submission::render(task, &loaded.examples, &preds)?;
+    qattn_model::io::write_atomic(&a.output, body.as_bytes())?;
+    eprintln!(
+        "wrote {} predictions to {} (official name: {})",
+        loaded.examples.len(),
+        a.output.display(),
+        task.submission_name()
+    );
+    Ok(())
+}
+
+fn score(a: ScoreArgs) -> Result<()> {
+    let task = Task::from_name(&a.task)?;
+    let gold = tasks::load_path(task, Split::Dev, &a.gold)?;
+    let examples: Vec<_> = gold
+        .examples
+        .into_iter()
+        .filter(|e| e.label.is_some())
+        .collect();
+    if examples.is_empty() {
+        bail!("{} has no labelled examples", a.gold.display());
+    }
+    let preds = submission::read_predictions(task, &a.pred, &examples)?;
+    let m: BTreeMap<String, f64> = runner::score(task, &examples, &preds)?;
+    println!("{}", serde_json::to_string_pretty(&m)?);
+    Ok(())
+}
