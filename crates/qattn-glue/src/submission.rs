@@ -17,6 +17,9 @@ use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// A MultiRC question id and its answers' JSON.
+type Question = (String, Vec<Value>);
+
 fn idx_value(id: &str) -> Value {
     id.parse::<u64>()
         .map(Value::from)
@@ -64,7 +67,7 @@ pub fn render(task: Task, examples: &[Example], preds: &[Prediction]) -> Result<
         Benchmark::SuperGlue => match task {
             Task::MultiRc => {
                 // passage → question → answers, in file order.
-                let mut passages: Vec<(String, Vec<(String, Vec<Value>)>)> = Vec::new();
+                let mut passages: Vec<(String, Vec<Question>)> = Vec::new();
                 for (e, p) in examples.iter().zip(preds) {
                     let pid = e.extra.get("passage_idx").cloned().unwrap_or_default();
                     let qid = e.extra.get("question_idx").cloned().unwrap_or_default();

@@ -13,9 +13,10 @@
 //! `j = L-1` and `1000 + (b·7919 + j·104729) mod 28000` otherwise, with no padding. After
 //! `warmup` untimed passes, `iters` forward passes are timed one by one (wall clock). The JSON
 //! written: `{"estimator", "model", "batch", "seq", "warmup", "iters", "times_s": [...],
-//! "median_s", "seqs_per_s", "peak_rss_mb", "threads", "load_s", "output_abs_mean"}`, where
-//! `seqs_per_s = batch / median_s`, `peak_rss_mb` is `VmHWM` of `/proc/self/status` in MiB and
-//! `threads` is candle's (and rayon's) thread count, set with `RAYON_NUM_THREADS`.
+//! "median_s", "seqs_per_s", "peak_rss_mb", "threads", "load_s", "cpu_s", "output_abs_mean"}`,
+//! where `seqs_per_s = batch / median_s`, `peak_rss_mb` is `VmHWM` of `/proc/self/status` in
+//! MiB, `threads` is candle's (and rayon's) thread count, set with `RAYON_NUM_THREADS`, and
+//! `cpu_s` the CPU time (user + system, all threads) of the whole process.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -106,6 +107,18 @@ fn peak_rss_mib() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
+/// CPU time (user + system, all threads) of this process so far, in seconds, from
+/// `/proc/self/stat` (fields 14 and 15, in clock ticks of 1/100 s).
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; fields after it start at field 3.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: f64 = fields.get(11)?.parse().ok()?;
+    let stime: f64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) / 100.0)
+}
+
 fn median(times: &[f64]) -> f64 {
     let mut sorted = times.to_vec();
     sorted.sort_by(f64::total_cmp);
@@ -175,6 +188,7 @@ fn main() -> Result<()> {
         "peak_rss_mb": peak_rss_mib(),
         "threads": threads,
         "load_s": load_s,
+        "cpu_s": cpu_seconds(),
         "output_abs_mean": output_abs_mean,
     });
     let body = serde_json::to_string_pretty(&report)? + "\n";
