@@ -21,11 +21,12 @@ import os
 import platform
 import statistics
 import sys
-import tempfile
 import time
 
 import torch
 import torch.nn.functional as F
+
+from benchutil import write_atomic
 
 B, H, D = 2, 8, 64
 SIZES = [128, 512, 2048, 8192]
@@ -82,24 +83,6 @@ def bench(lk, budget_s):
         )
         rows.append(row)
     return rows
-
-
-def write_atomic(path, text):
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".torch_sdpa.", suffix=".tmp")
-    try:
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def main():

@@ -5,6 +5,9 @@
 //! * `cargo xtask bench kernels [--quick] [--native]`: criterion benches of `qattn-kernels`
 //!   side by side with PyTorch's `scaled_dot_product_attention`, written to
 //!   `benchmarks/results/kernels.{json,md}`.
+//! * `cargo xtask bench model [--quick] [--cache-dir DIR]`: forward throughput and peak RSS of
+//!   qattn-model (MiniLM, exact and every estimator) side by side with HF transformers, written
+//!   to `benchmarks/results/model.{json,md}`.
 //! * `cargo xtask image`: container images (they arrive with the serving crate).
 //!
 //! xtask depends on `anyhow`, `serde` and `serde_json` only, so it builds in seconds.
@@ -32,6 +35,13 @@ commands:
         writes benchmarks/results/kernels.json and kernels.md
         --quick   smaller size grid and criterion's quick mode
         --native  build the bench with -C target-cpu=native (separate target dir)
+  bench model [--quick] [--cache-dir DIR]
+        forward throughput and peak RSS of qattn-model (all-MiniLM-L6-v2, batch 32 x 128,
+        exact and each estimator) plus HF transformers (eager, sdpa);
+        writes benchmarks/results/model.json and model.md
+        --quick      1 warm-up and 3 timed passes per configuration (default 2 and 10)
+        --cache-dir  Hugging Face cache holding the model (default $QATTN_HF_CACHE,
+                     else ../shared/data/hf)
   image
         build container images (arrives with the serving crate)
   help
@@ -46,8 +56,12 @@ fn main() -> ExitCode {
             Ok(opts) => ci(&opts),
             Err(msg) => return usage_error(&msg),
         },
-        ["bench", "kernels", rest @ ..] => match bench::parse_options(rest) {
-            Ok(opts) => bench::kernels(&repo_root(), &opts),
+        ["bench", "kernels", rest @ ..] => match bench::kernels::parse_options(rest) {
+            Ok(opts) => bench::kernels::kernels(&repo_root(), &opts),
+            Err(msg) => return usage_error(&msg),
+        },
+        ["bench", "model", rest @ ..] => match bench::model::parse_options(rest) {
+            Ok(opts) => bench::model::model(&repo_root(), &opts),
             Err(msg) => return usage_error(&msg),
         },
         ["image", ..] => {

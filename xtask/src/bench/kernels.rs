@@ -10,13 +10,16 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::{cargo, output, run, write_atomic};
+use super::{
+    EstimatorKey, Provenance, Target, cell, ensure_torch, estimator_order, read_json, sig3,
+    target_directory, targets_markdown, threshold_target, write_results,
+};
+use crate::{cargo, run};
 
 /// Batch size of every benchmarked shape (B·H = 16).
 const B: u64 = 2;
@@ -71,24 +74,16 @@ fn flops(mode: &str, lk: u64) -> f64 {
 #[derive(Serialize)]
 struct Report {
     command: String,
-    date_utc: String,
+    #[serde(flatten)]
+    provenance: Provenance,
     quick: bool,
     rustflags: Option<String>,
-    machine: Machine,
-    rustc: Option<String>,
-    git_commit: Option<String>,
     torch: Option<TorchInfo>,
     shape: Shape,
     flop_convention: String,
     notes: Vec<String>,
     targets: Vec<Target>,
     rows: Vec<Row>,
-}
-
-#[derive(Serialize)]
-struct Machine {
-    cpu: Option<String>,
-    threads: usize,
 }
 
 #[derive(Serialize, Clone)]
@@ -136,31 +131,6 @@ struct Row {
     rel_error: Option<f64>,
 }
 
-#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
-#[serde(rename_all = "kebab-case")]
-enum Status {
-    Met,
-    NotMet,
-    NoData,
-}
-
-impl Status {
-    fn label(self) -> &'static str {
-        match self {
-            Status::Met => "met",
-            Status::NotMet => "not met",
-            Status::NoData => "no data",
-        }
-    }
-}
-
-#[derive(Serialize, Clone, Debug)]
-struct Target {
-    target: String,
-    observed: String,
-    status: Status,
-}
-
 /// One timing read back from criterion or from the PyTorch script.
 #[derive(Clone, Debug, PartialEq)]
 struct Timing {
@@ -188,7 +158,7 @@ pub(crate) fn kernels(root: &Path, opts: &BenchOptions) -> Result<()> {
 
     // (a) The PyTorch environment.
     println!("\n==> PyTorch baseline environment (benchmarks/.venv)");
-    let python = match ensure_torch(root) {
+    let python = match ensure_torch(root, &[]) {
         Ok(py) => Some(py),
         Err(reason) => {
             println!("PyTorch baseline unavailable: {reason}");
@@ -309,24 +279,9 @@ pub(crate) fn kernels(root: &Path, opts: &BenchOptions) -> Result<()> {
     let targets = evaluate_targets(&rows);
     let report = Report {
         command,
-        date_utc: utc_now(),
+        provenance: Provenance::collect(root),
         quick: opts.quick,
         rustflags,
-        machine: Machine {
-            cpu: cpu_model(),
-            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        },
-        rustc: output(Command::new("rustc").current_dir(root).arg("--version"))
-            .ok()
-            .map(|s| s.trim().to_owned()),
-        git_commit: output(Command::new("git").current_dir(root).args([
-            "rev-parse",
-            "--short=12",
-            "HEAD",
-        ]))
-        .ok()
-        .map(|s| s.trim().to_owned())
-        .filter(|s| !s.is_empty()),
         torch: torch_info,
         shape: Shape::BENCH,
         flop_convention: format!(
@@ -338,90 +293,7 @@ pub(crate) fn kernels(root: &Path, opts: &BenchOptions) -> Result<()> {
         targets,
         rows,
     };
-    let json = serde_json::to_string_pretty(&report)? + "\n";
-    let md = markdown(&report);
-    let results = root.join("benchmarks/results");
-    write_atomic(&results.join("kernels.json"), json.as_bytes())?;
-    write_atomic(&results.join("kernels.md"), md.as_bytes())?;
-    println!("\n{md}");
-    println!("wrote benchmarks/results/kernels.json and benchmarks/results/kernels.md");
-    Ok(())
-}
-
-/// The cargo target folder, from `cargo metadata` (honours `CARGO_TARGET_DIR` and config).
-fn target_directory(root: &Path) -> Result<PathBuf> {
-    let json =
-        output(
-            cargo()
-                .current_dir(root)
-                .args(["metadata", "--format-version", "1", "--no-deps"]),
-        )?;
-    let v: Value = serde_json::from_str(&json).context("parsing cargo metadata output")?;
-    v["target_directory"]
-        .as_str()
-        .map(PathBuf::from)
-        .context("cargo metadata: no target_directory")
-}
-
-/// Returns the venv's python once `import torch, numpy` works there, installing both from PyPI
-/// when needed; otherwise the reason it could not.
-fn ensure_torch(root: &Path) -> std::result::Result<PathBuf, String> {
-    let venv = root.join("benchmarks/.venv");
-    let python = venv.join("bin/python");
-    let imports = |py: &Path| -> bool {
-        Command::new(py)
-            .args(["-c", "import torch, numpy"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if python.exists() && imports(&python) {
-        println!("using {}", python.display());
-        return Ok(python);
-    }
-    if !python.exists() {
-        println!("creating a Python venv at {}", venv.display());
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .map_err(|e| format!("could not run python3 to create {}: {e}", venv.display()))?;
-        if !status.success() {
-            return Err(format!(
-                "`python3 -m venv {}` exited with {status}",
-                venv.display()
-            ));
-        }
-    }
-    println!(
-        "installing torch and numpy from PyPI into {} (one-time; the Linux wheel with its \
-         dependencies is several GB)",
-        venv.display()
-    );
-    let status = Command::new(&python)
-        .args(["-m", "pip", "install", "torch", "numpy"])
-        .status()
-        .map_err(|e| format!("could not run pip in {}: {e}", venv.display()))?;
-    if !status.success() {
-        return Err(format!(
-            "`pip install torch numpy` into {} exited with {status}",
-            venv.display()
-        ));
-    }
-    if imports(&python) {
-        Ok(python)
-    } else {
-        Err(format!(
-            "torch was installed into {} but `import torch, numpy` still fails",
-            venv.display()
-        ))
-    }
-}
-
-fn read_json(path: &Path) -> Result<Value> {
-    let text = fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    serde_json::from_str(&text).with_context(|| format!("parsing {}", path.display()))
+    write_results(root, "kernels", &report, &markdown(&report))
 }
 
 /// Walks `<criterion_home>/{fwd,fwdbwd}/**/new/benchmark.json` and the sibling
@@ -546,32 +418,6 @@ fn parse_errors(v: &Value) -> Result<BTreeMap<(String, u64), f64>> {
     Ok(out)
 }
 
-/// Sort key of an estimator: family rank, numeric parameters, then the spec itself.
-type EstimatorKey = (usize, Vec<u64>, String);
-
-/// The baseline, exact, then the estimator families in the order of the docs, then by their
-/// numeric parameters.
-fn estimator_order(spec: &str) -> EstimatorKey {
-    const FAMILIES: [&str; 7] = [
-        TORCH,
-        "exact",
-        "multinomial",
-        "stratified",
-        "topk",
-        "cv",
-        "adaptive",
-    ];
-    let base = spec.split('+').next().unwrap_or(spec);
-    let mut parts = base.split(':');
-    let family = parts.next().unwrap_or("");
-    let rank = FAMILIES
-        .iter()
-        .position(|f| *f == family)
-        .unwrap_or(FAMILIES.len());
-    let params = parts.filter_map(|p| p.parse().ok()).collect();
-    (rank, params, spec.to_owned())
-}
-
 fn build_rows(
     ours: &[Timing],
     torch: &[Timing],
@@ -634,10 +480,10 @@ fn build_rows(
 fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
     let mut out = Vec::new();
     for (mode, label) in [("fwd", "forward"), ("fwdbwd", "forward+backward")] {
-        let seen: Vec<(u64, f64)> = rows
+        let seen: Vec<(String, f64)> = rows
             .iter()
             .filter(|r| r.mode == mode && r.estimator == "exact" && r.lk >= 1024)
-            .filter_map(|r| r.ratio_vs_torch.map(|x| (r.lk, x)))
+            .filter_map(|r| r.ratio_vs_torch.map(|x| (format!("Lk={}", r.lk), x)))
             .collect();
         out.push(threshold_target(
             format!("exact {label} ≥ 1.0× PyTorch SDPA at every Lk ≥ 1024"),
@@ -646,10 +492,10 @@ fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
             "× PyTorch",
         ));
     }
-    let strat: Vec<(u64, f64)> = rows
+    let strat: Vec<(String, f64)> = rows
         .iter()
         .filter(|r| r.mode == "fwd" && r.estimator == "stratified:32" && r.lk == 2048)
-        .filter_map(|r| r.ratio_vs_exact.map(|x| (r.lk, x)))
+        .filter_map(|r| r.ratio_vs_exact.map(|x| (format!("Lk={}", r.lk), x)))
         .collect();
     out.push(threshold_target(
         "stratified:32 forward ≥ 1.5× our exact forward at Lk = 2048".to_owned(),
@@ -672,10 +518,10 @@ fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
         ));
     }
     for est in sampled {
-        let seen: Vec<(u64, f64)> = rows
+        let seen: Vec<(String, f64)> = rows
             .iter()
             .filter(|r| r.mode == "fwdbwd" && r.estimator == est && r.lk == 2048)
-            .filter_map(|r| r.ratio_vs_exact.map(|x| (r.lk, x)))
+            .filter_map(|r| r.ratio_vs_exact.map(|x| (format!("Lk={}", r.lk), x)))
             .collect();
         out.push(threshold_target(
             format!(
@@ -689,46 +535,6 @@ fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
     out
 }
 
-/// Met when every observed ratio reaches `min`; no data when nothing was observed.
-fn threshold_target(target: String, seen: &[(u64, f64)], min: f64, unit: &str) -> Target {
-    let status = if seen.is_empty() {
-        Status::NoData
-    } else if seen.iter().all(|(_, x)| *x >= min) {
-        Status::Met
-    } else {
-        Status::NotMet
-    };
-    let observed = if seen.is_empty() {
-        "—".to_owned()
-    } else {
-        seen.iter()
-            .map(|(lk, x)| format!("{x:.2}{unit} (Lk={lk})"))
-            .collect::<Vec<_>>()
-            .join(", ")
-    };
-    Target {
-        target,
-        observed,
-        status,
-    }
-}
-
-fn cell(v: Option<f64>, f: impl Fn(f64) -> String) -> String {
-    v.map_or_else(|| "—".to_owned(), f)
-}
-
-fn sig3(x: f64) -> String {
-    if x >= 100.0 {
-        format!("{x:.0}")
-    } else if x >= 10.0 {
-        format!("{x:.1}")
-    } else if x >= 1.0 {
-        format!("{x:.2}")
-    } else {
-        format!("{x:.3}")
-    }
-}
-
 fn error_cell(x: f64) -> String {
     if x == 0.0 {
         "0".to_owned()
@@ -740,28 +546,11 @@ fn error_cell(x: f64) -> String {
 }
 
 fn markdown(r: &Report) -> String {
-    let mut s = String::new();
-    s.push_str("# qattn-kernels benchmarks\n\n");
-    s.push_str(&format!(
-        "Produced by `{}` on {}{}.\n\n",
-        r.command,
-        r.date_utc,
-        r.git_commit
-            .as_ref()
-            .map_or(String::new(), |c| format!(" at commit {c}"))
-    ));
-    s.push_str(&format!(
-        "- Machine: {}, {} threads\n",
-        r.machine.cpu.as_deref().unwrap_or("unknown CPU"),
-        r.machine.threads
-    ));
-    s.push_str(&format!(
-        "- rustc: {}{}\n",
-        r.rustc.as_deref().unwrap_or("unknown"),
-        r.rustflags
-            .as_ref()
-            .map_or(String::new(), |f| format!(", RUSTFLAGS=`{f}`"))
-    ));
+    let mut s = r.provenance.markdown_header(
+        "qattn-kernels benchmarks",
+        &r.command,
+        r.rustflags.as_deref(),
+    );
     match &r.torch {
         Some(t) => s.push_str(&format!(
             "- PyTorch: {} (`scaled_dot_product_attention`, f32, CPU, {} threads)\n",
@@ -792,15 +581,7 @@ fn markdown(r: &Report) -> String {
     for n in &r.notes {
         s.push_str(&format!("- Note: {n}\n"));
     }
-    s.push_str("\n## Targets (issue 2)\n\n| target | observed | status |\n|---|---|---|\n");
-    for t in &r.targets {
-        s.push_str(&format!(
-            "| {} | {} | {} |\n",
-            t.target,
-            t.observed,
-            t.status.label()
-        ));
-    }
+    s.push_str(&targets_markdown("Targets (issue 2)", &r.targets));
     s.push_str(
         "\n## Results\n\n\
          | mode | estimator | grad | Lk | time (ms) | GFLOP/s | × PyTorch | × exact | rel. error |\n\
@@ -823,51 +604,9 @@ fn markdown(r: &Report) -> String {
     s
 }
 
-fn cpu_model() -> Option<String> {
-    let info = fs::read_to_string("/proc/cpuinfo").ok()?;
-    info.lines()
-        .find(|l| l.starts_with("model name"))
-        .and_then(|l| l.split_once(':'))
-        .map(|(_, v)| v.trim().to_owned())
-}
-
-/// The current UTC time as `YYYY-MM-DDTHH:MM:SSZ`.
-fn utc_now() -> String {
-    let secs = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    format_utc(secs)
-}
-
-fn format_utc(unix_secs: u64) -> String {
-    let days = (unix_secs / 86_400) as i64;
-    let rem = unix_secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
-}
-
-/// Days since 1970-01-01 to (year, month, day) in the proleptic Gregorian calendar
-/// (H. Hinnant's `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = (if z >= 0 { z } else { z - 146_096 }) / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m as u32, d as u32)
-}
-
 #[cfg(test)]
 mod tests {
+    use super::super::Status;
     use super::*;
     use serde_json::json;
 
@@ -878,14 +617,6 @@ mod tests {
             lk,
             time_ms: ms,
         }
-    }
-
-    #[test]
-    fn dates() {
-        assert_eq!(format_utc(0), "1970-01-01T00:00:00Z");
-        assert_eq!(format_utc(951_782_400), "2000-02-29T00:00:00Z");
-        assert_eq!(format_utc(1_704_067_199), "2023-12-31T23:59:59Z");
-        assert_eq!(format_utc(1_709_210_096), "2024-02-29T12:34:56Z");
     }
 
     #[test]
@@ -964,15 +695,9 @@ mod tests {
         );
         let md = markdown(&Report {
             command: "cargo xtask bench kernels --quick".to_owned(),
-            date_utc: format_utc(0),
+            provenance: Provenance::for_tests(),
             quick: true,
             rustflags: None,
-            machine: Machine {
-                cpu: Some("test cpu".to_owned()),
-                threads: 2,
-            },
-            rustc: None,
-            git_commit: None,
             torch: None,
             shape: Shape::BENCH,
             flop_convention: String::new(),
