@@ -180,6 +180,16 @@ impl Trainer {
         self.train.examples.iter().map(|e| e.len()).collect()
     }
 
+    /// The trainable variables in name order (the optimiser's parameter order).
+    fn param_list(&self) -> Vec<(String, candle_core::Var)> {
+        self.model
+            .params()
+            .vars()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+
     /// The loss of one micro-batch (already divided by `scale`), with the consistency term.
     fn micro_loss(
         &mut self,
@@ -281,13 +291,7 @@ impl Trainer {
     /// The gradients (by parameter name) and mean task loss of the first optimiser step,
     /// without updating anything: what accumulation and regularisation tests compare.
     pub fn first_step_gradients(&mut self) -> Result<(BTreeMap<String, Vec<f32>>, f64)> {
-        let params: Vec<(String, candle_core::Var)> = self
-            .model
-            .params()
-            .vars()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let params = self.param_list();
         let lengths = self.lengths();
         let mut order = epoch_batches(
             &lengths,
@@ -320,13 +324,7 @@ impl Trainer {
         let ckpts = CheckpointManager::new(&out_dir, self.args.save_total_limit);
         let mut summary = TrainSummary::default();
         let base_attention = self.model.attention().clone();
-        let params: Vec<(String, candle_core::Var)> = self
-            .model
-            .params()
-            .vars()
-            .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect();
+        let params = self.param_list();
         let vars: BTreeMap<String, candle_core::Var> = params.iter().cloned().collect();
         let mut opt = AdamW::new(&vars, self.args.adam(), self.args.groups())?;
         let mut state = TrainerState {
