@@ -1,6 +1,8 @@
-//! `qattn glue run | predict | score`: GLUE and SuperGLUE with the official formats and metrics.
+//! `qattn glue run | predict | score | report`: GLUE and SuperGLUE with the official formats and
+//! metrics, and exports of the results.
 
 use anyhow::{Context, Result, bail};
+use qattn_glue::report;
 use qattn_glue::runner::{self, RunOptions};
 use qattn_glue::submission;
 use qattn_glue::tasks::{self, Split, Task};
@@ -24,6 +26,9 @@ enum Command {
     Predict(PredictArgs),
     /// Score a prediction file against an official gold file; prints JSON.
     Score(ScoreArgs),
+    /// Summarise run records (mean ± sd over seeds per task and attention) as CSV, Markdown,
+    /// LaTeX, JSON and one SVG/PNG plot per task.
+    Report(ReportArgs),
 }
 
 #[derive(clap::Args)]
@@ -126,12 +131,44 @@ struct ScoreArgs {
     pred: PathBuf,
 }
 
+#[derive(clap::Args)]
+struct ReportArgs {
+    /// Directory searched recursively for run.json files (a `glue run --output-dir`).
+    #[arg(long)]
+    runs: PathBuf,
+    /// Where results.{csv,md,tex,json} and TASK.{svg,png} go.
+    #[arg(long)]
+    output_dir: PathBuf,
+}
+
 pub(crate) fn run(a: Args) -> Result<()> {
     match a.command {
         Command::Run(a) => run_task(a),
         Command::Predict(a) => predict(a),
         Command::Score(a) => score(a),
+        Command::Report(a) => report_cmd(a),
     }
+}
+
+fn report_cmd(a: ReportArgs) -> Result<()> {
+    let command = format!(
+        "qattn glue report --runs {} --output-dir {}",
+        a.runs.display(),
+        a.output_dir.display()
+    );
+    let written = report::write_report(&a.runs, &a.output_dir, &command)?;
+    for w in &written.report.warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!(
+        "{} run records, {} (task, attention) groups",
+        written.report.runs,
+        written.report.groups.len()
+    );
+    for f in &written.files {
+        println!("{}", f.display());
+    }
+    Ok(())
 }
 
 fn hub(cache_dir: &Option<PathBuf>, offline: bool) -> HubOptions {

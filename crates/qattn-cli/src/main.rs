@@ -1,6 +1,7 @@
 //! `qattn` — the command-line front door of qattn. Each capability adds a subcommand.
 
 mod attn;
+mod data;
 mod demo;
 mod glue;
 mod model;
@@ -26,8 +27,11 @@ enum Command {
     Model(model::Args),
     /// Fine-tune a model on JSONL data with exact or Monte-Carlo attention.
     Train(train::Args),
-    /// GLUE and SuperGLUE: fine-tune and evaluate, write submissions, score predictions.
+    /// GLUE and SuperGLUE: fine-tune and evaluate, write submissions, score predictions,
+    /// export results.
     Glue(glue::Args),
+    /// Data: download the official GLUE and SuperGLUE files.
+    Data(data::Args),
 }
 
 fn main() {
@@ -38,6 +42,7 @@ fn main() {
         Command::Model(a) => model::run(a),
         Command::Train(a) => train::run(a),
         Command::Glue(a) => glue::run(a),
+        Command::Data(a) => data::run(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

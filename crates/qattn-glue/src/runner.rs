@@ -272,7 +272,8 @@ pub struct RunRecord {
     pub predictions: Vec<PredictionRecord>,
     /// Wall seconds per phase: load, train, eval.
     pub wall_seconds: BTreeMap<String, f64>,
-    /// Training tokens (non-padding) per second.
+    /// Training tokens (non-padding) per second: mean tokens per training example × examples
+    /// processed by this run's optimiser steps / training wall time.
     pub train_tokens_per_second: f64,
     /// Peak resident memory of the process so far (MiB).
     pub peak_rss_mb: Option<f64>,
