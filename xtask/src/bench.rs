@@ -5,12 +5,18 @@
 //!   `scaled_dot_product_attention`.
 //! * [`model`]: forward throughput and peak memory of `qattn-model` (MiniLM) against HF
 //!   transformers.
+//! * [`train`]: fine-tuning throughput and peak memory of `qattn-train` (MiniLM with a
+//!   classification head) against HF transformers.
 //!
-//! This module holds what both share: the PyTorch venv, the provenance of a run (machine,
-//! rustc, commit, date), targets with met / not met, and table formatting.
+//! This module holds what all share: the PyTorch venv, the provenance of a run (machine,
+//! rustc, commit, date), targets with met / not met, and table formatting;
+//! [`side_by_side`] what `model` and `train` share: one process per configuration on a quiet
+//! machine, the load other processes put on it, rows with ratios, and the results page.
 
 pub(crate) mod kernels;
 pub(crate) mod model;
+pub(crate) mod side_by_side;
+pub(crate) mod train;
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -8,6 +8,10 @@
 //! * `cargo xtask bench model [--quick] [--cache-dir DIR]`: forward throughput and peak RSS of
 //!   qattn-model (MiniLM, exact and every estimator) side by side with HF transformers, written
 //!   to `benchmarks/results/model.{json,md}`.
+//! * `cargo xtask bench train [--quick] [--cache-dir DIR]`: fine-tuning throughput and peak RSS
+//!   of qattn-train (MiniLM with a classification head; exact, and `stratified:32` with sampled
+//!   gradients) side by side with HF transformers, written to
+//!   `benchmarks/results/train.{json,md}`.
 //! * `cargo xtask image`: container images (they arrive with the serving crate).
 //!
 //! xtask depends on `anyhow`, `serde` and `serde_json` only, so it builds in seconds.
@@ -42,6 +46,13 @@ commands:
         --quick      1 warm-up and 3 timed passes per configuration (default 2 and 10)
         --cache-dir  Hugging Face cache holding the model (default $QATTN_HF_CACHE,
                      else ../shared/data/hf)
+  bench train [--quick] [--cache-dir DIR]
+        fine-tuning throughput and peak RSS of qattn-train (all-MiniLM-L6-v2 + 2-label head,
+        batch 32 x 128; exact, and stratified:32 with sampled gradients) plus HF transformers
+        BertForSequenceClassification (eager, sdpa), same hyper-parameters;
+        writes benchmarks/results/train.json and train.md
+        --quick      1 warm-up and 3 timed steps per configuration (default 2 and 8)
+        --cache-dir  as for bench model
   image
         build container images (arrives with the serving crate)
   help
@@ -62,6 +73,10 @@ fn main() -> ExitCode {
         },
         ["bench", "model", rest @ ..] => match bench::model::parse_options(rest) {
             Ok(opts) => bench::model::model(&repo_root(), &opts),
+            Err(msg) => return usage_error(&msg),
+        },
+        ["bench", "train", rest @ ..] => match bench::train::parse_options(rest) {
+            Ok(opts) => bench::train::train(&repo_root(), &opts),
             Err(msg) => return usage_error(&msg),
         },
         ["image", ..] => {

@@ -25,6 +25,9 @@ use anyhow::{Context, Result, bail};
 use candle_core::{Device, Tensor};
 use qattn_model::{AttentionConfig, HubOptions, Inputs, LoadOptions, Mode, Model};
 
+mod bench_util;
+use bench_util::{Flags, cpu_seconds, median, peak_rss_mib, token_ids, write_report};
+
 /// Command-line options.
 struct Args {
     model: String,
@@ -38,96 +41,30 @@ struct Args {
 }
 
 fn parse_args() -> Result<Args> {
-    let mut args = Args {
-        model: "sentence-transformers/all-MiniLM-L6-v2".to_owned(),
-        cache_dir: None,
-        attention: "exact".to_owned(),
-        batch: 32,
-        seq: 128,
-        warmup: 2,
-        iters: 10,
-        json: None,
+    let flags = Flags::parse(&[
+        "--model",
+        "--cache-dir",
+        "--attention",
+        "--batch",
+        "--seq",
+        "--warmup",
+        "--iters",
+        "--json",
+    ])?;
+    let args = Args {
+        model: flags.string("--model", "sentence-transformers/all-MiniLM-L6-v2"),
+        cache_dir: flags.path("--cache-dir"),
+        attention: flags.string("--attention", "exact"),
+        batch: flags.number("--batch", 32)?,
+        seq: flags.number("--seq", 128)?,
+        warmup: flags.number("--warmup", 2)?,
+        iters: flags.number("--iters", 10)?,
+        json: flags.path("--json"),
     };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
-        let number = |v: String| -> Result<usize> {
-            v.parse()
-                .with_context(|| format!("{flag}: {v:?} is not a non-negative integer"))
-        };
-        match flag.as_str() {
-            "--model" => args.model = value()?,
-            "--cache-dir" => args.cache_dir = Some(value()?.into()),
-            "--attention" => args.attention = value()?,
-            "--batch" => args.batch = number(value()?)?,
-            "--seq" => args.seq = number(value()?)?,
-            "--warmup" => args.warmup = number(value()?)?,
-            "--iters" => args.iters = number(value()?)?,
-            "--json" => args.json = Some(value()?.into()),
-            other => bail!(
-                "unknown option {other}; expected --model, --cache-dir, --attention, --batch, \
-                 --seq, --warmup, --iters, --json"
-            ),
-        }
-    }
     if args.batch == 0 || args.seq < 2 || args.iters == 0 {
         bail!("need --batch ≥ 1, --seq ≥ 2 and --iters ≥ 1");
     }
     Ok(args)
-}
-
-/// The benchmark's token ids, the same formula as `benchmarks/baselines/hf_bert.py`.
-fn token_ids(batch: usize, seq: usize) -> Vec<u32> {
-    let mut ids = Vec::with_capacity(batch * seq);
-    for b in 0..batch {
-        for j in 0..seq {
-            ids.push(if j == 0 {
-                101
-            } else if j == seq - 1 {
-                102
-            } else {
-                1000 + ((b * 7919 + j * 104_729) % 28_000) as u32
-            });
-        }
-    }
-    ids
-}
-
-/// Peak resident set size of this process (`VmHWM`), in MiB.
-fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line
-        .trim_start_matches("VmHWM:")
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()?;
-    Some(kib / 1024.0)
-}
-
-/// CPU time (user + system, all threads) of this process so far, in seconds, from
-/// `/proc/self/stat` (fields 14 and 15, in clock ticks of 1/100 s).
-fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // The command name (field 2) may hold spaces; fields after it start at field 3.
-    let rest = &stat[stat.rfind(')')? + 1..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: f64 = fields.get(11)?.parse().ok()?;
-    let stime: f64 = fields.get(12)?.parse().ok()?;
-    Some((utime + stime) / 100.0)
-}
-
-fn median(times: &[f64]) -> f64 {
-    let mut sorted = times.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    let n = sorted.len();
-    if n % 2 == 1 {
-        sorted[n / 2]
-    } else {
-        0.5 * (sorted[n / 2 - 1] + sorted[n / 2])
-    }
 }
 
 fn main() -> Result<()> {
@@ -148,7 +85,7 @@ fn main() -> Result<()> {
         .with_context(|| format!("loading {} (offline)", args.model))?;
     let load_s = started.elapsed().as_secs_f64();
     let ids = Tensor::from_vec(
-        token_ids(args.batch, args.seq),
+        token_ids(0, args.batch, args.seq),
         (args.batch, args.seq),
         &Device::Cpu,
     )?;
@@ -191,12 +128,5 @@ fn main() -> Result<()> {
         "cpu_s": cpu_seconds(),
         "output_abs_mean": output_abs_mean,
     });
-    let body = serde_json::to_string_pretty(&report)? + "\n";
-    match &args.json {
-        Some(path) => {
-            std::fs::write(path, body).with_context(|| format!("writing {}", path.display()))?
-        }
-        None => print!("{body}"),
-    }
-    Ok(())
+    write_report(&report, args.json.as_deref())
 }
