@@ -393,17 +393,23 @@ fn wsc(task: Task, o: Obj<'_, '_>, split: Split, id: String) -> Result<Example> 
     Ok(ex)
 }
 
-fn multirc(o: Obj<'_, '_>, split: Split, out: &mut Vec<Example>) -> Result<()> {
-    let p = o.idx("idx")?;
-    let passage = o
+/// The `passage` object of a MultiRC or ReCoRD line.
+fn passage_of<'a>(o: Obj<'a, '_>) -> Result<Obj<'a, 'static>> {
+    let map = o
         .get("passage")?
         .as_object()
         .ok_or_else(|| o.err("field \"passage\" is not an object"))?;
-    let passage = Obj {
-        map: passage,
+    Ok(Obj {
+        map,
         at: "passage",
-        ..o
-    };
+        path: o.path,
+        line: o.line,
+    })
+}
+
+fn multirc(o: Obj<'_, '_>, split: Split, out: &mut Vec<Example>) -> Result<()> {
+    let p = o.idx("idx")?;
+    let passage = passage_of(o)?;
     let paragraph = passage.str("text")?;
     for (qi, q) in passage.array("questions")?.iter().enumerate() {
         let at = format!("passage.questions[{qi}]");
@@ -468,15 +474,7 @@ fn record_passage(text: &str) -> String {
 
 fn record(o: Obj<'_, '_>, split: Split, out: &mut Vec<Example>) -> Result<()> {
     let p = o.idx("idx")?;
-    let passage = o
-        .get("passage")?
-        .as_object()
-        .ok_or_else(|| o.err("field \"passage\" is not an object"))?;
-    let passage = Obj {
-        map: passage,
-        at: "passage",
-        ..o
-    };
+    let passage = passage_of(o)?;
     let raw = passage.str("text")?;
     // Entity spans are inclusive character offsets.
     let mut entities = BTreeSet::new();
