@@ -40,7 +40,7 @@ pub use data::{Dataset, Labels, Problem};
 pub use error::{Error, Result};
 pub use optim::{AdamW, Group};
 pub use schedule::{LrSchedule, SampleSchedule};
-pub use trainer::{TrainSummary, Trainer, TrainerState, evaluate, predict};
+pub use trainer::{TrainSummary, Trainer, TrainerState, evaluate, predict, run_fingerprint};
 
 /// The tokenizer of `model` (a Hub id or directory) with truncation at `max_length`.
 pub fn tokenizer_for(

@@ -61,6 +61,45 @@ pub struct TrainerState {
     pub attention: AttentionConfig,
     /// The label space.
     pub labels: Option<Labels>,
+    /// [`run_fingerprint`] of the run that wrote this state; a resume with different
+    /// trajectory-affecting arguments or data is refused. Absent in older checkpoints.
+    #[serde(default)]
+    pub run_fingerprint: Option<String>,
+}
+
+/// A hash of everything that decides a run's trajectory: the training arguments except the
+/// ones that only affect logging, saving and evaluation cadence, plus the training set's size
+/// and label space. Resuming a checkpoint written under a different fingerprint would silently
+/// mix two runs, so [`Trainer::train`] refuses it.
+pub fn run_fingerprint(args: &TrainingArgs, train: &Dataset) -> String {
+    use sha2::{Digest, Sha256};
+    let mut v = serde_json::to_value(args).unwrap_or(serde_json::Value::Null);
+    if let Some(obj) = v.as_object_mut() {
+        for k in [
+            "output_dir",
+            "logging_steps",
+            "eval_steps",
+            "save_steps",
+            "save_total_limit",
+            "per_device_eval_batch_size",
+            "early_stopping_patience",
+            "metric_for_best_model",
+            "greater_is_better",
+        ] {
+            obj.remove(k);
+        }
+    }
+    let text = serde_json::json!({
+        "args": v,
+        "train_examples": train.len(),
+        "labels": train.labels,
+    })
+    .to_string();
+    Sha256::digest(text.as_bytes())
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// What a run did.
@@ -327,9 +366,11 @@ impl Trainer {
         let params = self.param_list();
         let vars: BTreeMap<String, candle_core::Var> = params.iter().cloned().collect();
         let mut opt = AdamW::new(&vars, self.args.adam(), self.args.groups())?;
+        let fingerprint = run_fingerprint(&self.args, &self.train);
         let mut state = TrainerState {
             attention: base_attention.clone(),
             labels: Some(self.train.labels.clone()),
+            run_fingerprint: Some(fingerprint.clone()),
             ..Default::default()
         };
         if resume {
@@ -365,6 +406,19 @@ impl Trainer {
                         path: c.dir.clone(),
                         message: format!("trainer_state.json: {e}"),
                     })?;
+                    if let Some(theirs) = state.run_fingerprint.as_deref()
+                        && theirs != fingerprint
+                    {
+                        return Err(Error::Checkpoint {
+                            path: c.dir.clone(),
+                            message: format!(
+                                "written by a run with different training arguments or data \
+                                 (fingerprint {theirs}, this run {fingerprint}); resuming would mix \
+                                 two runs: use a fresh output directory or run without resume"
+                            ),
+                        });
+                    }
+                    state.run_fingerprint = Some(fingerprint.clone());
                     if opt.steps() != state.step {
                         return Err(Error::Checkpoint {
                             path: c.dir.clone(),

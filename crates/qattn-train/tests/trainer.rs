@@ -254,6 +254,30 @@ fn resume_continues_bit_identically() {
 }
 
 #[test]
+fn resume_refuses_a_checkpoint_of_different_arguments() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_task(dir.path(), 24);
+    let mut a = args(&dir.path().join("o"));
+    a.max_steps = Some(6);
+    a.save_steps = 4;
+    let mut first = trainer(a.clone(), &data, "exact", false);
+    first.train_until(false, Some(5)).unwrap(); // checkpoint at step 4
+    // Same arguments except the logging cadence: resumes.
+    let mut same = a.clone();
+    same.logging_steps = 3;
+    let s = trainer(same, &data, "exact", false).train(true).unwrap();
+    assert_eq!(s.resumed_from, Some(4));
+    // A different learning rate: refused, naming the reason.
+    let mut other = a.clone();
+    other.learning_rate = 1e-4;
+    let err = trainer(other, &data, "exact", false)
+        .train(true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("different training arguments"), "{err}");
+}
+
+#[test]
 fn sample_schedule_is_applied_and_logged() {
     let dir = tempfile::tempdir().unwrap();
     let data = write_task(dir.path(), 16);
