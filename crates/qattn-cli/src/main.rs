@@ -6,6 +6,7 @@ mod demo;
 mod glue;
 mod model;
 mod train;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
@@ -32,6 +33,10 @@ enum Command {
     Glue(glue::Args),
     /// Data: download the official GLUE and SuperGLUE files.
     Data(data::Args),
+    /// Statistics: is one system significantly better than another (paired tests on
+    /// per-example outputs, tests across seeds)?
+    #[command(subcommand)]
+    Verify(verify::VerifyCmd),
 }
 
 fn main() {
@@ -43,6 +48,7 @@ fn main() {
         Command::Train(a) => train::run(a),
         Command::Glue(a) => glue::run(a),
         Command::Data(a) => data::run(a),
+        Command::Verify(c) => verify::run(c),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

@@ -6,7 +6,9 @@
 //! - [`stats`]: paired tests on per-example outputs (McNemar, paired bootstrap, approximate
 //!   randomisation) for any metric, tests across seeds (Welch's t, Wilcoxon signed-rank, Almost
 //!   Stochastic Order), effect sizes, multiple-comparison control and power.
+//! - [`claims`]: claims in, VERIFIED / REFUTED / INCONCLUSIVE out, from run records.
 
+pub mod claims;
 pub mod error;
 pub mod stats;
 

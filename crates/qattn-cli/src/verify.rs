@@ -1,0 +1,272 @@
+//! `qattn verify compare | seeds | claims`: is one system significantly better than another?
+//!
+//! - `compare`: per-example outputs of two systems on the same examples (JSON lines
+//!   `{"id", "pred", "gold"[, "group"]}`), a paired test (bootstrap, permutation, McNemar) under
+//!   any GLUE/SuperGLUE metric;
+//! - `seeds`: two lists of per-seed scores, Welch's t, Wilcoxon signed-rank or Almost
+//!   Stochastic Order.
+//!
+//! - `claims`: a claims file evaluated against run records, VERIFIED / REFUTED / INCONCLUSIVE
+//!   per claim (`qattn_verify::claims`).
+//!
+//! `compare` and `seeds` print one JSON object on stdout; `claims` prints the Markdown verdict
+//! table (or the JSON report with `--json`) and writes both files. Errors go to stderr with a
+//! non-zero exit.
+
+use anyhow::{Context, Result};
+use qattn_verify::stats::paired::{
+    DEFAULT_CI_LEVEL, DEFAULT_RESAMPLES, MCNEMAR_EXACT_BELOW, mcnemar_counts,
+};
+use qattn_verify::stats::{self, Metric, Outputs, PairedTest};
+use serde_json::{Value, json};
+use std::path::PathBuf;
+
+/// Subcommands of `qattn verify`.
+#[derive(clap::Subcommand)]
+pub(crate) enum VerifyCmd {
+    /// Paired test of two systems' per-example outputs (JSON lines with id, pred, gold and an
+    /// optional group); prints one JSON object.
+    Compare(CompareArgs),
+    /// Test across training seeds on two lists of per-seed scores; prints one JSON object.
+    Seeds(SeedsArgs),
+    /// Evaluate claims ("A beats B on task T's metric by ≥ m points") against run records;
+    /// writes claims-report.md and claims-report.json and prints the verdict table.
+    Claims(ClaimsArgs),
+}
+
+/// Arguments of `qattn verify claims`.
+#[derive(clap::Args)]
+pub(crate) struct ClaimsArgs {
+    /// Directory of run records (TASK/ATTENTION/seed-S/run.json below it, as `qattn glue run`
+    /// and `qattn compare` write them).
+    #[arg(long)]
+    records: PathBuf,
+    /// Claims file (TOML; see benchmarks/claims/source-document.toml and docs/verify.md).
+    #[arg(long)]
+    claims: PathBuf,
+    /// Where to write claims-report.md and claims-report.json.
+    #[arg(long, default_value = "claims-report")]
+    output_dir: PathBuf,
+    /// Override the file's deciding test: bootstrap (hierarchical, seeds × examples) or welch.
+    #[arg(long)]
+    test: Option<String>,
+    /// Override the file's bootstrap resamples.
+    #[arg(long)]
+    resamples: Option<usize>,
+    /// Override the file's multiple-comparison correction: holm, bh or none.
+    #[arg(long)]
+    correction: Option<String>,
+    /// Print the JSON report on stdout instead of the Markdown table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Arguments of `qattn verify compare`.
+#[derive(clap::Args)]
+pub(crate) struct CompareArgs {
+    /// System A's outputs: JSON lines {"id": …, "pred": …, "gold": …[, "group": …]}.
+    #[arg(long)]
+    a: PathBuf,
+    /// System B's outputs, same ids and gold as A (any order).
+    #[arg(long)]
+    b: PathBuf,
+    /// Metric: accuracy, f1, mcc, pearson, spearman, f1_macro, f1a or em.
+    #[arg(long)]
+    metric: String,
+    /// Test: bootstrap, permutation or mcnemar (accuracy only).
+    #[arg(long, default_value = "bootstrap")]
+    test: String,
+    /// Bootstrap resamples / random permutations.
+    #[arg(long, default_value_t = DEFAULT_RESAMPLES)]
+    resamples: usize,
+    /// Seed of the resampling.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Confidence level of the CI of the difference.
+    #[arg(long, default_value_t = DEFAULT_CI_LEVEL)]
+    ci_level: f64,
+}
+
+/// Arguments of `qattn verify seeds`.
+#[derive(clap::Args)]
+pub(crate) struct SeedsArgs {
+    /// System A's score per seed, comma-separated (e.g. 0.61,0.58,0.64).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        required = true
+    )]
+    a: Vec<f64>,
+    /// System B's score per seed, comma-separated (paired by position for wilcoxon).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        allow_negative_numbers = true,
+        required = true
+    )]
+    b: Vec<f64>,
+    /// Test: welch, wilcoxon or aso.
+    #[arg(long, default_value = "welch")]
+    test: String,
+    /// ASO: A is declared better when eps_min < tau.
+    #[arg(long, default_value_t = 0.5)]
+    tau: f64,
+    /// ASO: confidence level of the eps_min bound.
+    #[arg(long, default_value_t = 0.95)]
+    confidence: f64,
+    /// ASO: bootstrap iterations.
+    #[arg(long, default_value_t = 1000)]
+    bootstrap_iterations: usize,
+    /// Seed of ASO's bootstrap.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Welch: confidence level of the CI of mean(a) − mean(b).
+    #[arg(long, default_value_t = DEFAULT_CI_LEVEL)]
+    ci_level: f64,
+}
+
+/// Runs a `qattn verify` subcommand.
+pub(crate) fn run(cmd: VerifyCmd) -> Result<()> {
+    let out = match cmd {
+        VerifyCmd::Compare(a) => compare(a)?,
+        VerifyCmd::Seeds(a) => seeds(a)?,
+        VerifyCmd::Claims(a) => return claims(a),
+    };
+    println!("{}", serde_json::to_string(&out)?);
+    Ok(())
+}
+
+fn compare(args: CompareArgs) -> Result<Value> {
+    let metric: Metric = args.metric.parse()?;
+    let test: PairedTest = args.test.parse()?;
+    let a = Outputs::read_jsonl(&args.a)?;
+    let b = Outputs::read_jsonl(&args.b)?;
+    let (a, b) = stats::align(&a, &b).with_context(|| {
+        format!(
+            "--a {} and --b {} do not describe the same examples",
+            args.a.display(),
+            args.b.display()
+        )
+    })?;
+    let r = stats::paired_test(
+        test,
+        &a,
+        &b,
+        metric,
+        args.resamples,
+        args.seed,
+        args.ci_level,
+    )?;
+    let mut v = serde_json::to_value(&r)?;
+    v["ci_level"] = json!(args.ci_level);
+    v["seed"] = json!(args.seed);
+    if test == PairedTest::Mcnemar {
+        let (b01, b10) = mcnemar_counts(&a, &b)?;
+        v["b01"] = json!(b01);
+        v["b10"] = json!(b10);
+        v["method"] = json!(if b01 + b10 < MCNEMAR_EXACT_BELOW {
+            "exact-binomial"
+        } else {
+            "chi2-continuity-corrected"
+        });
+    }
+    Ok(v)
+}
+
+fn seeds(args: SeedsArgs) -> Result<Value> {
+    let (a, b) = (&args.a, &args.b);
+    let v = match args.test.as_str() {
+        "welch" => {
+            let r = stats::welch_with_level(a, b, args.ci_level)?;
+            let mut v = serde_json::to_value(&r)?;
+            v["ci_level"] = json!(args.ci_level);
+            v
+        }
+        "wilcoxon" => serde_json::to_value(stats::wilcoxon(a, b)?)?,
+        "aso" => {
+            let r = stats::aso(
+                a,
+                b,
+                args.tau,
+                args.confidence,
+                args.bootstrap_iterations,
+                args.seed,
+            )?;
+            let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+            let (ma, mb) = (mean(a), mean(b));
+            json!({
+                "test": "aso",
+                "eps_min": r.eps_min,
+                "violation_ratio": r.violation_ratio,
+                "tau": r.tau,
+                "dominant": r.dominant,
+                "confidence": args.confidence,
+                "bootstrap_iterations": args.bootstrap_iterations,
+                "seed": args.seed,
+                "mean_a": ma,
+                "mean_b": mb,
+                "delta": ma - mb,
+            })
+        }
+        other => anyhow::bail!("unknown test \"{other}\"; valid tests: welch, wilcoxon, aso"),
+    };
+    let mut v = v;
+    v["n_a"] = json!(a.len());
+    v["n_b"] = json!(b.len());
+    Ok(v)
+}
+
+fn claims(args: ClaimsArgs) -> Result<()> {
+    use qattn_verify::claims::{self, ClaimTest, ClaimsFile};
+    let mut file = ClaimsFile::read(&args.claims)?;
+    if let Some(t) = &args.test {
+        file.defaults.test = match t.as_str() {
+            "bootstrap" => ClaimTest::Bootstrap,
+            "welch" => ClaimTest::Welch,
+            other => anyhow::bail!("--test {other:?}: expected bootstrap or welch"),
+        };
+    }
+    if let Some(n) = args.resamples {
+        anyhow::ensure!(n >= 100, "--resamples {n}: at least 100");
+        file.defaults.resamples = n;
+    }
+    if let Some(c) = &args.correction {
+        c.parse::<stats::Correction>()
+            .map_err(|_| anyhow::anyhow!("--correction {c:?}: expected holm, bh or none"))?;
+        file.defaults.correction = c.clone();
+    }
+    let records: Vec<_> = qattn_glue::report::load_runs(&args.records)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let report = claims::evaluate(&file, &records)?;
+    let command = format!(
+        "qattn verify claims --records {} --claims {} --output-dir {}",
+        args.records.display(),
+        args.claims.display(),
+        args.output_dir.display()
+    );
+    let written = claims::write_report(&report, &args.output_dir, &command)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", claims::to_markdown(&report, &command));
+    }
+    let tally = claims::tally(&report);
+    eprintln!(
+        "{} claims: {}; wrote {}",
+        report.results.len(),
+        tally
+            .iter()
+            .map(|(k, v)| format!("{v} {k}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        written
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    Ok(())
+}

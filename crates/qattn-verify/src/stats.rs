@@ -1,1 +1,0 @@
-//! Statistical tests (filled in below).
