@@ -432,14 +432,8 @@ pub fn hierarchical_bootstrap(
         .filter(|d| (*d - delta).abs() >= delta.abs())
         .count();
     let p = (extreme as f64 + 1.0) / (resamples as f64 + 1.0);
-    deltas.sort_by(f64::total_cmp);
-    let q = |f: f64| {
-        let pos = f * (deltas.len() - 1) as f64;
-        let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
-        deltas[lo] + (deltas[hi] - deltas[lo]) * (pos - lo as f64)
-    };
-    let tail = (1.0 - ci_level) / 2.0;
-    Ok((q(tail), q(1.0 - tail), p))
+    let (lo, hi) = crate::stats::percentile_interval(&deltas, ci_level)?;
+    Ok((lo, hi, p))
 }
 
 /// Evaluates every claim against `records`.
