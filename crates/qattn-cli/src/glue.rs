@@ -171,7 +171,7 @@ fn report_cmd(a: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-fn hub(cache_dir: &Option<PathBuf>, offline: bool) -> HubOptions {
+pub(crate) fn hub(cache_dir: &Option<PathBuf>, offline: bool) -> HubOptions {
     let mut h = HubOptions::from_env();
     h.cache_dir = cache_dir.clone();
     h.offline |= offline;

@@ -1,4 +1,4 @@
-//! `qattn verify compare | seeds | claims`: is one system significantly better than another?
+//! `qattn verify compare | seeds | claims | estimators`: is one system significantly better than another?
 //!
 //! - `compare`: per-example outputs of two systems on the same examples (JSON lines
 //!   `{"id", "pred", "gold"[, "group"]}`), a paired test (bootstrap, permutation, McNemar) under
@@ -7,7 +7,8 @@
 //!   Stochastic Order.
 //!
 //! - `claims`: a claims file evaluated against run records, VERIFIED / REFUTED / INCONCLUSIVE
-//!   per claim (`qattn_verify::claims`).
+//!   per claim (`qattn_verify::claims`);
+//! - `estimators`: the estimator studies of `qattn_verify::estimators`.
 //!
 //! `compare` and `seeds` print one JSON object on stdout; `claims` prints the Markdown verdict
 //! table (or the JSON report with `--json`) and writes both files. Errors go to stderr with a
@@ -32,6 +33,37 @@ pub(crate) enum VerifyCmd {
     /// Evaluate claims ("A beats B on task T's metric by ≥ m points") against run records;
     /// writes claims-report.md and claims-report.json and prints the verdict table.
     Claims(ClaimsArgs),
+    /// Estimator studies on the pretrained model's attention rows: variance reduction against
+    /// multinomial, the Bretagnolle–Huber–Carol bound, time scaling, measurement noise; writes
+    /// a Markdown + JSON report with plots.
+    Estimators(EstimatorsArgs),
+}
+
+/// Arguments of `qattn verify estimators`.
+#[derive(clap::Args)]
+pub(crate) struct EstimatorsArgs {
+    /// The reduced study (under a minute on two cores).
+    #[arg(long)]
+    quick: bool,
+    /// Hub id or directory of the model whose attention rows are sampled; `synthetic` uses
+    /// random logits instead.
+    #[arg(long, default_value = qattn_verify::estimators::DEFAULT_MODEL)]
+    model: String,
+    /// Where to write report.md, report.json and the plots.
+    #[arg(long, default_value = "estimator-study")]
+    output_dir: PathBuf,
+    /// Base seed of every random draw.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// δ of the Bretagnolle–Huber–Carol bound.
+    #[arg(long, default_value_t = 0.05)]
+    delta: f64,
+    /// Hub cache directory.
+    #[arg(long)]
+    cache_dir: Option<PathBuf>,
+    /// Never download.
+    #[arg(long)]
+    offline: bool,
 }
 
 /// Arguments of `qattn verify claims`.
@@ -132,6 +164,7 @@ pub(crate) fn run(cmd: VerifyCmd) -> Result<()> {
         VerifyCmd::Compare(a) => compare(a)?,
         VerifyCmd::Seeds(a) => seeds(a)?,
         VerifyCmd::Claims(a) => return claims(a),
+        VerifyCmd::Estimators(a) => return estimators(a),
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
@@ -267,6 +300,34 @@ fn claims(args: ClaimsArgs) -> Result<()> {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    Ok(())
+}
+
+fn estimators(args: EstimatorsArgs) -> Result<()> {
+    use qattn_verify::estimators::{StudyOptions, run_study, to_markdown, write_report};
+    let opts = StudyOptions {
+        quick: args.quick,
+        model: Some(args.model.clone()),
+        hub: crate::glue::hub(&args.cache_dir, args.offline),
+        seed: args.seed,
+        delta: args.delta,
+        ..StudyOptions::default()
+    };
+    let bar = indicatif::ProgressBar::new_spinner();
+    bar.enable_steady_tick(std::time::Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    let report = run_study(&opts, &|msg: &str| bar.set_message(msg.to_string()));
+    bar.finish_and_clear();
+    let report = report?;
+    let written = write_report(&report, &args.output_dir)?;
+    print!("{}", to_markdown(&report));
+    eprintln!(
+        "estimator study ({}) done in {:.0} s; wrote {} files to {}",
+        if args.quick { "quick" } else { "full" },
+        started.elapsed().as_secs_f64(),
+        written.len(),
+        args.output_dir.display()
     );
     Ok(())
 }

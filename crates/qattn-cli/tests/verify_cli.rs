@@ -517,3 +517,97 @@ fn grouped_outputs_numeric_ids_and_booleans() {
     assert_eq!(v["test"], "permutation");
     assert!(f(&v["delta"]) > 0.0);
 }
+
+#[test]
+fn estimators_quick_on_synthetic_rows_writes_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("study");
+    let o = qattn(&[
+        "verify",
+        "estimators",
+        "--quick",
+        "--model",
+        "synthetic",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    assert!(report.is_object());
+    for f in [
+        "report.md",
+        "error_vs_s.svg",
+        "error_vs_s.png",
+        "time_vs_n.svg",
+        "error_vs_noise.png",
+    ] {
+        assert!(out.join(f).is_file(), "{f} missing");
+    }
+    let md = String::from_utf8_lossy(&o.stdout);
+    assert!(md.contains("stratified"), "{md}");
+}
+
+#[test]
+fn claims_on_hand_made_records_gives_verdicts_and_files() {
+    let dir = tempfile::tempdir().unwrap();
+    // Two systems × 2 seeds on 40 examples: "mc" is always right, "exact" right on half.
+    for (att, seed) in [("mc", 1), ("mc", 2), ("exact", 1), ("exact", 2)] {
+        let preds: Vec<Value> = (0..40)
+            .map(|i| {
+                let gold = i % 2;
+                let pred = if att == "mc" || i % 4 < 2 {
+                    gold
+                } else {
+                    1 - gold
+                };
+                serde_json::json!({"id": format!("e{i}"), "pred": pred, "gold": {"Class": gold}})
+            })
+            .collect();
+        let rec = serde_json::json!({
+            "task": "rte", "model": "m", "attention": att, "seed": seed,
+            "training_args": {},
+            "git_sha": null, "machine": {}, "dev_metrics": {}, "predictions": preds,
+            "wall_seconds": {}, "train_tokens_per_second": 0.0, "peak_rss_mb": null,
+            "train_examples": 0, "dev_examples": 40, "unix_time": 0
+        });
+        let d = dir.path().join(format!("runs/rte/{att}/seed-{seed}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("run.json"), rec.to_string()).unwrap();
+    }
+    let claims = dir.path().join("c.toml");
+    std::fs::write(
+        &claims,
+        "[defaults]\nsystem = \"mc\"\nresamples = 500\n\n[[claim]]\nid = \"big\"\ntask = \"RTE\"\nmetric = \"accuracy\"\nmin_delta = 90.0\n\n[[claim]]\nid = \"none\"\ntask = \"qqp\"\nmetric = \"accuracy\"\n",
+    )
+    .unwrap();
+    let out = dir.path().join("rep");
+    let o = qattn(&[
+        "verify",
+        "claims",
+        "--records",
+        dir.path().join("runs").to_str().unwrap(),
+        "--claims",
+        claims.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = &rep["results"];
+    // δ = +50 points exactly; a claim of ≥ 90 points is refuted, the missing task inconclusive.
+    assert!((f(&r[0]["delta"]) - 0.5).abs() < 1e-12, "{}", r[0]);
+    assert_eq!(r[0]["verdict"], "REFUTED");
+    assert_eq!(r[1]["verdict"], "INCONCLUSIVE");
+    assert!(out.join("claims-report.md").is_file() && out.join("claims-report.json").is_file());
+    let e = fails(&[
+        "verify",
+        "claims",
+        "--records",
+        out.to_str().unwrap(),
+        "--claims",
+        claims.to_str().unwrap(),
+    ]);
+    assert!(e.contains("no run.json"), "{e}");
+}

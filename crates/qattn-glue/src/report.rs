@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
+use crate::raster::{BLACK, Canvas, GRID, nice_ticks, xml_escape};
 use crate::runner::RunRecord;
 use crate::tasks::Task;
 
@@ -600,29 +601,8 @@ impl Plot {
             .iter()
             .map(|p| p.mean + p.sd.unwrap_or(0.0))
             .fold(f64::NEG_INFINITY, f64::max);
-        let span = if hi_v - lo_v > 1e-9 { hi_v - lo_v } else { 1.0 };
-        let raw = span / 5.0;
-        let mag = 10f64.powf(raw.log10().floor());
-        let f = raw / mag;
-        let step = mag
-            * if f <= 1.0 {
-                1.0
-            } else if f <= 2.0 {
-                2.0
-            } else if f <= 5.0 {
-                5.0
-            } else {
-                10.0
-            };
-        let mut lo = (lo_v / step).floor() * step;
-        let mut hi = (hi_v / step).ceil() * step;
-        if hi - lo < step * 0.5 {
-            lo -= step;
-            hi += step;
-        }
-        let count = ((hi - lo) / step).round() as usize;
-        let ticks = (0..=count).map(|i| lo + i as f64 * step).collect();
-        let decimals = (-step.log10().floor()).max(0.0) as usize;
+        let (ticks, decimals) = nice_ticks(lo_v, hi_v, 5.0);
+        let (lo, hi) = (ticks[0], ticks[ticks.len() - 1]);
         let longest = points
             .iter()
             .map(|p| p.label.chars().count())
@@ -664,13 +644,6 @@ impl Plot {
     fn axis_y(&self) -> f64 {
         self.h - self.bottom
     }
-}
-
-fn xml_escape(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
 }
 
 /// `TASK.svg`: the task's first official metric (×100) per attention estimator — a
@@ -786,202 +759,12 @@ pub fn to_svg(report: &Report, task: &str) -> Option<String> {
     Some(s)
 }
 
-// PNG: a minimal rasteriser (axis-aligned lines, filled circles, a 5×7 bitmap font) and a
-// minimal encoder (RGB, 8 bits, one zlib IDAT), drawn at twice the SVG's scale.
+// PNG: drawn with the rasteriser of [`crate::raster`] at twice the SVG's scale.
 
 const PNG_SCALE: f64 = 2.0;
 
-/// 5×7 glyphs, one row a byte (bit 4 = leftmost column). Letters are lower case only; upper
-/// case is drawn with them, and anything else as `?`.
-const GLYPHS: &[(char, [u8; 7])] = &[
-    (' ', [0, 0, 0, 0, 0, 0, 0]),
-    ('0', [0x0e, 0x11, 0x13, 0x15, 0x19, 0x11, 0x0e]),
-    ('1', [0x04, 0x0c, 0x04, 0x04, 0x04, 0x04, 0x0e]),
-    ('2', [0x0e, 0x11, 0x01, 0x02, 0x04, 0x08, 0x1f]),
-    ('3', [0x1f, 0x02, 0x04, 0x02, 0x01, 0x11, 0x0e]),
-    ('4', [0x02, 0x06, 0x0a, 0x12, 0x1f, 0x02, 0x02]),
-    ('5', [0x1f, 0x10, 0x1e, 0x01, 0x01, 0x11, 0x0e]),
-    ('6', [0x06, 0x08, 0x10, 0x1e, 0x11, 0x11, 0x0e]),
-    ('7', [0x1f, 0x01, 0x02, 0x04, 0x08, 0x08, 0x08]),
-    ('8', [0x0e, 0x11, 0x11, 0x0e, 0x11, 0x11, 0x0e]),
-    ('9', [0x0e, 0x11, 0x11, 0x0f, 0x01, 0x02, 0x0c]),
-    ('a', [0x00, 0x00, 0x0e, 0x01, 0x0f, 0x11, 0x0f]),
-    ('b', [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x1e]),
-    ('c', [0x00, 0x00, 0x0e, 0x10, 0x10, 0x11, 0x0e]),
-    ('d', [0x01, 0x01, 0x0d, 0x13, 0x11, 0x11, 0x0f]),
-    ('e', [0x00, 0x00, 0x0e, 0x11, 0x1f, 0x10, 0x0e]),
-    ('f', [0x06, 0x09, 0x08, 0x1c, 0x08, 0x08, 0x08]),
-    ('g', [0x00, 0x0f, 0x11, 0x11, 0x0f, 0x01, 0x0e]),
-    ('h', [0x10, 0x10, 0x16, 0x19, 0x11, 0x11, 0x11]),
-    ('i', [0x04, 0x00, 0x0c, 0x04, 0x04, 0x04, 0x0e]),
-    ('j', [0x02, 0x00, 0x06, 0x02, 0x02, 0x12, 0x0c]),
-    ('k', [0x10, 0x10, 0x12, 0x14, 0x18, 0x14, 0x12]),
-    ('l', [0x0c, 0x04, 0x04, 0x04, 0x04, 0x04, 0x0e]),
-    ('m', [0x00, 0x00, 0x1a, 0x15, 0x15, 0x11, 0x11]),
-    ('n', [0x00, 0x00, 0x16, 0x19, 0x11, 0x11, 0x11]),
-    ('o', [0x00, 0x00, 0x0e, 0x11, 0x11, 0x11, 0x0e]),
-    ('p', [0x00, 0x00, 0x1e, 0x11, 0x1e, 0x10, 0x10]),
-    ('q', [0x00, 0x00, 0x0d, 0x13, 0x0f, 0x01, 0x01]),
-    ('r', [0x00, 0x00, 0x16, 0x19, 0x10, 0x10, 0x10]),
-    ('s', [0x00, 0x00, 0x0e, 0x10, 0x0e, 0x01, 0x1e]),
-    ('t', [0x08, 0x08, 0x1c, 0x08, 0x08, 0x09, 0x06]),
-    ('u', [0x00, 0x00, 0x11, 0x11, 0x11, 0x13, 0x0d]),
-    ('v', [0x00, 0x00, 0x11, 0x11, 0x11, 0x0a, 0x04]),
-    ('w', [0x00, 0x00, 0x11, 0x11, 0x15, 0x15, 0x0a]),
-    ('x', [0x00, 0x00, 0x11, 0x0a, 0x04, 0x0a, 0x11]),
-    ('y', [0x00, 0x00, 0x11, 0x11, 0x0f, 0x01, 0x0e]),
-    ('z', [0x00, 0x00, 0x1f, 0x02, 0x04, 0x08, 0x1f]),
-    ('.', [0x00, 0x00, 0x00, 0x00, 0x00, 0x0c, 0x0c]),
-    (',', [0x00, 0x00, 0x00, 0x00, 0x0c, 0x04, 0x08]),
-    (':', [0x00, 0x0c, 0x0c, 0x00, 0x0c, 0x0c, 0x00]),
-    ('-', [0x00, 0x00, 0x00, 0x1f, 0x00, 0x00, 0x00]),
-    ('+', [0x00, 0x04, 0x04, 0x1f, 0x04, 0x04, 0x00]),
-    ('_', [0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x1f]),
-    ('(', [0x02, 0x04, 0x08, 0x08, 0x08, 0x04, 0x02]),
-    (')', [0x08, 0x04, 0x02, 0x02, 0x02, 0x04, 0x08]),
-    ('/', [0x00, 0x01, 0x02, 0x04, 0x08, 0x10, 0x00]),
-    ('=', [0x00, 0x00, 0x1f, 0x00, 0x1f, 0x00, 0x00]),
-    ('%', [0x18, 0x19, 0x02, 0x04, 0x08, 0x13, 0x03]),
-    ('?', [0x0e, 0x11, 0x01, 0x02, 0x04, 0x00, 0x04]),
-];
-
-fn glyph(c: char) -> [u8; 7] {
-    let c = c.to_ascii_lowercase();
-    GLYPHS
-        .iter()
-        .find(|g| g.0 == c)
-        .or_else(|| GLYPHS.iter().find(|g| g.0 == '?'))
-        .map(|g| g.1)
-        .unwrap_or([0; 7])
-}
-
-/// An RGB canvas.
-struct Canvas {
-    w: usize,
-    h: usize,
-    px: Vec<[u8; 3]>,
-}
-
-const BLACK: [u8; 3] = [0, 0, 0];
-const GRID: [u8; 3] = [0xdd, 0xdd, 0xdd];
 /// The colour of points and error bars (`#1f77b4`).
 pub const POINT_RGB: [u8; 3] = [0x1f, 0x77, 0xb4];
-
-impl Canvas {
-    fn new(w: usize, h: usize) -> Canvas {
-        Canvas {
-            w,
-            h,
-            px: vec![[255; 3]; w * h],
-        }
-    }
-
-    fn set(&mut self, x: i64, y: i64, c: [u8; 3]) {
-        if x >= 0 && y >= 0 && (x as usize) < self.w && (y as usize) < self.h {
-            self.px[y as usize * self.w + x as usize] = c;
-        }
-    }
-
-    /// Fills the rectangle with corners (x0, y0) and (x1, y1), inclusive.
-    fn rect(&mut self, x0: i64, y0: i64, x1: i64, y1: i64, c: [u8; 3]) {
-        for y in y0.min(y1)..=y0.max(y1) {
-            for x in x0.min(x1)..=x0.max(x1) {
-                self.set(x, y, c);
-            }
-        }
-    }
-
-    fn hline(&mut self, x0: f64, x1: f64, y: f64, width: i64, c: [u8; 3]) {
-        let y = y.round() as i64;
-        self.rect(
-            x0.round() as i64,
-            y - width / 2,
-            x1.round() as i64,
-            y - width / 2 + width - 1,
-            c,
-        );
-    }
-
-    fn vline(&mut self, x: f64, y0: f64, y1: f64, width: i64, c: [u8; 3]) {
-        let x = x.round() as i64;
-        self.rect(
-            x - width / 2,
-            y0.round() as i64,
-            x - width / 2 + width - 1,
-            y1.round() as i64,
-            c,
-        );
-    }
-
-    fn disc(&mut self, cx: f64, cy: f64, r: f64, c: [u8; 3]) {
-        let (x0, x1) = ((cx - r).floor() as i64, (cx + r).ceil() as i64);
-        let (y0, y1) = ((cy - r).floor() as i64, (cy + r).ceil() as i64);
-        for y in y0..=y1 {
-            for x in x0..=x1 {
-                let (dx, dy) = (x as f64 + 0.5 - cx, y as f64 + 0.5 - cy);
-                if dx * dx + dy * dy <= r * r {
-                    self.set(x, y, c);
-                }
-            }
-        }
-    }
-
-    /// Text in the 5×7 font, each font pixel `k`×`k`, advancing 6·k per character.
-    /// Horizontal text has its top-left at (x, y); `up` text reads bottom to top with its
-    /// start at (x, y) as the bottom-left.
-    fn text(&mut self, x: f64, y: f64, s: &str, k: i64, up: bool, c: [u8; 3]) {
-        let (x, y) = (x.round() as i64, y.round() as i64);
-        for (i, ch) in s.chars().enumerate() {
-            let g = glyph(ch);
-            for (row, bits) in g.iter().enumerate() {
-                for col in 0..5 {
-                    if bits & (0x10 >> col) == 0 {
-                        continue;
-                    }
-                    let (u, v) = ((i as i64 * 6 + col) * k, row as i64 * k);
-                    let (px, py) = if up { (x + v, y - u) } else { (x + u, y + v) };
-                    if up {
-                        self.rect(px, py - k + 1, px + k - 1, py, c);
-                    } else {
-                        self.rect(px, py, px + k - 1, py + k - 1, c);
-                    }
-                }
-            }
-        }
-    }
-
-    fn encode_png(&self) -> Vec<u8> {
-        use std::io::Write as _;
-        fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-            out.extend_from_slice(&(data.len() as u32).to_be_bytes());
-            let mut h = crc32fast::Hasher::new();
-            h.update(kind);
-            h.update(data);
-            out.extend_from_slice(kind);
-            out.extend_from_slice(data);
-            out.extend_from_slice(&h.finalize().to_be_bytes());
-        }
-        let mut raw = Vec::with_capacity(self.h * (1 + 3 * self.w));
-        for row in self.px.chunks(self.w) {
-            raw.push(0); // filter: none
-            for p in row {
-                raw.extend_from_slice(p);
-            }
-        }
-        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::default());
-        z.write_all(&raw).expect("writing to memory");
-        let idat = z.finish().expect("writing to memory");
-        let mut ihdr = Vec::new();
-        ihdr.extend_from_slice(&(self.w as u32).to_be_bytes());
-        ihdr.extend_from_slice(&(self.h as u32).to_be_bytes());
-        ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8 bits, RGB, deflate, no filter, no interlace
-        let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-        chunk(&mut out, b"IHDR", &ihdr);
-        chunk(&mut out, b"IDAT", &idat);
-        chunk(&mut out, b"IEND", &[]);
-        out
-    }
-}
 
 /// `TASK.png`: the plot of [`to_svg`] rasterised at twice its scale (8-bit RGB). Points are
 /// discs of colour [`POINT_RGB`] centred at [`png_point_centres`]. `None` when the task has no
@@ -1404,48 +1187,11 @@ mod tests {
 
     #[test]
     fn png_is_a_valid_rgb_image_with_the_points_drawn() {
-        use std::io::Read as _;
         let r = sample();
         let png = to_png(&r, "rte").unwrap();
-        assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");
-        let mut at = 8;
-        let (mut w, mut h, mut idat, mut kinds) = (0usize, 0usize, Vec::new(), Vec::new());
-        while at < png.len() {
-            let len = u32::from_be_bytes(png[at..at + 4].try_into().unwrap()) as usize;
-            let kind = &png[at + 4..at + 8];
-            let data = &png[at + 8..at + 8 + len];
-            let crc = u32::from_be_bytes(png[at + 8 + len..at + 12 + len].try_into().unwrap());
-            let mut hasher = crc32fast::Hasher::new();
-            hasher.update(kind);
-            hasher.update(data);
-            assert_eq!(
-                hasher.finalize(),
-                crc,
-                "CRC of {}",
-                String::from_utf8_lossy(kind)
-            );
-            match kind {
-                b"IHDR" => {
-                    w = u32::from_be_bytes(data[0..4].try_into().unwrap()) as usize;
-                    h = u32::from_be_bytes(data[4..8].try_into().unwrap()) as usize;
-                    assert_eq!(&data[8..], &[8, 2, 0, 0, 0]);
-                }
-                b"IDAT" => idat.extend_from_slice(data),
-                _ => {}
-            }
-            kinds.push(String::from_utf8_lossy(kind).into_owned());
-            at += 12 + len;
-        }
-        assert_eq!(kinds, ["IHDR", "IDAT", "IEND"]);
-        let mut raw = Vec::new();
-        flate2::read::ZlibDecoder::new(&idat[..])
-            .read_to_end(&mut raw)
-            .unwrap();
-        assert_eq!(raw.len(), h * (1 + 3 * w));
-        let pixel = |x: usize, y: usize| {
-            let o = y * (1 + 3 * w) + 1 + 3 * x;
-            [raw[o], raw[o + 1], raw[o + 2]]
-        };
+        let img = crate::raster::decode_png(&png).unwrap();
+        let w = img.width();
+        let pixel = |x: usize, y: usize| img.pixel(x, y).unwrap();
         let centres = png_point_centres(&r, "rte");
         assert_eq!(centres.len(), 3);
         for (x, y) in centres {
@@ -1453,7 +1199,7 @@ mod tests {
         }
         assert_eq!(pixel(w - 1, 0), [255, 255, 255]);
         assert!(
-            raw.chunks(3).any(|p| p == [0, 0, 0]),
+            (0..img.height()).any(|y| (0..w).any(|x| pixel(x, y) == [0, 0, 0])),
             "axes and text are black"
         );
     }

@@ -283,6 +283,33 @@ impl Bert {
         self.pooler.is_some()
     }
 
+    /// The per-head query, key and value tensors [B, heads, L, head_dim] that self-attention of
+    /// layer `layer` (0-based) receives at inference: the layer's projections of the hidden
+    /// state entering it (the embedding output for layer 0), which the layers before it compute
+    /// with this encoder's attention configuration in [`Mode::EVAL`]. Exact attention on them,
+    /// with `inputs.attention_mask` as the key mask, is that layer's attention context.
+    pub fn attention_inputs(
+        &self,
+        inputs: &Inputs,
+        layer: usize,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
+        let n = self.layers.len();
+        let block = self.layers.get(layer).ok_or_else(|| {
+            Error::Input(format!(
+                "layer {layer} does not exist: the model has {n} layers (0..{n})"
+            ))
+        })?;
+        let truncated = Bert {
+            layers: self.layers[..layer].to_vec(),
+            pooler: None,
+            ..self.clone()
+        };
+        let x = truncated
+            .forward(inputs, Mode::EVAL, false)?
+            .last_hidden_state;
+        self.project_qkv(block, &x)
+    }
+
     /// Runs the encoder. With `all_hidden_states`, the output also holds the embedding output
     /// and every layer's output.
     pub fn forward(
@@ -384,18 +411,39 @@ impl Bert {
         mask: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
-        let cfg = &self.config;
-        let (b, l, h) = x.dims3()?;
-        let nh = cfg.num_attention_heads;
-        let dh = cfg.head_dim();
+        let (q, k, v) = self.project_qkv(layer, x)?;
+        let ctx = self.attend(index, &q, &k, &v, mask, mode)?;
+        self.after_attention(layer, index, x, &ctx, mode)
+    }
+
+    /// The per-head query, key and value projections [B, nh, L, dh] of `x` [B, L, H].
+    fn project_qkv(&self, layer: &Layer, x: &Tensor) -> Result<(Tensor, Tensor, Tensor)> {
+        let (b, l, _) = x.dims3()?;
+        let nh = self.config.num_attention_heads;
+        let dh = self.config.head_dim();
         // [B, L, H] → [B, nh, L, dh]
         let heads = |t: Tensor| -> Result<Tensor> {
             Ok(t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous()?)
         };
-        let q = heads(layer.query.forward(x)?)?;
-        let k = heads(layer.key.forward(x)?)?;
-        let v = heads(layer.value.forward(x)?)?;
-        let ctx = self.attend(index, &q, &k, &v, mask, mode)?;
+        Ok((
+            heads(layer.query.forward(x)?)?,
+            heads(layer.key.forward(x)?)?,
+            heads(layer.value.forward(x)?)?,
+        ))
+    }
+
+    /// The rest of a layer once its attention context `ctx` [B, nh, L, dh] is known: output
+    /// projection, residual + LayerNorm, feed-forward, residual + LayerNorm.
+    fn after_attention(
+        &self,
+        layer: &Layer,
+        index: usize,
+        x: &Tensor,
+        ctx: &Tensor,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, l, h) = x.dims3()?;
         let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((b, l, h))?;
         let a = layer.attn_out.forward(&ctx)?;
         let a = self.drop(&a, mode, 1 + 2 * index as u32)?;
@@ -500,4 +548,74 @@ pub fn mean_pool_normalize(hidden: &Tensor, mask: Option<&Tensor>) -> Result<Ten
         .sqrt()?
         .clamp(1e-12, f64::INFINITY)?;
     Ok(mean.broadcast_div(&norm)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::model::Model;
+
+    /// Exact attention on [`Bert::attention_inputs`], followed by the rest of the layer,
+    /// reproduces the layer's output in a full forward pass, for every layer, with padding.
+    #[test]
+    fn attention_inputs_reproduce_each_layers_context() {
+        let cfg = Config::tiny();
+        let model = Model::random(
+            cfg.clone(),
+            AttentionConfig::default(),
+            None,
+            3,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let bert = model.bert();
+        let ids = Tensor::new(&[[2u32, 7, 9, 4, 3, 0], [2, 5, 3, 0, 0, 0]], &Device::Cpu).unwrap();
+        let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
+        let inputs = Inputs {
+            input_ids: ids,
+            token_type_ids: None,
+            attention_mask: Some(mask.clone()),
+        };
+        let full = bert.forward(&inputs, Mode::EVAL, true).unwrap();
+        assert!(cfg.num_hidden_layers >= 2);
+        for (i, layer) in bert.layers.iter().enumerate() {
+            let (q, k, v) = bert.attention_inputs(&inputs, i).unwrap();
+            assert_eq!(
+                q.dims(),
+                [2, cfg.num_attention_heads, 6, cfg.head_dim()],
+                "layer {i}"
+            );
+            let opts = AttentionOptions {
+                mask: Some(mask.clone()),
+                ..Default::default()
+            };
+            let ctx = attention(&q, &k, &v, &opts).unwrap();
+            let out = bert
+                .after_attention(layer, i, &full.hidden_states[i], &ctx, Mode::EVAL)
+                .unwrap();
+            let diff = (out - &full.hidden_states[i + 1])
+                .unwrap()
+                .abs()
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .max(0)
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(diff < 1e-5, "layer {i}: max |difference| {diff}");
+            // The inputs of the next layer are not this layer's.
+            if i + 1 < cfg.num_hidden_layers {
+                let (q2, _, _) = bert.attention_inputs(&inputs, i + 1).unwrap();
+                let d = (q2 - &q).unwrap().abs().unwrap().sum_all().unwrap();
+                assert!(d.to_scalar::<f32>().unwrap() > 1e-3, "layer {i}");
+            }
+        }
+        let err = bert
+            .attention_inputs(&inputs, cfg.num_hidden_layers)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("does not exist"), "{err}");
+    }
 }

@@ -7,9 +7,13 @@
 //!   randomisation) for any metric, tests across seeds (Welch's t, Wilcoxon signed-rank, Almost
 //!   Stochastic Order), effect sizes, multiple-comparison control and power.
 //! - [`claims`]: claims in, VERIFIED / REFUTED / INCONCLUSIVE out, from run records.
+//! - [`estimators`]: estimator studies on real attention rows (variance reduction, the
+//!   Bretagnolle–Huber–Carol bound, time scaling, measurement noise), with [`plot`]s.
 
 pub mod claims;
 pub mod error;
+pub mod estimators;
+pub mod plot;
 pub mod stats;
 
 pub use error::{Error, Result};
