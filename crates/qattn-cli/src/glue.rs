@@ -178,7 +178,7 @@ pub(crate) fn hub(cache_dir: &Option<PathBuf>, offline: bool) -> HubOptions {
     h
 }
 
-fn mean_sd(v: &[f64]) -> (f64, f64) {
+pub(crate) fn mean_sd(v: &[f64]) -> (f64, f64) {
     let n = v.len() as f64;
     let m = v.iter().sum::<f64>() / n;
     let var = if v.len() > 1 {

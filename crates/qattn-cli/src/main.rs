@@ -1,6 +1,7 @@
 //! `qattn` — the command-line front door of qattn. Each capability adds a subcommand.
 
 mod attn;
+mod compare;
 mod data;
 mod demo;
 mod glue;
@@ -24,6 +25,9 @@ enum Command {
     Attn(attn::Args),
     /// Print the relative error of every estimator against exact attention as S grows.
     Demo(demo::Args),
+    /// The main job: exact vs Monte-Carlo attention end to end — fine-tune k seeds each,
+    /// evaluate, test — and print the verdict (embedded synthetic task by default).
+    Compare(compare::Args),
     /// Run a BERT-family checkpoint (Hub id or directory) with any attention estimator.
     Model(model::Args),
     /// Fine-tune a model on JSONL data with exact or Monte-Carlo attention.
@@ -44,6 +48,7 @@ fn main() {
     let result = match cli.command {
         Command::Attn(a) => attn::run(a),
         Command::Demo(a) => demo::run(a),
+        Command::Compare(a) => compare::run(a),
         Command::Model(a) => model::run(a),
         Command::Train(a) => train::run(a),
         Command::Glue(a) => glue::run(a),

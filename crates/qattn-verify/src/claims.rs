@@ -9,7 +9,8 @@
 //!   (adjusted p < α), positive, and the whole confidence interval lies at or above the
 //!   claimed margin m (for a bare "A beats B" claim, m = 0: the interval lies above 0).
 //! - **REFUTED** — the confidence interval lies entirely below m: an advantage as large as
-//!   claimed is ruled out by the data (at the CI's level).
+//!   claimed is ruled out by the data (at the CI's level). For a bare "beats" claim (m = 0) an
+//!   interval whose upper end is 0 — no advantage anywhere in it — also refutes it.
 //! - **INCONCLUSIVE** — everything else: the interval contains m, or there are no records for
 //!   one of the systems. The report says why and how many seeds would give the test 80% power
 //!   at the claimed margin and the observed seed-to-seed variance.
@@ -162,6 +163,31 @@ pub struct ClaimsFile {
 }
 
 impl ClaimsFile {
+    /// One "`system` beats `baseline` on `task`'s `metric`" claim (margin 0) per system, as
+    /// `qattn compare` asks it.
+    pub fn beats(task: &str, metric: &str, baseline: &str, systems: &[String]) -> Self {
+        ClaimsFile {
+            defaults: Defaults {
+                baseline: baseline.to_string(),
+                ..Defaults::default()
+            },
+            claims: systems
+                .iter()
+                .map(|s| Claim {
+                    id: format!("{s} beats {baseline}"),
+                    task: task.to_string(),
+                    metric: metric.to_string(),
+                    system: Some(s.clone()),
+                    baseline: None,
+                    claimed: None,
+                    claimed_baseline: None,
+                    min_delta: Some(0.0),
+                    text: None,
+                })
+                .collect(),
+        }
+    }
+
     /// Parses TOML text; `source` names the file in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self> {
         let file: ClaimsFile =
@@ -607,7 +633,7 @@ fn decide(r: &mut ClaimResult, alpha: f64, target: f64) {
             p_text(p),
             pts(m)
         );
-    } else if hi < m {
+    } else if hi < m || (m == 0.0 && hi <= 0.0) {
         r.verdict = Verdict::Refuted;
         r.reason = format!(
             "measured δ = {} points; {ci} lies below the claimed margin {}",

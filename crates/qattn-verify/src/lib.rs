@@ -9,11 +9,15 @@
 //! - [`claims`]: claims in, VERIFIED / REFUTED / INCONCLUSIVE out, from run records.
 //! - [`estimators`]: estimator studies on real attention rows (variance reduction, the
 //!   Bretagnolle–Huber–Carol bound, time scaling, measurement noise), with [`plot`]s.
+//! - [`synthetic`] and [`compare`]: the embedded long-range task and the exact-vs-MC run
+//!   engine behind `qattn compare`, the project's main job.
 
 pub mod claims;
+pub mod compare;
 pub mod error;
 pub mod estimators;
 pub mod plot;
 pub mod stats;
+pub mod synthetic;
 
 pub use error::{Error, Result};

@@ -1,0 +1,86 @@
+//! `qattn compare`, the main job, in its quick mode: it runs every system × seed on the
+//! embedded synthetic task and prints a verdict backed by a written report.
+
+use serde_json::Value;
+use std::process::Command;
+
+#[test]
+fn quick_compare_prints_a_verdict_and_writes_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let o = Command::new(env!("CARGO_BIN_EXE_qattn"))
+        .args(["compare", "--quick", "--resamples", "1000", "--output-dir"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let verdicts = ["VERIFIED", "REFUTED", "INCONCLUSIVE"];
+    assert!(
+        stdout.contains("stratified:32 beats exact") && verdicts.iter().any(|v| stdout.contains(v)),
+        "{stdout}"
+    );
+    // One record per system × seed, all on the same dev examples.
+    let runs = qattn_glue_runs(&out.join("runs"));
+    assert_eq!(runs.len(), 6, "{runs:?}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("claims-report.json")).unwrap())
+            .unwrap();
+    let r = &report["results"][0];
+    assert_eq!(r["system"]["scores"].as_array().unwrap().len(), 3);
+    assert_eq!(r["baseline"]["scores"].as_array().unwrap().len(), 3);
+    let v = r["verdict"].as_str().unwrap();
+    assert!(verdicts.contains(&v), "{v}");
+    assert!(
+        stdout.contains(v),
+        "the printed verdict is the reported one"
+    );
+    // The verdict follows from the reported interval (docs/verify.md).
+    let (lo, hi) = (
+        r["ci_low"].as_f64().unwrap(),
+        r["ci_high"].as_f64().unwrap(),
+    );
+    match v {
+        "REFUTED" => assert!(hi <= 0.0),
+        "VERIFIED" => assert!(lo > 0.0),
+        _ => assert!(lo <= 0.0 && hi > 0.0),
+    }
+}
+
+#[test]
+fn compare_rejects_the_baseline_as_a_system_and_bad_specs() {
+    let run = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_qattn"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!o.status.success());
+        String::from_utf8_lossy(&o.stderr).to_string()
+    };
+    let e = run(&["compare", "--quick", "--systems", "exact"]);
+    assert!(e.contains("is the baseline"), "{e}");
+    let e = run(&["compare", "--quick", "--systems", "stratified:zero"]);
+    assert!(e.contains("stratified:zero"), "{e}");
+    let e = run(&["compare", "--task", "rte"]);
+    assert!(e.contains("--model"), "{e}");
+}
+
+fn qattn_glue_runs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.file_name().is_some_and(|n| n == "run.json") {
+                out.push(p);
+            }
+        }
+    }
+    out
+}

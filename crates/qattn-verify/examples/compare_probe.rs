@@ -1,0 +1,90 @@
+//! Measures `run_compare` settings: `compare_probe [quick|default] [KEY=VALUE...]` where keys
+//! are task/model/training fields (seq_len, num_keys, num_values, num_pairs, num_fillers,
+//! train_size, dev_size, layers, hidden, heads, ffn, dropout, steps, batch, lr, systems
+//! (comma list), seeds (comma list), out) and anything else is a `--set` training argument.
+
+use qattn_glue::runner::RunRecord;
+use qattn_verify::compare::{CompareOptions, CompareProgress, TaskSource, run_compare};
+use std::time::Instant;
+
+struct Print(Instant);
+
+impl CompareProgress for Print {
+    fn message(&self, msg: &str) {
+        eprintln!("[{:6.1}s] {msg}", self.0.elapsed().as_secs_f64());
+    }
+    fn run_finished(&self, index: usize, r: &RunRecord) {
+        eprintln!(
+            "[{:6.1}s] run {index}: {} seed {} accuracy {:.4}  train {:.1}s eval {:.1}s load {:.2}s  {:.0} tok/s",
+            self.0.elapsed().as_secs_f64(),
+            r.attention,
+            r.seed,
+            r.dev_metrics["accuracy"],
+            r.wall_seconds["train"],
+            r.wall_seconds["eval"],
+            r.wall_seconds["load"],
+            r.train_tokens_per_second
+        );
+    }
+}
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut argv = std::env::args().skip(1);
+    let quick = argv.next().as_deref() == Some("quick");
+    let mut opts = if quick {
+        CompareOptions::quick()
+    } else {
+        CompareOptions::default()
+    };
+    let (mut task, mut model) = opts.synthetic()?;
+    for a in argv {
+        let (k, v) = a.split_once('=').ok_or("KEY=VALUE")?;
+        match k {
+            "seq_len" => task.seq_len = v.parse()?,
+            "num_keys" => task.num_keys = v.parse()?,
+            "num_values" => task.num_values = v.parse()?,
+            "num_pairs" => task.num_pairs = v.parse()?,
+            "num_fillers" => task.num_fillers = v.parse()?,
+            "train_size" => task.train_size = v.parse()?,
+            "dev_size" => task.dev_size = v.parse()?,
+            "layers" => model.num_layers = v.parse()?,
+            "hidden" => model.hidden_size = v.parse()?,
+            "heads" => model.num_heads = v.parse()?,
+            "ffn" => model.intermediate_size = v.parse()?,
+            "dropout" => model.dropout = v.parse()?,
+            "steps" => opts.max_steps = Some(v.parse()?),
+            "batch" => opts.batch_size = Some(v.parse()?),
+            "lr" => opts.learning_rate = Some(v.parse()?),
+            "systems" => opts.systems = v.split(',').map(String::from).collect(),
+            "seeds" => opts.seeds = v.split(',').map(|s| s.parse()).collect::<Result<_, _>>()?,
+            "out" => opts.output_dir = Some(v.into()),
+            _ => opts.set.push(a.clone()),
+        }
+    }
+    opts.task = TaskSource::Synthetic {
+        task: Some(task.clone()),
+        model: Some(model.clone()),
+    };
+    let t = Instant::now();
+    let p = Print(t);
+    let recs = run_compare(&opts, &p)?;
+    let chance = task.chance();
+    println!(
+        "task {task:?}\nmodel {model:?}\nargs steps {:?} batch {} lr {}",
+        recs[0].training_args.max_steps,
+        recs[0].training_args.per_device_train_batch_size,
+        recs[0].training_args.learning_rate
+    );
+    for r in &recs {
+        println!(
+            "{:>16} seed {} accuracy {:.4} (chance {chance:.3}) train {:.1}s eval {:.1}s",
+            r.attention,
+            r.seed,
+            r.dev_metrics["accuracy"],
+            r.wall_seconds["train"],
+            r.wall_seconds["eval"]
+        );
+    }
+    println!("total wall {:.1}s", t.elapsed().as_secs_f64());
+    Ok(())
+}
