@@ -635,11 +635,19 @@ fn decide(r: &mut ClaimResult, alpha: f64, target: f64) {
         );
     } else if hi < m || (m == 0.0 && hi <= 0.0) {
         r.verdict = Verdict::Refuted;
-        r.reason = format!(
-            "measured δ = {} points; {ci} lies below the claimed margin {}",
-            pts(delta),
-            pts(m)
-        );
+        r.reason = if hi < m {
+            format!(
+                "measured δ = {} points; {ci} lies below the claimed margin {}",
+                pts(delta),
+                pts(m)
+            )
+        } else {
+            format!(
+                "measured δ = {} points; {ci} holds no advantage for {}",
+                pts(delta),
+                r.system.attention
+            )
+        };
     } else {
         r.verdict = Verdict::Inconclusive;
         r.reason = format!(
