@@ -197,12 +197,14 @@ pub fn pearson(x: &[f64], y: &[f64]) -> Result<f64> {
     Ok(if n == 2 { r.round() } else { r })
 }
 
-/// Ranks 1..=n with ties given the average of their ordinal ranks
-/// (`scipy.stats.rankdata(v, method="average")`). `v` must not contain NaN.
-fn average_ranks(v: &[f64]) -> Vec<f64> {
+/// Ranks 1..=n of `v` with ties given the average of their ordinal ranks
+/// (`scipy.stats.rankdata(v, method="average")`), and the sizes of the tie groups in
+/// ascending order of value (what tie corrections need). `v` must not contain NaN.
+pub fn average_ranks(v: &[f64]) -> (Vec<f64>, Vec<usize>) {
     let mut order: Vec<usize> = (0..v.len()).collect();
-    order.sort_by(|&a, &b| v[a].partial_cmp(&v[b]).unwrap_or(std::cmp::Ordering::Equal));
+    order.sort_by(|&a, &b| v[a].total_cmp(&v[b]));
     let mut ranks = vec![0.0; v.len()];
+    let mut ties = Vec::new();
     let mut start = 0;
     while start < order.len() {
         let mut end = start + 1;
@@ -214,9 +216,10 @@ fn average_ranks(v: &[f64]) -> Vec<f64> {
         for &i in &order[start..end] {
             ranks[i] = r;
         }
+        ties.push(end - start);
         start = end;
     }
-    ranks
+    (ranks, ties)
 }
 
 /// Spearman rank correlation: the Pearson correlation of the ranks, ties ranked by their
@@ -234,7 +237,7 @@ pub fn spearman(x: &[f64], y: &[f64]) -> Result<f64> {
     if is_constant(x) || is_constant(y) || x.iter().chain(y).any(|a| a.is_nan()) {
         return Ok(f64::NAN);
     }
-    let (rx, ry) = (average_ranks(x), average_ranks(y));
+    let (rx, ry) = (average_ranks(x).0, average_ranks(y).0);
     let (mx, my) = (mean(&rx), mean(&ry));
     let dx: Vec<f64> = rx.iter().map(|a| a - mx).collect();
     let dy: Vec<f64> = ry.iter().map(|a| a - my).collect();

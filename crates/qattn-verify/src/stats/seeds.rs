@@ -135,29 +135,6 @@ pub fn welch_with_level(a: &[f64], b: &[f64], level: f64) -> Result<TestResult> 
     })
 }
 
-/// Ranks `1..=n` of `v` with ties given their average rank (`scipy.stats.rankdata`, method
-/// "average"), and the sizes of the tie groups. `v` must not contain NaN.
-fn average_ranks(v: &[f64]) -> (Vec<f64>, Vec<usize>) {
-    let mut order: Vec<usize> = (0..v.len()).collect();
-    order.sort_by(|&i, &j| v[i].total_cmp(&v[j]));
-    let mut ranks = vec![0.0; v.len()];
-    let mut ties = Vec::new();
-    let mut start = 0;
-    while start < order.len() {
-        let mut end = start + 1;
-        while end < order.len() && v[order[end]] == v[order[start]] {
-            end += 1;
-        }
-        let r = (start + 1 + end) as f64 / 2.0;
-        for &i in &order[start..end] {
-            ranks[i] = r;
-        }
-        ties.push(end - start);
-        start = end;
-    }
-    (ranks, ties)
-}
-
 /// Counts of `W+ = s` for `s = 0..=n(n+1)/2` over the `2^n` sign assignments of ranks `1..=n`
 /// (the exact null distribution of the signed-rank statistic without ties), as `f64` — exact
 /// for `n ≤ 50` (counts below 2^50).
@@ -221,7 +198,7 @@ pub fn wilcoxon(a: &[f64], b: &[f64]) -> Result<TestResult> {
         )));
     }
     let abs: Vec<f64> = nz.iter().map(|x| x.abs()).collect();
-    let (ranks, ties) = average_ranks(&abs);
+    let (ranks, ties) = qattn_glue::metrics::average_ranks(&abs);
     let has_ties = ties.iter().any(|&t| t > 1);
     let w_plus: f64 = nz
         .iter()
