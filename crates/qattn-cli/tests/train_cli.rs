@@ -128,7 +128,7 @@ fn trains_evaluates_saves_and_resumes() {
         serde_json::from_str(&std::fs::read_to_string(o.join("model/config.json")).unwrap())
             .unwrap();
     assert_eq!(cfg["id2label"]["1"], "pos");
-    // Resume to a later step.
+    // Resume to a later step: the same arguments, a longer run.
     let out = ok(qattn_train(
         dir.path(),
         &[
@@ -138,6 +138,10 @@ fn trains_evaluates_saves_and_resumes() {
             "10",
             "--logging-steps",
             "5",
+            "--attention",
+            "stratified:4",
+            "--set",
+            "warmup_steps=2",
             "--resume",
             "--json",
         ],
@@ -148,6 +152,26 @@ fn trains_evaluates_saves_and_resumes() {
     assert_eq!(summary["resumed_from"], 20);
     assert_eq!(summary["steps"], 25);
     assert_eq!(summary["steps_this_run"], 5);
+    // Resuming with a different learning rate would mix two runs: refused.
+    let o = qattn_train(
+        dir.path(),
+        &[
+            "--max-steps",
+            "30",
+            "--attention",
+            "stratified:4",
+            "--set",
+            "warmup_steps=2",
+            "--set",
+            "learning_rate=0.5",
+            "--resume",
+        ],
+    )
+    .output()
+    .unwrap();
+    assert!(!o.status.success());
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("different training arguments"), "{err}");
 }
 
 #[test]

@@ -68,8 +68,9 @@ pub struct TrainerState {
 }
 
 /// A hash of everything that decides a run's trajectory: the training arguments except the
-/// ones that only affect logging, saving and evaluation cadence, plus the training set's size
-/// and label space. Resuming a checkpoint written under a different fingerprint would silently
+/// ones that only affect logging, saving and evaluation cadence and the run's length
+/// (`max_steps`, `num_train_epochs`: continuing a finished run to a later step is allowed),
+/// plus the training set's size and label space. Resuming a checkpoint written under a different fingerprint would silently
 /// mix two runs, so [`Trainer::train`] refuses it.
 pub fn run_fingerprint(args: &TrainingArgs, train: &Dataset) -> String {
     use sha2::{Digest, Sha256};
@@ -77,6 +78,8 @@ pub fn run_fingerprint(args: &TrainingArgs, train: &Dataset) -> String {
     if let Some(obj) = v.as_object_mut() {
         for k in [
             "output_dir",
+            "max_steps",
+            "num_train_epochs",
             "logging_steps",
             "eval_steps",
             "save_steps",
