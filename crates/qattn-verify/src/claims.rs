@@ -28,6 +28,7 @@
 //! distribution). CIs are not adjusted for multiplicity; p-values are (Holm by default).
 
 use crate::error::{Error, Result, invalid};
+use crate::stats::effect::{cliffs_delta, cohens_d};
 use crate::stats::multiple::{Correction, benjamini_hochberg, holm};
 use crate::stats::paired::{Metric, Outputs};
 use crate::stats::power::{seeds_needed, welch_power};
@@ -295,6 +296,10 @@ pub struct ClaimResult {
     pub p_adjusted: Option<f64>,
     /// Welch's t p-value on the per-seed scores (always reported next to the deciding test).
     pub welch_p: Option<f64>,
+    /// Cohen's d of the per-seed scores (pooled SD; ≥ 2 seeds per system, not both constant).
+    pub cohens_d: Option<f64>,
+    /// Cliff's delta of the per-seed scores.
+    pub cliffs_delta: Option<f64>,
     /// Power of Welch's t at the claimed margin with these seeds and the observed variance.
     pub power: Option<f64>,
     /// Seeds per system for `defaults.power` at the claimed margin (None: > 1000 or unknown).
@@ -512,6 +517,8 @@ pub fn evaluate(file: &ClaimsFile, records: &[RunRecord]) -> Result<ClaimsReport
             p_value: None,
             p_adjusted: None,
             welch_p: None,
+            cohens_d: None,
+            cliffs_delta: None,
             power: None,
             seeds_needed: None,
             verdict: Verdict::Inconclusive,
@@ -530,7 +537,11 @@ pub fn evaluate(file: &ClaimsFile, records: &[RunRecord]) -> Result<ClaimsReport
         }
         let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
         res.delta = Some(mean(&sys_scores) - mean(&base_scores));
+        res.cliffs_delta = cliffs_delta(&sys_scores, &base_scores).ok();
         if k >= 2 {
+            res.cohens_d = cohens_d(&sys_scores, &base_scores)
+                .ok()
+                .filter(|d| d.is_finite());
             match welch(&sys_scores, &base_scores) {
                 Ok(w) => {
                     res.welch_p = Some(w.p_value).filter(|p| p.is_finite());

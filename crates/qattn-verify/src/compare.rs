@@ -483,22 +483,17 @@ fn prepare_synthetic(opts: &CompareOptions) -> Result<SyntheticData> {
     let labels = task.labels();
     let train_ex = task.generate(SyntheticSplit::Train)?;
     let dev_examples = task.generate(SyntheticSplit::Dev)?;
-    let source = PathBuf::from(format!("<{} train>", task.name()));
-    let train = Dataset::from_records(
-        &source,
-        SyntheticTask::records(&train_ex),
-        &tokenizer,
-        Problem::Classification,
-        Some(&labels),
-    )?;
-    let source = PathBuf::from(format!("<{} dev>", task.name()));
-    let dev = Dataset::from_records(
-        &source,
-        SyntheticTask::records(&dev_examples),
-        &tokenizer,
-        Problem::Classification,
-        Some(&labels),
-    )?;
+    let dataset = |split: &str, examples: &[SyntheticExample]| {
+        Dataset::from_records(
+            &PathBuf::from(format!("<{} {split}>", task.name())),
+            SyntheticTask::records(examples),
+            &tokenizer,
+            Problem::Classification,
+            Some(&labels),
+        )
+    };
+    let train = dataset("train", &train_ex)?;
+    let dev = dataset("dev", &dev_examples)?;
     let train_tokens = train.examples.iter().map(|e| e.len()).sum();
     Ok(SyntheticData {
         task,

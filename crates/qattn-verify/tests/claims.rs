@@ -70,6 +70,9 @@ fn a_large_real_advantage_is_verified() {
     let delta = r.delta.unwrap();
     assert!((delta - 0.3).abs() < 0.05, "δ = {delta}");
     assert!(r.ci_low.unwrap() > 0.1 && r.p_adjusted.unwrap() < 0.01);
+    // Every seed of the better system beats every seed of the other: Cliff's delta is 1.
+    assert_eq!(r.cliffs_delta, Some(1.0));
+    assert!(r.cohens_d.unwrap() > 3.0, "{:?}", r.cohens_d);
 }
 
 #[test]
