@@ -39,6 +39,21 @@ pub enum Error {
         "qattn-kernels was built without the `cuda` feature; rebuild with `--features cuda` to use the GPU"
     )]
     NotCompiledWithCuda,
+    /// The `cuda` feature is on but no usable GPU was found at run time (no driver library, no
+    /// device, or the device could not be opened).
+    #[error("no usable CUDA GPU: {reason}")]
+    NoGpu {
+        /// What was missing or failed.
+        reason: String,
+    },
+    /// A CUDA driver call failed.
+    #[error("CUDA error in {what}: {reason}")]
+    Cuda {
+        /// The operation that failed (kernel name, copy, module load).
+        what: String,
+        /// The driver's error.
+        reason: String,
+    },
     /// An error from candle.
     #[error(transparent)]
     Candle(#[from] candle_core::Error),

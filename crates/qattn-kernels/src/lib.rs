@@ -32,10 +32,13 @@
 //! `+mitigate`. The maths is in `docs/estimators.md`.
 //!
 //! ## Feature flags
-//! - `cuda` — reserved for the custom CUDA kernels. Without it, tensors on a GPU are rejected
-//!   with [`Error::NotCompiledWithCuda`]; the API is the same either way.
+//! - `cuda` — the custom CUDA kernels ([`cuda`]: exact attention in f32/bf16/f16 and the
+//!   sampling forward, PTX built by nvcc in build.rs, loaded through the driver at run time).
+//!   Without it, GPU entry points return [`Error::NotCompiledWithCuda`]; with it but no
+//!   driver or device at run time, [`Error::NoGpu`]. The rest of the API is the same either way.
 
 mod cpu;
+pub mod cuda;
 mod error;
 mod math;
 pub mod noise;
