@@ -6,7 +6,7 @@ use qattn_glue::report;
 use qattn_glue::runner::{self, RunOptions};
 use qattn_glue::submission;
 use qattn_glue::tasks::{self, Split, Task};
-use qattn_model::{HubOptions, LoadOptions, Model};
+use qattn_model::{HubOptions, LoadOptions, Model, Precision};
 use qattn_train::{Dataset, Problem, TrainingArgs};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -110,6 +110,14 @@ struct PredictArgs {
     /// Truncate inputs to this many tokens.
     #[arg(long, default_value_t = 128)]
     max_len: usize,
+    /// Storage precision of the encoder's dense weights: f32, f16 or int8 (Q8_0); see
+    /// docs/precision.md.
+    #[arg(long, default_value = "f32", value_parser = crate::model::parse_precision)]
+    precision: Precision,
+    /// Also write JSON lines {"id", "pred", "gold"} of every labelled example (the input of
+    /// `qattn verify compare`).
+    #[arg(long)]
+    outputs_jsonl: Option<PathBuf>,
     /// Hub cache directory.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -274,6 +282,7 @@ fn predict(a: PredictArgs) -> Result<()> {
         &a.model,
         &LoadOptions {
             hub,
+            precision: a.precision,
             ..Default::default()
         },
     )
@@ -300,16 +309,35 @@ fn predict(a: PredictArgs) -> Result<()> {
         Problem::Auto,
         Some(&labels),
     )?;
+    let started = std::time::Instant::now();
     let outputs = qattn_train::predict(&model, &ds, a.batch_size, tok.pad_id())?;
+    let predict_s = started.elapsed().as_secs_f64();
     let preds = runner::decide(task, &loaded.examples, &outputs)?;
     let body = submission::render(task, &loaded.examples, &preds)?;
     qattn_model::io::write_atomic(&a.output, body.as_bytes())?;
     eprintln!(
-        "wrote {} predictions to {} (official name: {})",
+        "wrote {} predictions to {} (official name: {}); precision {}, inference {:.2} s, \
+         peak RSS {} MiB",
         loaded.examples.len(),
         a.output.display(),
-        task.submission_name()
+        task.submission_name(),
+        model.precision(),
+        predict_s,
+        runner::peak_rss_mb()
+            .map(|m| format!("{m:.0}"))
+            .unwrap_or_else(|| "?".into())
     );
+    if let Some(path) = &a.outputs_jsonl {
+        let m = runner::score(task, &loaded.examples, &preds).ok();
+        let body = prediction_lines(&loaded.examples, &preds)?;
+        qattn_model::io::write_atomic(path, body.as_bytes())?;
+        eprintln!(
+            "wrote per-example outputs to {}{}",
+            path.display(),
+            m.map(|m| format!("; dev metrics {}", serde_json::json!(m)))
+                .unwrap_or_default()
+        );
+    }
     Ok(())
 }
 
@@ -328,4 +356,24 @@ fn score(a: ScoreArgs) -> Result<()> {
     let m: BTreeMap<String, f64> = runner::score(task, &examples, &preds)?;
     println!("{}", serde_json::to_string_pretty(&m)?);
     Ok(())
+}
+
+/// JSON lines `{"id", "pred", "gold"}` of the labelled examples: the input format of
+/// `qattn verify compare`.
+fn prediction_lines(examples: &[tasks::Example], preds: &[runner::Prediction]) -> Result<String> {
+    let mut body = String::new();
+    for (e, p) in examples.iter().zip(preds) {
+        let gold = match e.label {
+            Some(tasks::Label::Class(c)) => serde_json::json!(c),
+            Some(tasks::Label::Score(s)) => serde_json::json!(s),
+            None => continue,
+        };
+        let line = serde_json::json!({ "id": e.id, "pred": p, "gold": gold });
+        body.push_str(&serde_json::to_string(&line)?);
+        body.push('\n');
+    }
+    if body.is_empty() {
+        bail!("no labelled examples: --outputs-jsonl needs a labelled split (dev)");
+    }
+    Ok(body)
 }

@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use candle_core::{IndexOp, Tensor};
-use qattn_model::{AttentionConfig, HubOptions, LoadOptions, Mode, Model};
+use qattn_model::{AttentionConfig, HubOptions, LoadOptions, Mode, Model, Precision};
 use serde_json::json;
 use std::path::PathBuf;
 
@@ -43,6 +43,15 @@ pub(crate) struct ModelArgs {
     /// Global seed of attention draws (default: the model's qattn.json, else 0).
     #[arg(long)]
     seed: Option<u64>,
+    /// Storage precision of the encoder's dense weights: f32, f16 or int8 (Q8_0); see
+    /// docs/precision.md.
+    #[arg(long, default_value = "f32", value_parser = parse_precision)]
+    precision: Precision,
+}
+
+/// clap value parser of `--precision`.
+pub(crate) fn parse_precision(s: &str) -> std::result::Result<Precision, String> {
+    Precision::parse(s).map_err(|e| e.to_string())
 }
 
 impl ModelArgs {
@@ -53,6 +62,7 @@ impl ModelArgs {
         let opts = LoadOptions {
             hub,
             tokenizer,
+            precision: self.precision,
             ..Default::default()
         };
         let mut model = Model::load(&self.model, &opts)
@@ -164,6 +174,7 @@ fn encode(a: EncodeArgs) -> Result<()> {
         .unwrap_or_default();
     let cfg = model.config();
     println!("model      {}", a.model.model);
+    println!("precision  {}", model.precision());
     println!(
         "attention  {}",
         model
@@ -205,6 +216,7 @@ fn info(a: InfoArgs) -> Result<()> {
             "dir": files.map(|f| f.dir.display().to_string()),
             "config": cfg,
             "parameters": model.params().count(),
+            "precision": model.precision(),
             "attention": model.attention(),
             "attention_layers": layers,
             "head": model.head().map(|h| h.to_string()),
@@ -232,6 +244,7 @@ fn info(a: InfoArgs) -> Result<()> {
         cfg.max_position_embeddings
     );
     println!("parameters  {}", model.params().count());
+    println!("precision   {}", model.precision());
     println!(
         "head        {}",
         model

@@ -5,6 +5,7 @@ use crate::attention::{AttentionConfig, SeedStream, derive};
 use crate::config::{Activation, Config};
 use crate::error::{Error, Result};
 use crate::params::Params;
+use crate::precision::{Precision, ReducedWeight};
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use qattn_kernels::{AttentionOptions, attention};
 
@@ -78,6 +79,8 @@ pub struct EncoderOutput {
 pub(crate) struct Linear {
     pub(crate) weight: Tensor,
     pub(crate) bias: Tensor,
+    /// The weight in reduced precision, used instead of `weight` when set.
+    reduced: Option<ReducedWeight>,
 }
 
 impl Linear {
@@ -85,7 +88,14 @@ impl Linear {
         Ok(Linear {
             weight: p.get(&format!("{name}.weight"), (out_dim, in_dim))?,
             bias: p.get(&format!("{name}.bias"), out_dim)?,
+            reduced: None,
         })
+    }
+
+    /// Stores the weight of layer `name` in `precision` (f32: the original weight).
+    fn set_precision(&mut self, precision: Precision, name: &str) -> Result<()> {
+        self.reduced = ReducedWeight::new(&self.weight, precision, name)?;
+        Ok(())
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
@@ -95,7 +105,11 @@ impl Linear {
             .ok_or_else(|| Error::Input("a dense layer needs at least one dimension".into()))?;
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, *last))?;
-        let y = x2.matmul(&self.weight.t()?)?.broadcast_add(&self.bias)?;
+        let y = match &self.reduced {
+            Some(r) => r.matmul_t(&x2)?,
+            None => x2.matmul(&self.weight.t()?)?,
+        };
+        let y = y.broadcast_add(&self.bias)?;
         let mut out = lead.to_vec();
         out.push(self.weight.dim(0)?);
         Ok(y.reshape(out)?)
@@ -219,6 +233,19 @@ impl Layer {
             out_norm: LayerNorm::load(p, &format!("{pre}.output.LayerNorm"), h, eps)?,
         })
     }
+
+    /// The layer's dense layers with their parameter prefixes.
+    fn dense_mut(&mut self, i: usize) -> [(&mut Linear, String); 6] {
+        let pre = format!("bert.encoder.layer.{i}");
+        [
+            (&mut self.query, format!("{pre}.attention.self.query")),
+            (&mut self.key, format!("{pre}.attention.self.key")),
+            (&mut self.value, format!("{pre}.attention.self.value")),
+            (&mut self.attn_out, format!("{pre}.attention.output.dense")),
+            (&mut self.intermediate, format!("{pre}.intermediate.dense")),
+            (&mut self.output, format!("{pre}.output.dense")),
+        ]
+    }
 }
 
 /// The BERT encoder (embeddings, layers, optional pooler) with pluggable attention.
@@ -229,6 +256,7 @@ pub struct Bert {
     embeddings: Embeddings,
     layers: Vec<Layer>,
     pooler: Option<Linear>,
+    precision: Precision,
 }
 
 impl Bert {
@@ -255,7 +283,41 @@ impl Bert {
             embeddings: Embeddings::load(p, cfg)?,
             layers,
             pooler,
+            precision: Precision::F32,
         })
+    }
+
+    /// The storage precision of the encoder layers' dense weights.
+    pub fn precision(&self) -> Precision {
+        self.precision
+    }
+
+    /// Stores the dense weights of every encoder layer (Q, K, V, attention output,
+    /// intermediate, output) in `precision`, from the f32 originals (so any precision can be
+    /// set at any time; [`Precision::F32`] restores the originals). Embeddings, LayerNorms and
+    /// the pooler stay f32. Errors, changing nothing, when a layer's input dimension is not a
+    /// multiple of the precision's block size (see [`crate::precision`]).
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        let cfg = &self.config;
+        crate::precision::check_block(
+            "the encoder's Q, K, V, attention-output and intermediate layers (hidden_size)",
+            cfg.hidden_size,
+            precision,
+        )?;
+        crate::precision::check_block(
+            "the encoder's output dense layers (intermediate_size)",
+            cfg.intermediate_size,
+            precision,
+        )?;
+        let mut layers = self.layers.clone();
+        for (i, layer) in layers.iter_mut().enumerate() {
+            for (lin, name) in layer.dense_mut(i) {
+                lin.set_precision(precision, &name)?;
+            }
+        }
+        self.layers = layers;
+        self.precision = precision;
+        Ok(())
     }
 
     /// The configuration.
@@ -327,6 +389,13 @@ impl Bert {
         })?;
         if l == 0 || b == 0 {
             return Err(Error::Input("empty batch or zero-length sequence".into()));
+        }
+        if mode.train && self.precision != Precision::F32 {
+            return Err(Error::Config(format!(
+                "training needs f32 weights, but this model's encoder weights are {}: reduced \
+                 precision is inference-only (load the model with precision f32 to train it)",
+                self.precision
+            )));
         }
         if l > cfg.max_position_embeddings {
             return Err(Error::Input(format!(

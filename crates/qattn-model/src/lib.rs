@@ -46,6 +46,7 @@ pub mod hub;
 pub mod io;
 pub mod model;
 pub mod params;
+pub mod precision;
 pub mod tokenizer;
 
 pub use attention::{AttentionConfig, HeadOverride};
@@ -56,5 +57,6 @@ pub use heads::HeadKind;
 pub use hub::HubOptions;
 pub use model::{LoadOptions, LoadReport, Model, QattnMeta};
 pub use params::Params;
+pub use precision::Precision;
 pub use qattn_kernels::{EstimatorSpec, GradMode};
 pub use tokenizer::{Batch, Encoding, Tokenizer};

@@ -9,6 +9,7 @@ use crate::heads::HeadKind;
 use crate::hub::{self, HubOptions, ModelFiles, WeightsFile};
 use crate::io::write_atomic;
 use crate::params::Params;
+use crate::precision::Precision;
 use crate::tokenizer::{Batch, Tokenizer};
 use candle_core::{DType, Device, Tensor};
 use serde::{Deserialize, Serialize};
@@ -52,6 +53,9 @@ pub struct LoadOptions {
     pub init_seed: u64,
     /// Device of the parameters.
     pub device: Device,
+    /// Storage precision of the encoder's dense weights (inference only; see
+    /// [`crate::precision`]). Not saved by `save_pretrained`, which writes the f32 originals.
+    pub precision: Precision,
 }
 
 impl Default for LoadOptions {
@@ -65,6 +69,7 @@ impl Default for LoadOptions {
             trainable: false,
             init_seed: 0,
             device: Device::Cpu,
+            precision: Precision::F32,
         }
     }
 }
@@ -209,6 +214,13 @@ impl Model {
     /// `opts.init_seed` and reported by [`Model::load_report`] (and on stderr, as transformers
     /// warns); unused checkpoint tensors are reported there too.
     pub fn load(model: &str, opts: &LoadOptions) -> Result<Model> {
+        if opts.trainable && opts.precision != Precision::F32 {
+            return Err(Error::Config(format!(
+                "precision {} is inference-only: a trainable model needs f32 weights \
+                 (set trainable = false, or precision f32)",
+                opts.precision
+            )));
+        }
         let files = hub::resolve(model, &opts.hub, opts.tokenizer)?;
         let mut config = Config::from_file(&files.config)?;
         let meta = match &files.qattn {
@@ -316,6 +328,7 @@ impl Model {
             _ => None,
         };
         let mut model = Model::from_params(config, attention, head, params, tokenizer)?;
+        model.set_precision(opts.precision)?;
         model.report = report;
         model.files = Some(files);
         Ok(model)
@@ -402,6 +415,25 @@ impl Model {
     /// Replaces the attention configuration.
     pub fn set_attention(&mut self, attention: AttentionConfig) -> Result<()> {
         self.bert.set_attention(attention)
+    }
+
+    /// The storage precision of the encoder's dense weights.
+    pub fn precision(&self) -> Precision {
+        self.bert.precision()
+    }
+
+    /// Stores the encoder's dense weights in `precision` (from the f32 originals, which are
+    /// kept: [`Precision::F32`] restores them). Refused for a trainable model (reduced
+    /// precision is inference-only) and, changing nothing, when a dimension is not a multiple
+    /// of the precision's block size.
+    pub fn set_precision(&mut self, precision: Precision) -> Result<()> {
+        if precision != Precision::F32 && !self.params.vars().is_empty() {
+            return Err(Error::Config(format!(
+                "precision {precision} is inference-only, and this model's parameters are \
+                 trainable; load it with trainable = false to use reduced precision"
+            )));
+        }
+        self.bert.set_precision(precision)
     }
 
     /// The task head, if any.
@@ -554,7 +586,9 @@ impl Model {
 
     /// Writes `config.json`, `model.safetensors` (transformers' `BertFor…` names: `bert.*`,
     /// `classifier.*`), `tokenizer.json` (when loaded) and `qattn.json` into `dir`, each
-    /// atomically. The directory is created if needed.
+    /// atomically. The directory is created if needed. A reduced-precision model
+    /// ([`Model::precision`]) saves its f32 originals: precision is a load option, not part of
+    /// the checkpoint.
     pub fn save_pretrained(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         let mut names: Vec<String> = encoder_shapes(&self.config)

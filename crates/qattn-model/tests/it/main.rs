@@ -6,3 +6,4 @@ mod convergence;
 mod heads;
 mod loading;
 mod parity;
+mod precision;
