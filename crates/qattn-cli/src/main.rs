@@ -6,6 +6,7 @@ mod data;
 mod demo;
 mod glue;
 mod model;
+mod serve;
 mod train;
 mod verify;
 
@@ -41,6 +42,10 @@ enum Command {
     /// per-example outputs, tests across seeds)?
     #[command(subcommand)]
     Verify(verify::VerifyCmd),
+    /// Serve models over gRPC (typed qattn.v1 API and the KServe Open Inference Protocol).
+    Serve(serve::Args),
+    /// Check a server's gRPC health (exit 0 when SERVING).
+    Health(serve::HealthArgs),
 }
 
 fn main() {
@@ -54,6 +59,8 @@ fn main() {
         Command::Glue(a) => glue::run(a),
         Command::Data(a) => data::run(a),
         Command::Verify(c) => verify::run(c),
+        Command::Serve(a) => serve::run(a),
+        Command::Health(a) => serve::health(a),
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");

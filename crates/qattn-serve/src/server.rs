@@ -1,0 +1,524 @@
+//! Assembles the gRPC server: services, auth interceptors, rate limits, admission control,
+//! deadlines, health, reflection, gRPC-web + CORS, metrics endpoint and graceful shutdown.
+
+use crate::admin::AdminService;
+use crate::auth::{KeyId, KeyStore};
+use crate::config::ServeConfig;
+use crate::engine::Engine;
+use crate::error::{Error, Result, code_name};
+use crate::metrics as m;
+use crate::oip::OipService;
+use crate::proto;
+use crate::ratelimit::RateLimiter;
+use crate::typed::TypedService;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
+use tonic::metadata::MetadataMap;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::{Request, Status};
+
+/// Env var with comma-separated data-plane keys.
+pub const API_KEYS_ENV: &str = "QATTN_API_KEYS";
+/// Env var with comma-separated admin keys.
+pub const ADMIN_KEYS_ENV: &str = "QATTN_ADMIN_KEYS";
+/// Metadata key that pins a caller to one A/B version.
+pub const STICKY_KEY: &str = "x-qattn-sticky-key";
+/// Metadata key (on RESOURCE_EXHAUSTED from the rate limiter) with the wait in ms.
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+
+/// Who is calling (set by the auth interceptor).
+#[derive(Debug, Clone, Default)]
+pub struct Caller {
+    /// The API key id, when keys are configured.
+    pub key_id: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plane {
+    Data,
+    Admin,
+    /// Health / reflection when not public: any data or admin key.
+    Meta,
+}
+
+/// The interceptor for one service group.
+#[derive(Clone)]
+struct Auth {
+    plane: Plane,
+    keys: Option<Arc<KeyStore>>,
+    admin: Option<Arc<KeyStore>>,
+    limiter: Option<Arc<RateLimiter>>,
+}
+
+const UNAUTHENTICATED: &str = "missing or invalid API key (expected `authorization: Bearer <key>`)";
+
+impl Interceptor for Auth {
+    fn call(&mut self, mut req: Request<()>) -> std::result::Result<Request<()>, Status> {
+        let header = req
+            .metadata()
+            .get("authorization")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let verify =
+            |ks: &Option<Arc<KeyStore>>| ks.as_ref().and_then(|k| k.verify(header.as_deref()));
+        let key: Option<KeyId> = match self.plane {
+            Plane::Data => match &self.keys {
+                None => None,
+                Some(_) => Some(verify(&self.keys).ok_or_else(unauthenticated)?),
+            },
+            Plane::Admin => {
+                if self.admin.is_none() {
+                    return Err(Status::permission_denied(
+                        "admin RPCs are disabled: no admin keys configured (--admin-keys or QATTN_ADMIN_KEYS)",
+                    ));
+                }
+                Some(verify(&self.admin).ok_or_else(unauthenticated)?)
+            }
+            Plane::Meta => {
+                if self.keys.is_none() && self.admin.is_none() {
+                    None
+                } else {
+                    Some(
+                        verify(&self.keys)
+                            .or_else(|| verify(&self.admin))
+                            .ok_or_else(unauthenticated)?,
+                    )
+                }
+            }
+        };
+        if self.plane == Plane::Data
+            && let Some(limiter) = &self.limiter
+        {
+            let bucket = key.as_ref().map_or("anonymous", |k| k.as_str());
+            if let Err(wait) = limiter.check(bucket, Instant::now()) {
+                m::reject("rate_limited");
+                let ms = wait.as_millis().max(1);
+                let mut st = Status::resource_exhausted(format!(
+                    "rate limit exceeded (limits.rate_limit = {}/s per key); retry in {ms} ms",
+                    limiter.rate_per_sec()
+                ));
+                if let Ok(v) = ms.to_string().parse() {
+                    st.metadata_mut().insert(RETRY_AFTER_MS, v);
+                }
+                return Err(st);
+            }
+        }
+        req.extensions_mut().insert(Caller {
+            key_id: key.map(|k| k.0),
+        });
+        Ok(req)
+    }
+}
+
+fn unauthenticated() -> Status {
+    m::reject("unauthenticated");
+    Status::unauthenticated(UNAUTHENTICATED)
+}
+
+/// Shared state of the service implementations.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    pub(crate) engine: Arc<Engine>,
+    concurrency: Option<Arc<Semaphore>>,
+}
+
+/// One request being served: admission permit, in-flight gauge and request metrics.
+pub(crate) struct Scope {
+    method: &'static str,
+    start: Instant,
+    received: Instant,
+    deadline: Option<Instant>,
+    pub(crate) model: String,
+    pub(crate) version: String,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+impl Ctx {
+    /// Admits a request (or RESOURCE_EXHAUSTED at `limits.max_concurrent`).
+    pub(crate) fn admit(
+        &self,
+        method: &'static str,
+        meta: &MetadataMap,
+    ) -> std::result::Result<Scope, Status> {
+        let received = Instant::now();
+        let permit = match &self.concurrency {
+            Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
+                m::reject("concurrency");
+                let st = Status::resource_exhausted(format!(
+                    "the server is at its concurrency limit (limits.max_concurrent = {}); retry later",
+                    self.engine.config().limits.max_concurrent
+                ));
+                count(method, "", "", st.code(), received);
+                st
+            })?),
+            None => None,
+        };
+        metrics::gauge!(m::INFLIGHT).increment(1.0);
+        Ok(Scope {
+            method,
+            start: received,
+            received,
+            deadline: deadline_of(meta, received),
+            model: String::new(),
+            version: String::new(),
+            _permit: permit,
+        })
+    }
+}
+
+fn count(method: &'static str, model: &str, version: &str, code: tonic::Code, start: Instant) {
+    metrics::counter!(m::REQUESTS_TOTAL, "method" => method, "model" => model.to_string(),
+        "version" => version.to_string(), "status" => code_name(code))
+    .increment(1);
+    metrics::histogram!(m::REQUEST_DURATION, "method" => method, "model" => model.to_string())
+        .record(start.elapsed().as_secs_f64());
+}
+
+impl Scope {
+    /// When the request was received.
+    pub(crate) fn received(&self) -> Instant {
+        self.received
+    }
+
+    /// The effective deadline (from `grpc-timeout`, a little early so the answer is
+    /// DEADLINE_EXCEEDED rather than tonic's own CANCELLED at the same instant).
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
+    /// Runs `fut` under the deadline and records the outcome.
+    pub(crate) async fn run<T, F>(mut self, fut: F) -> std::result::Result<T, Status>
+    where
+        F: std::future::Future<Output = std::result::Result<(T, String, String), Status>>,
+    {
+        let r = match self.deadline {
+            Some(d) => {
+                match tokio::time::timeout_at(tokio::time::Instant::from_std(d), fut).await {
+                    Ok(r) => r,
+                    Err(_) => Err(Status::deadline_exceeded(
+                        "deadline exceeded (grpc-timeout) before the answer was ready",
+                    )),
+                }
+            }
+            None => fut.await,
+        };
+        let r = r.map(|(t, model, version)| {
+            self.model = model;
+            self.version = version;
+            t
+        });
+        if let Err(st) = &r
+            && st.code() == tonic::Code::DeadlineExceeded
+        {
+            m::reject("deadline");
+        }
+        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
+        count(self.method, &self.model, &self.version, code, self.start);
+        r
+    }
+}
+
+impl Drop for Scope {
+    fn drop(&mut self) {
+        metrics::gauge!(m::INFLIGHT).decrement(1.0);
+    }
+}
+
+/// Parses `grpc-timeout` (`<digits><H|M|S|m|u|n>`) into a deadline a little before the
+/// client's (5% early, at least 1 ms, at most 50 ms).
+pub(crate) fn deadline_of(meta: &MetadataMap, received: Instant) -> Option<Instant> {
+    let v = meta.get("grpc-timeout")?.to_str().ok()?;
+    let timeout = parse_grpc_timeout(v)?;
+    let margin = (timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
+    Some(received + timeout.saturating_sub(margin))
+}
+
+/// Parses a `grpc-timeout` header value; `None` when malformed.
+pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
+    if v.len() < 2 || v.len() > 9 {
+        return None;
+    }
+    let (digits, unit) = v.split_at(v.len() - 1);
+    if !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.checked_mul(3600)?),
+        "M" => Duration::from_secs(n.checked_mul(60)?),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// The sticky key of a request: `x-qattn-sticky-key` metadata, else the API key id.
+pub(crate) fn sticky_key<T>(req: &Request<T>) -> Option<String> {
+    req.metadata()
+        .get(STICKY_KEY)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or_else(|| {
+            req.extensions()
+                .get::<Caller>()
+                .and_then(|c| c.key_id.clone())
+        })
+}
+
+/// A running server.
+#[derive(Debug)]
+pub struct RunningServer {
+    /// The bound gRPC address.
+    pub addr: SocketAddr,
+    /// The bound metrics address (None when disabled).
+    pub metrics_addr: Option<SocketAddr>,
+    /// The registry (for tests and embedding).
+    pub engine: Arc<Engine>,
+    stop: Option<oneshot::Sender<()>>,
+    join: tokio::task::JoinHandle<Result<()>>,
+}
+
+impl RunningServer {
+    /// Starts a graceful shutdown and waits for it (accepted requests finish, queues drain).
+    pub async fn shutdown(mut self) -> Result<()> {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Waits until the server has stopped (after the external shutdown signal).
+    pub async fn wait(self) -> Result<()> {
+        self.join
+            .await
+            .map_err(|e| Error::Transport(format!("server task: {e}")))?
+    }
+}
+
+fn load_keys(file: Option<&std::path::Path>, env: &str) -> Result<Option<Arc<KeyStore>>> {
+    let from_file = match file {
+        Some(p) => Some(KeyStore::from_file(p).map_err(|e| Error::Config(e.to_string()))?),
+        None => None,
+    };
+    let from_env = KeyStore::from_env(env).map_err(|e| Error::Config(e.to_string()))?;
+    let ks = match (from_file, from_env) {
+        (Some(a), Some(b)) => Some(a.merge(b)),
+        (a, b) => a.or(b),
+    };
+    Ok(ks.filter(|k| !k.is_empty()).map(Arc::new))
+}
+
+/// Loads the configured models (blocking work off the async threads), binds, and serves until
+/// `shutdown` resolves or [`RunningServer::shutdown`] is called. Then: health turns
+/// NOT_SERVING, no new connections are accepted, accepted requests finish, batch queues drain.
+pub async fn start(
+    cfg: ServeConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<RunningServer> {
+    cfg.validate()?;
+    let keys = load_keys(cfg.auth.api_keys_file.as_deref(), API_KEYS_ENV)?;
+    let admin = load_keys(cfg.auth.admin_keys_file.as_deref(), ADMIN_KEYS_ENV)?;
+    if keys.is_none() {
+        tracing::warn!("no API keys configured: the data plane is open to anyone who can connect");
+    }
+    if admin.is_none() {
+        tracing::warn!("no admin keys configured: admin RPCs are disabled");
+    }
+    let limiter = cfg.limits.rate_limit.map(|r| {
+        Arc::new(RateLimiter::new(
+            r,
+            cfg.limits.rate_burst.unwrap_or(r.max(1.0)),
+        ))
+    });
+    let _ = m::handle();
+    let engine = Arc::new(Engine::new(cfg.clone()));
+    {
+        let e = engine.clone();
+        tokio::task::spawn_blocking(move || e.load_configured())
+            .await
+            .map_err(|e| Error::Internal(format!("model loading task: {e}")))??;
+    }
+    let host = if cfg.listen.host.contains(':') && !cfg.listen.host.starts_with('[') {
+        format!("[{}]", cfg.listen.host)
+    } else {
+        cfg.listen.host.clone()
+    };
+    let listener = tokio::net::TcpListener::bind(format!("{host}:{}", cfg.listen.port))
+        .await
+        .map_err(|e| Error::Transport(format!("binding {host}:{}: {e}", cfg.listen.port)))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Transport(e.to_string()))?;
+    let (stop_tx, stop_rx) = oneshot::channel::<()>();
+    let (metrics_stop_tx, metrics_stop_rx) = oneshot::channel::<()>();
+    let metrics_addr = if cfg.listen.metrics {
+        let maddr: SocketAddr = format!("{host}:{}", cfg.listen.metrics_port)
+            .parse()
+            .map_err(|e| Error::Config(format!("listen.host {host:?}: {e}")))?;
+        Some(
+            m::serve_http(maddr, async move {
+                let _ = metrics_stop_rx.await;
+            })
+            .await?,
+        )
+    } else {
+        None
+    };
+
+    let ctx = Ctx {
+        engine: engine.clone(),
+        concurrency: (cfg.limits.max_concurrent > 0)
+            .then(|| Arc::new(Semaphore::new(cfg.limits.max_concurrent))),
+    };
+    let auth = |plane| Auth {
+        plane,
+        keys: keys.clone(),
+        admin: admin.clone(),
+        limiter: limiter.clone(),
+    };
+    let max = cfg.limits.max_message_bytes;
+    let typed =
+        proto::qattn::v1::inference_server::InferenceServer::new(TypedService::new(ctx.clone()))
+            .max_decoding_message_size(max);
+    let oip = proto::inference::grpc_inference_service_server::GrpcInferenceServiceServer::new(
+        OipService::new(ctx.clone()),
+    )
+    .max_decoding_message_size(max);
+    let adm = proto::qattn::v1::admin_server::AdminServer::new(AdminService::new(ctx.clone()))
+        .max_decoding_message_size(max);
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    use tonic_health::ServingStatus;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
+    for name in [
+        "qattn.v1.Inference",
+        "qattn.v1.Admin",
+        "inference.GRPCInferenceService",
+    ] {
+        reporter
+            .set_service_status(name, ServingStatus::Serving)
+            .await;
+    }
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+    let mut routes = tonic::service::Routes::builder();
+    routes.add_service(InterceptedService::new(typed, auth(Plane::Data)));
+    routes.add_service(InterceptedService::new(oip, auth(Plane::Data)));
+    routes.add_service(InterceptedService::new(adm, auth(Plane::Admin)));
+    if cfg.auth.public_health {
+        routes.add_service(health);
+    } else {
+        routes.add_service(InterceptedService::new(health, auth(Plane::Meta)));
+    }
+    if cfg.auth.public_reflection {
+        routes.add_service(reflection_v1);
+        routes.add_service(reflection_v1alpha);
+    } else {
+        routes.add_service(InterceptedService::new(reflection_v1, auth(Plane::Meta)));
+        routes.add_service(InterceptedService::new(
+            reflection_v1alpha,
+            auth(Plane::Meta),
+        ));
+    }
+    let routes = routes.routes();
+
+    let cors = cors_layer(&cfg.web.cors_origins)?;
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let engine2 = engine.clone();
+    let signal = async move {
+        tokio::select! {
+            _ = shutdown => {},
+            _ = stop_rx => {},
+        }
+        tracing::info!("shutdown requested: refusing new connections, finishing accepted requests");
+        reporter
+            .set_service_status("", ServingStatus::NotServing)
+            .await;
+        for name in [
+            "qattn.v1.Inference",
+            "qattn.v1.Admin",
+            "inference.GRPCInferenceService",
+        ] {
+            reporter
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+    };
+    let server = tonic::transport::Server::builder()
+        .accept_http1(cfg.web.enabled)
+        .layer(cors)
+        .layer(tonic_web::GrpcWebLayer::new())
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(incoming, signal);
+    let join = tokio::spawn(async move {
+        let r = server
+            .await
+            .map_err(|e| Error::Transport(format!("gRPC server: {e}")));
+        engine2.shutdown().await;
+        let _ = metrics_stop_tx.send(());
+        tracing::info!("server stopped; batch queues drained");
+        r
+    });
+    Ok(RunningServer {
+        addr,
+        metrics_addr,
+        engine,
+        stop: Some(stop_tx),
+        join,
+    })
+}
+
+fn cors_layer(origins: &[String]) -> Result<tower_http::cors::CorsLayer> {
+    use tower_http::cors::{AllowOrigin, Any, CorsLayer};
+    let layer = CorsLayer::new()
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers(Any)
+        .expose_headers([
+            http::HeaderName::from_static("grpc-status"),
+            http::HeaderName::from_static("grpc-message"),
+            http::HeaderName::from_static("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(86_400));
+    if origins.iter().any(|o| o == "*") {
+        return Ok(layer.allow_origin(Any));
+    }
+    let list = origins
+        .iter()
+        .map(|o| {
+            o.parse::<http::HeaderValue>()
+                .map_err(|e| Error::Config(format!("web.cors_origins: {o:?}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(layer.allow_origin(AllowOrigin::list(list)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeout_parsing() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("5"), None);
+        assert_eq!(parse_grpc_timeout("1x"), None);
+        assert_eq!(parse_grpc_timeout("123456789m"), None);
+        assert_eq!(parse_grpc_timeout("-1m"), None);
+    }
+}
