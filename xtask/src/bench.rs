@@ -7,6 +7,8 @@
 //!   transformers.
 //! * [`train`]: fine-tuning throughput and peak memory of `qattn-train` (MiniLM with a
 //!   classification head) against HF transformers.
+//! * [`serve`]: requests/s and latency of `qattn serve` against a FastAPI + transformers
+//!   server.
 //!
 //! This module holds what all share: the PyTorch venv, the provenance of a run (machine,
 //! rustc, commit, date), targets with met / not met, and table formatting;
@@ -15,6 +17,7 @@
 
 pub(crate) mod kernels;
 pub(crate) mod model;
+pub(crate) mod serve;
 pub(crate) mod side_by_side;
 pub(crate) mod train;
 

@@ -1,7 +1,8 @@
 //! Project automation for qattn, run as `cargo xtask <command>`.
 //!
 //! * `cargo xtask ci [--skip-clippy] [--skip-tests]`: the checks CI runs, cheapest first
-//!   (format, layering, clippy, tests). This is the README's test command.
+//!   (format, layering, deploy/ lints from the CI Python env, clippy, tests). This is the
+//!   README's test command.
 //! * `cargo xtask bench kernels [--quick] [--native]`: criterion benches of `qattn-kernels`
 //!   side by side with PyTorch's `scaled_dot_product_attention`, written to
 //!   `benchmarks/results/kernels.{json,md}`.
@@ -12,12 +13,23 @@
 //!   of qattn-train (MiniLM with a classification head; exact, and `stratified:32` with sampled
 //!   gradients) side by side with HF transformers, written to
 //!   `benchmarks/results/train.{json,md}`.
-//! * `cargo xtask image`: container images (they arrive with the serving crate).
+//! * `cargo xtask bench serve [--quick] [--cache-dir DIR]`: requests/s and latency of
+//!   `qattn serve` side by side with a FastAPI + transformers server, written to
+//!   `benchmarks/results/serve.{json,md}`.
+//! * `cargo xtask cuda-check`: compile-checks the CUDA kernels without a GPU (also a CI step).
+//! * `cargo xtask gpu-check`: on a GPU machine, checks the kernels against the CPU and times
+//!   them against PyTorch SDPA, written to `benchmarks/results/gpu.json`.
+//! * `cargo xtask image [--cuda] [--tag T] [--dry-run]`: the qattn-serve container image from
+//!   `deploy/docker/` with docker or podman, or the exact commands when no engine is usable.
 //!
 //! xtask depends on `anyhow`, `serde` and `serde_json` only, so it builds in seconds.
 
 mod bench;
+mod cuda;
+mod deploy;
+mod image;
 mod layering;
+mod pyenv;
 
 use std::ffi::OsStr;
 use std::fs;
@@ -33,7 +45,9 @@ usage: cargo xtask <command> [options]
 
 commands:
   ci [--skip-clippy] [--skip-tests]
-        fmt check, layering check, clippy -D warnings, tests (release); stops at the first failure
+        fmt check, layering check, CI Python env (target/ci-venv from xtask/ci-requirements.txt),
+        hadolint deploy/docker, kubernetes-validate deploy/k8s, clippy -D warnings,
+        tests (release); stops at the first failure
   bench kernels [--quick] [--native]
         criterion benches of qattn-kernels plus the PyTorch SDPA baseline;
         writes benchmarks/results/kernels.json and kernels.md
@@ -53,8 +67,30 @@ commands:
         writes benchmarks/results/train.json and train.md
         --quick      1 warm-up and 3 timed steps per configuration (default 2 and 8)
         --cache-dir  as for bench model
-  image
-        build container images (arrives with the serving crate)
+  bench serve [--quick] [--cache-dir DIR]
+        requests/s and p50/p95/p99 latency of `qattn serve` (all-MiniLM-L6-v2 embed and
+        2-label classify; ~20-token and 128-token inputs; exact and stratified:32; concurrency
+        1, 4, 16, 64) plus a FastAPI + uvicorn + transformers server (1 and 2 workers), with
+        the FLOP ceiling from a measured matmul rate;
+        writes benchmarks/results/serve.json and serve.md
+        --quick      3 s per point (default 8 s)
+        --cache-dir  as for bench model
+  cuda-check
+        compile every crates/qattn-kernels/cuda/*.cu to PTX (nvcc, compute_80) and to an sm_90
+        cubin (ptxas), then cargo check -p qattn-kernels --features cuda --all-targets;
+        no GPU needed (nvcc from $NVCC, $CUDA_HOME, PATH or the PyPI wheels in target/ci-venv)
+  gpu-check
+        on a machine with an NVIDIA GPU: build qattn-gpu-check (--features cuda, release), check
+        the kernels against the CPU reference, time them and PyTorch SDPA;
+        writes benchmarks/results/gpu.json
+  image [--cuda] [--tag T] [--dry-run]
+        build the qattn-serve image from deploy/docker/Dockerfile.cpu (or .cuda) with docker
+        or podman (whichever answers `info`); without a usable engine, print the commands
+        --cuda     the CUDA image (Dockerfile.cuda)
+        --tag T    image reference (default qattn-serve:cpu or qattn-serve:cuda)
+        --dry-run  print the commands only
+  lint-deploy
+        only the deploy/ steps of `ci`: CI Python env, hadolint, kubernetes-validate
   help
         print this text
 ";
@@ -79,12 +115,23 @@ fn main() -> ExitCode {
             Ok(opts) => bench::train::train(&repo_root(), &opts),
             Err(msg) => return usage_error(&msg),
         },
-        ["image", ..] => {
-            println!(
-                "cargo xtask image: nothing to build yet; container images arrive with the serving crate (qattn-serve)."
-            );
-            Ok(())
+        ["bench", "serve", rest @ ..] => match bench::serve::parse_options(rest) {
+            Ok(opts) => bench::serve::serve(&repo_root(), &opts),
+            Err(msg) => return usage_error(&msg),
+        },
+        ["cuda-check"] => {
+            let root = repo_root();
+            pyenv::step_or_skip(
+                "cuda-check (nvcc PTX + ptxas sm_90 + cargo check --features cuda)",
+                || cuda::cuda_check(&root, None),
+            )
         }
+        ["gpu-check"] => cuda::gpu_check(&repo_root()),
+        ["lint-deploy"] => lint_deploy(),
+        ["image", rest @ ..] => match image::parse_options(rest) {
+            Ok(opts) => image::image(&repo_root(), &opts),
+            Err(msg) => return usage_error(&msg),
+        },
         ["help" | "--help" | "-h"] => {
             print!("{USAGE}");
             Ok(())
@@ -153,6 +200,20 @@ fn ci(opts: &CiOptions) -> Result<()> {
             .args(["fmt", "--all", "--", "--check"]))
     })?;
     step("layering check (cargo metadata)", || layering::check(&root))?;
+    // Never fatal: without the venv the steps that need it say "skipped: <reason>".
+    let py = pyenv::ci_step(&root);
+    pyenv::step_or_skip("hadolint deploy/docker/*", || deploy::hadolint(&root, &py))?;
+    pyenv::step_or_skip(
+        &format!(
+            "kubernetes-validate deploy/k8s (K8s {})",
+            deploy::K8S_VERSION
+        ),
+        || deploy::kubernetes_validate(&root, &py),
+    )?;
+    pyenv::step_or_skip(
+        "cuda-check (nvcc PTX + ptxas sm_90 + cargo check --features cuda)",
+        || cuda::cuda_check(&root, py.as_ref().ok()),
+    )?;
     if opts.skip_clippy {
         println!("\n==> clippy skipped (--skip-clippy)");
     } else {
@@ -174,9 +235,14 @@ fn ci(opts: &CiOptions) -> Result<()> {
         println!("\n==> tests skipped (--skip-tests)");
     } else {
         step("cargo test --workspace --release", || {
-            run(cargo()
-                .current_dir(&root)
-                .args(["test", "--workspace", "--release"]))
+            let mut cmd = cargo();
+            cmd.current_dir(&root)
+                .args(["test", "--workspace", "--release"]);
+            // Tests that drive real Python clients use this interpreter (pyenv.rs).
+            if let Ok(env) = &py {
+                cmd.env("QATTN_CI_PYTHON", env.python());
+            }
+            run(&mut cmd)
         })?;
     }
     let skipped = match (opts.skip_clippy, opts.skip_tests) {
@@ -185,11 +251,34 @@ fn ci(opts: &CiOptions) -> Result<()> {
         (false, true) => " (tests skipped)",
         (true, true) => " (clippy and tests skipped)",
     };
+    let py_note = if py.is_err() {
+        " (no CI Python env: deploy lints skipped, see the warning above)"
+    } else {
+        ""
+    };
     println!(
-        "\nci: all checks passed{skipped} in {:.1} s",
+        "\nci: all checks passed{skipped}{py_note} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// `cargo xtask lint-deploy`: the deploy/ steps of `ci` on their own (here a missing Python env
+/// is an error, since nothing else would run).
+fn lint_deploy() -> Result<()> {
+    let root = repo_root();
+    let py = pyenv::ci_step(&root);
+    if let Err(reason) = &py {
+        bail!("{reason}");
+    }
+    pyenv::step_or_skip("hadolint deploy/docker/*", || deploy::hadolint(&root, &py))?;
+    pyenv::step_or_skip(
+        &format!(
+            "kubernetes-validate deploy/k8s (K8s {})",
+            deploy::K8S_VERSION
+        ),
+        || deploy::kubernetes_validate(&root, &py),
+    )
 }
 
 /// Runs one named step, printing a header before and the elapsed time after.
