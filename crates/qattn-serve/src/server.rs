@@ -439,7 +439,21 @@ pub async fn start(
     let routes = routes.routes();
 
     let cors = cors_layer(&cfg.web.cors_origins)?;
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    // TCP_NODELAY on every accepted connection: a response is written as several HTTP/2 frames
+    // (headers, data, trailers), and with Nagle's algorithm the last one waits for the client's
+    // delayed ACK — tens of milliseconds per unary call once the body exceeds one small segment.
+    // (`Server::tcp_nodelay` only applies to listeners tonic binds itself.)
+    let incoming = tokio_stream::StreamExt::map(
+        tokio_stream::wrappers::TcpListenerStream::new(listener),
+        |conn| {
+            if let Ok(stream) = &conn
+                && let Err(e) = stream.set_nodelay(true)
+            {
+                tracing::warn!("could not set TCP_NODELAY on an accepted connection: {e}");
+            }
+            conn
+        },
+    );
     let engine2 = engine.clone();
     let signal = async move {
         tokio::select! {
