@@ -37,6 +37,31 @@ pub mod noise;
 
 #[cfg(feature = "cuda")]
 mod gpu;
+
+/// Runs a module's `gpu_self_check` for its `#[test]`: skips (with a message) when no GPU is
+/// usable, prints every check line, and fails when any check failed.
+#[cfg(all(test, feature = "cuda"))]
+pub(crate) fn assert_self_check_passes(
+    check: fn(&GpuContext) -> crate::Result<Vec<backward::CheckLine>>,
+) {
+    let ctx = match GpuContext::new(0) {
+        Ok(c) => c,
+        Err(e @ crate::Error::NoGpu { .. }) => {
+            eprintln!("skipped: {e}");
+            return;
+        }
+        Err(e) => panic!("GPU present but unusable: {e}"),
+    };
+    let lines = check(&ctx).expect("self-check ran");
+    assert!(!lines.is_empty());
+    let mut failed = 0;
+    for l in &lines {
+        let verdict = if l.passed { "PASS" } else { "FAIL" };
+        eprintln!("{verdict} {}: {}", l.name, l.detail);
+        failed += usize::from(!l.passed);
+    }
+    assert_eq!(failed, 0, "{failed} of {} checks failed", lines.len());
+}
 #[cfg(feature = "cuda")]
 pub use gpu::{DeviceExact, DeviceInputs, DeviceMc, GpuContext};
 

@@ -589,31 +589,8 @@ mod tests {
 /// gpu_tests`).
 #[cfg(all(test, feature = "cuda"))]
 mod gpu_tests {
-    use crate::Error;
-    use crate::cuda::GpuContext;
-
     #[test]
     fn gpu_matches_cpu() {
-        let ctx = match GpuContext::new(0) {
-            Ok(c) => c,
-            Err(e @ Error::NoGpu { .. }) => {
-                eprintln!("skipped: {e}");
-                return;
-            }
-            Err(e) => panic!("GPU present but unusable: {e}"),
-        };
-        let lines = super::gpu_self_check(&ctx).expect("self-check ran");
-        assert!(!lines.is_empty());
-        let mut failed = 0;
-        for l in &lines {
-            eprintln!(
-                "{} {}: {}",
-                if l.passed { "PASS" } else { "FAIL" },
-                l.name,
-                l.detail
-            );
-            failed += usize::from(!l.passed);
-        }
-        assert_eq!(failed, 0, "{failed} of {} checks failed", lines.len());
+        crate::cuda::assert_self_check_passes(super::gpu_self_check);
     }
 }
