@@ -1,4 +1,4 @@
-//! `qattn verify compare | seeds | claims | estimators`: is one system significantly better than another?
+//! `qattn verify compare | seeds | claims | calibrate | estimators`: is one system significantly better than another?
 //!
 //! - `compare`: per-example outputs of two systems on the same examples (JSON lines
 //!   `{"id", "pred", "gold"[, "group"]}`), a paired test (bootstrap, permutation, McNemar) under
@@ -8,6 +8,8 @@
 //!
 //! - `claims`: a claims file evaluated against run records, VERIFIED / REFUTED / INCONCLUSIVE
 //!   per claim (`qattn_verify::claims`);
+//! - `calibrate`: the verdicts' error rates on simulated run records
+//!   (`qattn_verify::calibration`);
 //! - `estimators`: the estimator studies of `qattn_verify::estimators`.
 //!
 //! `compare` and `seeds` print one JSON object on stdout; `claims` prints the Markdown verdict
@@ -33,6 +35,10 @@ pub(crate) enum VerifyCmd {
     /// Evaluate claims ("A beats B on task T's metric by ≥ m points") against run records;
     /// writes claims-report.md and claims-report.json and prints the verdict table.
     Claims(ClaimsArgs),
+    /// Measure the verdicts' error rates: simulated run records under a known truth (by default
+    /// the null: equal systems) judged by the claims engine; prints the rate of each verdict per
+    /// seed count and writes calibration.md and calibration.json.
+    Calibrate(CalibrateArgs),
     /// Estimator studies on the pretrained model's attention rows: variance reduction against
     /// multinomial, the Bretagnolle–Huber–Carol bound, time scaling, measurement noise; writes
     /// a Markdown + JSON report with plots.
@@ -64,6 +70,50 @@ pub(crate) struct EstimatorsArgs {
     /// Never download.
     #[arg(long)]
     offline: bool,
+}
+
+/// Arguments of `qattn verify calibrate` (defaults: the null of docs/verify.md's table).
+#[derive(clap::Args)]
+pub(crate) struct CalibrateArgs {
+    /// Simulated datasets per seed count.
+    #[arg(long, default_value_t = 200)]
+    datasets: usize,
+    /// Seeds per system, comma-separated; one row each.
+    #[arg(long, value_delimiter = ',', default_value = "2,3,5")]
+    seeds: Vec<usize>,
+    /// Dev examples per run.
+    #[arg(long, default_value_t = 277)]
+    examples: usize,
+    /// Baseline accuracy before the seed and example effects.
+    #[arg(long, default_value_t = 0.7)]
+    accuracy: f64,
+    /// Standard deviation of the per-seed quality shift of each run.
+    #[arg(long, default_value_t = 0.08)]
+    seed_sd: f64,
+    /// Standard deviation of the per-example preference for one system (shared by all seeds).
+    #[arg(long, default_value_t = 0.0)]
+    example_sd: f64,
+    /// True accuracy advantage of the claimed-better system (0 = the null).
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
+    delta: f64,
+    /// Significance level α.
+    #[arg(long, default_value_t = 0.05)]
+    alpha: f64,
+    /// Bootstrap rounds per evaluation.
+    #[arg(long, default_value_t = 1000)]
+    resamples: usize,
+    /// Deciding test: bootstrap (the default hierarchical test) or welch.
+    #[arg(long, default_value = "bootstrap")]
+    test: String,
+    /// Seed of the simulation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write calibration.md and calibration.json.
+    #[arg(long, default_value = "calibration")]
+    output_dir: PathBuf,
+    /// Print the JSON table on stdout instead of the Markdown one.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Arguments of `qattn verify claims`.
@@ -165,6 +215,7 @@ pub(crate) fn run(cmd: VerifyCmd) -> Result<()> {
         VerifyCmd::Seeds(a) => seeds(a)?,
         VerifyCmd::Claims(a) => return claims(a),
         VerifyCmd::Estimators(a) => return estimators(a),
+        VerifyCmd::Calibrate(a) => return calibrate(a),
     };
     println!("{}", serde_json::to_string(&out)?);
     Ok(())
@@ -251,14 +302,10 @@ fn seeds(args: SeedsArgs) -> Result<Value> {
 }
 
 fn claims(args: ClaimsArgs) -> Result<()> {
-    use qattn_verify::claims::{self, ClaimTest, ClaimsFile};
+    use qattn_verify::claims::{self, ClaimsFile};
     let mut file = ClaimsFile::read(&args.claims)?;
     if let Some(t) = &args.test {
-        file.defaults.test = match t.as_str() {
-            "bootstrap" => ClaimTest::Bootstrap,
-            "welch" => ClaimTest::Welch,
-            other => anyhow::bail!("--test {other:?}: expected bootstrap or welch"),
-        };
+        file.defaults.test = parse_test(t)?;
     }
     if let Some(n) = args.resamples {
         anyhow::ensure!(n >= 100, "--resamples {n}: at least 100");
@@ -300,6 +347,90 @@ fn claims(args: ClaimsArgs) -> Result<()> {
             .map(|p| p.display().to_string())
             .collect::<Vec<_>>()
             .join(", ")
+    );
+    Ok(())
+}
+
+fn parse_test(t: &str) -> Result<qattn_verify::claims::ClaimTest> {
+    use qattn_verify::claims::ClaimTest;
+    match t {
+        "bootstrap" => Ok(ClaimTest::Bootstrap),
+        "welch" => Ok(ClaimTest::Welch),
+        other => Err(anyhow::anyhow!(
+            "--test {other:?}: expected bootstrap or welch"
+        )),
+    }
+}
+
+fn calibrate(args: CalibrateArgs) -> Result<()> {
+    use qattn_verify::calibration::{Settings, run, to_markdown};
+    let settings = Settings {
+        datasets: args.datasets,
+        seeds: args.seeds.clone(),
+        examples: args.examples,
+        accuracy: args.accuracy,
+        seed_sd: args.seed_sd,
+        example_sd: args.example_sd,
+        delta: args.delta,
+        alpha: args.alpha,
+        resamples: args.resamples,
+        test: parse_test(&args.test)?,
+        seed: args.seed,
+    };
+    settings.validate()?;
+    let total = settings.datasets * settings.seeds.len();
+    let bar = indicatif::ProgressBar::new(total as u64);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{spinner} calibrate [{bar:30}] {pos}/{len} datasets ({eta} left)",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let table = run(&settings, |done, _| bar.set_position(done as u64));
+    bar.finish_and_clear();
+    let table = table?;
+    let command = format!(
+        "qattn verify calibrate --datasets {} --seeds {} --examples {} --accuracy {} --seed-sd {} \
+         --example-sd {} --delta {} --alpha {} --resamples {} --test {} --seed {}",
+        args.datasets,
+        args.seeds
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(","),
+        args.examples,
+        args.accuracy,
+        args.seed_sd,
+        args.example_sd,
+        args.delta,
+        args.alpha,
+        args.resamples,
+        args.test,
+        args.seed
+    );
+    let md = to_markdown(&table, &command);
+    std::fs::create_dir_all(&args.output_dir)
+        .with_context(|| format!("creating {}", args.output_dir.display()))?;
+    let mut value = serde_json::to_value(&table)?;
+    if let Some(o) = value.as_object_mut() {
+        o.insert("command".into(), Value::from(command.clone()));
+    }
+    qattn_model::io::write_atomic(&args.output_dir.join("calibration.md"), md.as_bytes())?;
+    qattn_model::io::write_atomic(
+        &args.output_dir.join("calibration.json"),
+        format!("{}\n", serde_json::to_string_pretty(&value)?).as_bytes(),
+    )?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&value)?);
+    } else {
+        print!("{md}");
+    }
+    eprintln!(
+        "calibration: {} datasets in {:.0} s; wrote calibration.md and calibration.json to {}",
+        total,
+        started.elapsed().as_secs_f64(),
+        args.output_dir.display()
     );
     Ok(())
 }

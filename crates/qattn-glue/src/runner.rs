@@ -294,6 +294,33 @@ pub struct PredictionRecord {
     pub pred: Prediction,
     /// The gold label.
     pub gold: Option<Label>,
+    /// The group the example is scored in (MultiRC question, ReCoRD query, AX-g pair): the
+    /// unit of resampling and of per-group metrics (`em`). Absent for ungrouped tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// ReCoRD: the candidate entity this example stands for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entity: Option<String>,
+    /// ReCoRD: the query's gold answers (on every candidate of the query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answers: Option<Vec<String>>,
+}
+
+impl PredictionRecord {
+    /// The record of `pred` on `example`, carrying its group and (ReCoRD) entity and answers.
+    pub fn of(example: &Example, pred: Prediction) -> PredictionRecord {
+        PredictionRecord {
+            id: example.id.clone(),
+            pred,
+            gold: example.label,
+            group: example.group.clone(),
+            entity: example.extra.get("entity").cloned(),
+            answers: example
+                .extra
+                .get("answers")
+                .and_then(|a| serde_json::from_str(a).ok()),
+        }
+    }
 }
 
 /// `n` of `examples` chosen by a seeded shuffle (all when `n` ≥ len).
@@ -484,11 +511,7 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
             predictions: dev_ex
                 .iter()
                 .zip(&preds)
-                .map(|(e, p)| PredictionRecord {
-                    id: e.id.clone(),
-                    pred: p.clone(),
-                    gold: e.label,
-                })
+                .map(|(e, p)| PredictionRecord::of(e, p.clone()))
                 .collect(),
             wall_seconds: BTreeMap::from([
                 ("load".to_string(), load_s),
@@ -526,4 +549,56 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
         records.push(rec);
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn example(group: Option<&str>, extra: &[(&str, &str)]) -> Example {
+        Example {
+            id: "7".into(),
+            text: "t".into(),
+            text_pair: None,
+            choices: None,
+            label: Some(Label::Class(1)),
+            group: group.map(str::to_string),
+            extra: extra
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn prediction_records_carry_groups_and_record_answers() {
+        let e = example(
+            Some("q3"),
+            &[("entity", "Alice"), ("answers", r#"["Alice","A. Smith"]"#)],
+        );
+        let r = PredictionRecord::of(&e, Prediction::Class(1));
+        assert_eq!(r.group.as_deref(), Some("q3"));
+        assert_eq!(r.entity.as_deref(), Some("Alice"));
+        assert_eq!(
+            r.answers,
+            Some(vec!["Alice".to_string(), "A. Smith".to_string()])
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        let back: PredictionRecord = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.group, r.group);
+    }
+
+    #[test]
+    fn ungrouped_records_keep_the_old_format_both_ways() {
+        let r = PredictionRecord::of(&example(None, &[]), Prediction::Class(0));
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            !json.contains("group") && !json.contains("answers") && !json.contains("entity"),
+            "{json}"
+        );
+        // A record written before the fields existed still loads.
+        let old: PredictionRecord =
+            serde_json::from_str(r#"{"id":"1","pred":0,"gold":{"Class":1}}"#).unwrap();
+        assert!(old.group.is_none() && old.answers.is_none());
+    }
 }

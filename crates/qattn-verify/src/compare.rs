@@ -634,6 +634,9 @@ fn synthetic_run(
                 id: e.id.clone(),
                 pred: Prediction::Class(p),
                 gold: Some(Label::Class(e.label)),
+                group: None,
+                entity: None,
+                answers: None,
             })
             .collect(),
         wall_seconds: BTreeMap::from([

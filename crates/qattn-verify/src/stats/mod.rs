@@ -6,6 +6,8 @@
 //!   resampling when examples come in groups (MultiRC questions).
 //! - [`seeds`]: tests across training seeds — Welch's t, the Wilcoxon signed-rank test and
 //!   Almost Stochastic Order (ASO).
+//! - [`hierarchical`]: the deciding test of claims — per-seed differences with a t seed
+//!   level plus the shared dev-set variance, power and minimum detectable effects of that rule.
 //! - [`effect`]: effect sizes (Cohen's d, Cliff's delta) and a bootstrap CI of a mean difference.
 //! - [`multiple`]: multiple-comparison control (Holm, Benjamini–Hochberg).
 //! - [`power`]: power of Welch's test and the number of seeds needed.
@@ -16,6 +18,7 @@
 //! and where; nothing here panics on user input.
 
 pub mod effect;
+pub mod hierarchical;
 pub mod multiple;
 pub mod paired;
 pub mod power;
@@ -23,6 +26,7 @@ pub mod rng;
 pub mod seeds;
 
 pub use effect::{bootstrap_diff_ci, cliffs_delta, cohens_d};
+pub use hierarchical::{Design, Hierarchical, Level, hierarchical_test, trivial_score};
 pub use multiple::{Correction, benjamini_hochberg, holm};
 pub use paired::{
     Metric, Outputs, PairedResult, PairedTest, align, mcnemar, paired_bootstrap, paired_test,

@@ -54,6 +54,10 @@ pub enum Metric {
     /// Exact match: the fraction of groups (MultiRC questions) with every example right
     /// ([`metrics::multirc`]); needs `group`.
     Em,
+    /// The mean of `pred` (per-example scores already computed against the gold, e.g.
+    /// ReCoRD's per-query token F1 / EM, [`metrics::record_f1_em`]); `gold` is ignored. Not a
+    /// metric name of its own: claims use it for ReCoRD's `f1` and `em`.
+    Mean,
 }
 
 impl Metric {
@@ -81,12 +85,13 @@ impl Metric {
             Metric::F1Macro => metrics::F1_MACRO,
             Metric::F1a => metrics::F1A,
             Metric::Em => metrics::EM,
+            Metric::Mean => "mean",
         }
     }
 
     /// Whether `pred` and `gold` are class labels (non-negative integers) for this metric.
     fn is_classification(self) -> bool {
-        !matches!(self, Metric::Pearson | Metric::Spearman)
+        !matches!(self, Metric::Pearson | Metric::Spearman | Metric::Mean)
     }
 
     /// Whether the labels must be 0/1.
@@ -712,6 +717,7 @@ impl Prep {
                 let r = (cxy / (cxx.sqrt() * cyy.sqrt())).clamp(-1.0, 1.0);
                 Ok(if idx.len() == 2 { r.round() } else { r })
             }
+            Metric::Mean => Ok(idx.iter().map(|&i| self.x[i]).sum::<f64>() / n),
             Metric::Spearman => {
                 s.a.clear();
                 s.b.clear();
@@ -756,7 +762,7 @@ fn f1_from(tp: u64, pred_sum: u64, true_sum: u64) -> f64 {
 
 /// The resampling units: example indices of each group (order of first appearance), or one
 /// example per unit.
-fn units(out: &Outputs) -> Vec<Vec<usize>> {
+pub(crate) fn units(out: &Outputs) -> Vec<Vec<usize>> {
     match &out.group {
         Some(g) => {
             let (of, size) = dense_groups(g);
@@ -767,6 +773,37 @@ fn units(out: &Outputs) -> Vec<Vec<usize>> {
             u
         }
         None => (0..out.len()).map(|i| vec![i]).collect(),
+    }
+}
+
+/// Several runs' outputs on the same examples, prepared once so that the metric of any run on
+/// any index multiset is cheap (the hierarchical claims test evaluates every run on every
+/// bootstrap sample). All runs share the class count and the centring shifts.
+pub(crate) struct RunSet {
+    preps: Vec<Prep>,
+    scratch: Scratch,
+}
+
+impl RunSet {
+    /// Prepares `outs` for `metric`; errors as [`Metric::compute`].
+    pub(crate) fn new(metric: Metric, outs: &[&Outputs]) -> Result<RunSet> {
+        for o in outs {
+            o.validate("runs")?;
+        }
+        let shared = Shared::of(metric, outs)?;
+        let preps = outs
+            .iter()
+            .map(|o| Prep::new(metric, o, &shared))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(RunSet {
+            preps,
+            scratch: Scratch::default(),
+        })
+    }
+
+    /// The metric of run `k` on the examples `idx` (indices may repeat).
+    pub(crate) fn eval(&mut self, k: usize, idx: &[usize]) -> Result<f64> {
+        self.preps[k].eval(idx, &mut self.scratch)
     }
 }
 
