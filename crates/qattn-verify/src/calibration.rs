@@ -270,7 +270,6 @@ pub fn run(s: &Settings, mut progress: impl FnMut(usize, usize)) -> Result<Table
                     var_seed: vs,
                     var_dev: vd,
                     k,
-                    units: s.examples,
                 };
                 if s.test == ClaimTest::Bootstrap
                     && let Ok(p) = design.prob_lower_above(0.0, s.delta, 1.0 - s.alpha)
