@@ -252,6 +252,42 @@ fn adaptive_spends_fewer_shots_on_peaked_rows() {
     assert!(sd <= 64 * nq && sp >= 2 * nq);
 }
 
+/// adaptive:MIN:MAX spends S_i = clamp(⌈MAX·√(1 − 1/ESS)⌉, MIN, MAX) shots on a query of
+/// effective sample size ESS (docs/estimators.md section 8). With q = 0 and causal masking, query
+/// i has uniform weights over its i + 1 visible keys, so ESS = i + 1 exactly; the rule
+/// clamp(⌈ESS⌉, MIN, MAX) would give different counts (e.g. 10 instead of 31 at ESS = 10).
+#[test]
+fn adaptive_shots_follow_the_neyman_rule() {
+    let dims = Dims {
+        b: 1,
+        h: 1,
+        lq: 40,
+        lk: 40,
+        d: 4,
+        dv: 2,
+    };
+    let inp = Inputs::gaussian(19, dims, 0.0);
+    assert!(inp.q.iter().all(|&x| x == 0.0));
+    let (min, max) = (3usize, 32usize);
+    let opts = AttentionOptions {
+        estimator: format!("adaptive:{min}:{max}").parse().unwrap(),
+        causal: true,
+        ..Default::default()
+    };
+    let (_, d) = inp.run_diag(&opts);
+    for (i, q) in d.queries.iter().enumerate() {
+        let ess = (i + 1) as f64;
+        assert!(
+            (f64::from(q.ess) - ess).abs() <= 1e-4 * ess,
+            "query {i}: ess {} ≠ {ess}",
+            q.ess
+        );
+        let want = ((max as f64 * (1.0 - 1.0 / ess).sqrt()).ceil() as usize).clamp(min, max);
+        assert_eq!(q.shots as usize, want, "query {i} (ESS {ess})");
+        assert_eq!(q.samples.len(), want, "query {i}: usable shots");
+    }
+}
+
 /// Same seed ⇒ bit-identical output with one and two threads (forward and diagnostics).
 #[test]
 fn bit_identical_across_thread_counts() {
