@@ -51,4 +51,7 @@ pub mod study;
 pub use cpu::mc::QueryDiagnostics;
 pub use error::{Error, Result};
 pub use op::{AttentionOptions, Diagnostics, attention, attention_with_diagnostics};
-pub use spec::{Estimator, EstimatorSpec, GradMode, Noise};
+pub use spec::{
+    Estimator, EstimatorSpec, GradMode, MAX_MITIGATION_AMPLIFICATION,
+    MAX_MITIGATION_NORM_PER_QUBIT, Noise,
+};

@@ -154,6 +154,7 @@ fn validate(
             actual: k.dims().to_vec(),
         });
     }
+    opts.estimator.check_keys(lk)?;
     if d == 0 {
         return Err(Error::Shape {
             name: "q",

@@ -113,7 +113,42 @@ impl Noise {
     pub fn readout_or_zero(&self) -> (f64, f64) {
         self.readout.unwrap_or((0.0, 0.0))
     }
+
+    /// ‖M⁻¹‖₁, the induced 1-norm (largest absolute column sum) of the inverse of the per-qubit
+    /// confusion matrix M = R·D that `+mitigate` applies: the factor by which mitigation can
+    /// enlarge one shot's contribution per index qubit. Infinite when M is singular.
+    pub fn mitigation_norm_per_qubit(&self) -> f64 {
+        let m = crate::noise::Channel::new(*self, 2).confusion();
+        let det = m[0][0] * m[1][1] - m[0][1] * m[1][0];
+        if det == 0.0 {
+            return f64::INFINITY;
+        }
+        let col0 = m[1][1].abs() + m[1][0].abs();
+        let col1 = m[0][1].abs() + m[0][0].abs();
+        col0.max(col1) / det.abs()
+    }
+
+    /// Γ = ‖M⁻¹‖₁^m for a register of m = ⌈log2 lk⌉ index qubits: the induced 1-norm of the
+    /// tensored inverse (M⁻¹)^{⊗m}, which bounds how much mitigation enlarges the statistical
+    /// error of an estimate (its variance by up to Γ²). 1 without `+mitigate`.
+    pub fn mitigation_amplification(&self, lk: usize) -> f64 {
+        if !self.mitigate {
+            return 1.0;
+        }
+        let m = crate::noise::index_qubits(lk);
+        self.mitigation_norm_per_qubit().powi(m as i32)
+    }
 }
+
+/// Largest per-qubit amplification ‖M⁻¹‖₁ of `+mitigate` a spec may have (checked when it is
+/// parsed). With equal flip rates ε it is 1/(1 − 2ε), so this admits ε ≤ 0.375; with damping alone
+/// it is (1 + γ)/(1 − γ), admitting γ ≤ 0.6.
+pub const MAX_MITIGATION_NORM_PER_QUBIT: f64 = 4.0;
+
+/// Largest amplification Γ = ‖M⁻¹‖₁^m of `+mitigate` over the m = ⌈log2 Lk⌉ index qubits
+/// (checked at call time, when Lk is known): the statistical error may grow by up to Γ and the
+/// variance by up to Γ² = 10⁶.
+pub const MAX_MITIGATION_AMPLIFICATION: f64 = 1e3;
 
 /// Gradient mode of sampled estimators.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
@@ -181,6 +216,27 @@ impl EstimatorSpec {
     /// Whether this is exact attention.
     pub fn is_exact(&self) -> bool {
         self.estimator == Estimator::Exact
+    }
+
+    /// Checks what depends on the number of keys: with `+mitigate`, the amplification
+    /// Γ = ‖M⁻¹‖₁^m over m = ⌈log2 lk⌉ index qubits must not exceed
+    /// [`MAX_MITIGATION_AMPLIFICATION`].
+    pub fn check_keys(&self, lk: usize) -> Result<()> {
+        let gamma = self.noise.mitigation_amplification(lk);
+        if gamma > MAX_MITIGATION_AMPLIFICATION {
+            let m = crate::noise::index_qubits(lk);
+            return Err(bad(
+                &self.to_string(),
+                format!(
+                    "with Lk = {lk} keys (m = {m} index qubits) readout mitigation would amplify \
+                     statistical errors by up to ‖M⁻¹‖₁^m = {:.4}^{m} = {gamma:.3e} (the variance \
+                     by its square), above the bound {MAX_MITIGATION_AMPLIFICATION:e}; use fewer \
+                     keys, lower readout/damping error, or drop +mitigate",
+                    self.noise.mitigation_norm_per_qubit()
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -371,6 +427,22 @@ impl FromStr for EstimatorSpec {
                     "the per-qubit confusion matrix is singular (ε01 + ε10 = 1 or γ = 1); mitigation impossible",
                 ));
             }
+            // Mitigation multiplies each shot's contribution by up to ‖M⁻¹‖₁ per index qubit,
+            // exponentially in the register width; refuse confusion matrices that are too close
+            // to singular for that to stay reasonable (the Lk-dependent total is checked at call
+            // time by `check_keys`).
+            let norm = noise.mitigation_norm_per_qubit();
+            if norm > MAX_MITIGATION_NORM_PER_QUBIT {
+                return Err(bad(
+                    spec,
+                    format!(
+                        "readout mitigation would amplify statistical errors by ‖M⁻¹‖₁ = {norm:.4} \
+                         per index qubit (up to ‖M⁻¹‖₁^m for m = ⌈log2 Lk⌉ qubits), above the \
+                         per-qubit bound {MAX_MITIGATION_NORM_PER_QUBIT}; the confusion matrix is \
+                         too close to singular (det M = {det:.4})"
+                    ),
+                ));
+            }
         }
         Ok(EstimatorSpec { estimator, noise })
     }
@@ -463,6 +535,8 @@ mod tests {
             ("stratified:4+depol:0.1+depol:0.2", "twice"),
             ("stratified:4+mitigate", "add +readout"),
             ("stratified:4+readout:0.5:0.5+mitigate", "singular"),
+            ("stratified:4+readout:0.4:0.4+mitigate", "per-qubit bound 4"),
+            ("stratified:4+damp:0.7+mitigate", "‖M⁻¹‖₁ = 5.6667"),
             ("stratified:4+phase:0.1", "unknown noise"),
         ] {
             let err = s.parse::<EstimatorSpec>().unwrap_err().to_string();
@@ -471,6 +545,65 @@ mod tests {
                 "`{s}` gave `{err}`, expected to mention `{needle}`"
             );
         }
+    }
+
+    /// ‖M⁻¹‖₁ in closed form: 1/(1 − 2ε) for equal flip rates, (1 + γ)/(1 − γ) for damping
+    /// alone; the per-qubit bound keeps realistic noise and refuses near-singular matrices.
+    #[test]
+    fn mitigation_norm_per_qubit_closed_forms() {
+        let norm = |s: &str| {
+            s.parse::<EstimatorSpec>()
+                .unwrap()
+                .noise
+                .mitigation_norm_per_qubit()
+        };
+        for eps in [0.01, 0.05, 0.1, 0.3, 0.37] {
+            let got = norm(&format!("stratified:4+readout:{eps}:{eps}+mitigate"));
+            assert!(
+                (got - 1.0 / (1.0 - 2.0 * eps)).abs() < 1e-12,
+                "ε = {eps}: {got}"
+            );
+        }
+        for g in [0.01, 0.1, 0.5, 0.6] {
+            let got = norm(&format!("stratified:4+damp:{g}+mitigate"));
+            assert!(
+                (got - (1.0 + g) / (1.0 - g)).abs() < 1e-12,
+                "γ = {g}: {got}"
+            );
+        }
+        // Every mitigated spec used in the repository's tests, docs and benchmarks parses.
+        for s in [
+            "stratified:32+readout:0.02:0.03+mitigate",
+            "topk:8:32+readout:0.02:0.03+mitigate",
+            "multinomial:8+depol:0.1+readout:0.01:0.02+damp:0.05+mitigate",
+            "multinomial:64+depol:0.3+readout:0.1:0.1+mitigate",
+            "multinomial:256+readout:0.05:0.08+damp:0.02+mitigate",
+            "stratified:8+damp:0.1+readout:0.03:0.02+mitigate",
+            "stratified:64+readout:0.05:0.05+mitigate",
+            "stratified:64+damp:0.1+mitigate",
+        ] {
+            let spec: EstimatorSpec = s.parse().unwrap();
+            assert!(spec.noise.mitigation_norm_per_qubit() < 1.3, "{s}");
+            // Even a register of 2^24 keys stays within the call-time bound.
+            spec.check_keys(1 << 24).unwrap();
+        }
+    }
+
+    /// The call-time bound: readout 0.3:0.3 has ‖M⁻¹‖₁ = 2.5, so Γ = 2.5^m is 610 at Lk = 128
+    /// (m = 7, accepted) and 1526 at Lk = 256 (m = 8, refused, naming Lk, m and the factor).
+    #[test]
+    fn mitigation_amplification_is_bounded_by_the_number_of_keys() {
+        let spec: EstimatorSpec = "stratified:4+readout:0.3:0.3+mitigate".parse().unwrap();
+        assert!((spec.noise.mitigation_amplification(128) - 2.5f64.powi(7)).abs() < 1e-9);
+        spec.check_keys(128).unwrap();
+        spec.check_keys(1).unwrap();
+        let err = spec.check_keys(256).unwrap_err().to_string();
+        for needle in ["Lk = 256", "m = 8", "2.5000^8 = 1.526e3", "bound 1e3"] {
+            assert!(err.contains(needle), "`{err}` does not mention `{needle}`");
+        }
+        let plain: EstimatorSpec = "stratified:4+readout:0.3:0.3".parse().unwrap();
+        assert_eq!(plain.noise.mitigation_amplification(1 << 20), 1.0);
+        plain.check_keys(1 << 20).unwrap();
     }
 
     #[test]

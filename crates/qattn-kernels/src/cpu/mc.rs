@@ -665,17 +665,17 @@ impl RowCtx<'_> {
     }
 
     /// Estimated variance (trace) of the sampled part: sample variance / n for i.i.d. shots;
-    /// the collapsed-strata estimator (pairs of adjacent strata) for stratified shots.
+    /// the collapsed-strata estimator (pairs of adjacent strata, the last three strata as one
+    /// group when S is odd) for stratified shots.
     fn variance(&self, keys: &[u32], placement: Placement, mass: f64) -> f64 {
         let n = keys.len();
         if n < 2 {
             return f64::NAN;
         }
         let dv = self.h.dv;
-        let mut a = vec![0.0f32; dv];
-        let mut b = vec![0.0f32; dv];
         let v = match placement {
             Placement::Iid => {
+                let mut a = vec![0.0f32; dv];
                 let mut mean = vec![0.0f64; dv];
                 let mut sq = 0.0f64;
                 for &j in keys {
@@ -690,19 +690,38 @@ impl RowCtx<'_> {
                 ((sq - ss) / (nn - 1.0)) / nn
             }
             Placement::Stratified => {
-                let pairs = n / 2;
+                // Collapsed strata: adjacent strata grouped in pairs, the last three in a triple
+                // when S is odd. A group G of g strata (one shot each) adds
+                // g/(g − 1)·Σ_{s∈G} ‖f_s − f̄_G‖², whose expectation is
+                // Σ_{s∈G} Var_s + g/(g − 1)·Σ_{s∈G} ‖o_s − ō_G‖² ≥ Σ_{s∈G} Var_s, so the sum over
+                // groups, divided by S², is conservative for every S ≥ 2.
+                let mut grp = vec![0.0f32; 3 * dv];
+                let mut mean = vec![0.0f64; dv];
                 let mut acc = 0.0f64;
-                for p in 0..pairs {
-                    self.summand(keys[2 * p], &mut a);
-                    self.summand(keys[2 * p + 1], &mut b);
-                    acc += a
-                        .iter()
-                        .zip(&b)
-                        .map(|(&x, &y)| f64::from(x - y).powi(2))
-                        .sum::<f64>();
+                let mut start = 0;
+                while start < n {
+                    let g = if n - start == 3 { 3 } else { 2 };
+                    mean.fill(0.0);
+                    for (r, &j) in keys[start..start + g].iter().enumerate() {
+                        let f = &mut grp[r * dv..(r + 1) * dv];
+                        self.summand(j, f);
+                        for (m, &x) in mean.iter_mut().zip(f.iter()) {
+                            *m += f64::from(x) / g as f64;
+                        }
+                    }
+                    let ss: f64 = grp[..g * dv]
+                        .chunks(dv)
+                        .flat_map(|f| {
+                            f.iter()
+                                .zip(&mean)
+                                .map(|(&x, &m)| (f64::from(x) - m).powi(2))
+                        })
+                        .sum();
+                    acc += ss * g as f64 / (g as f64 - 1.0);
+                    start += g;
                 }
                 let nn = n as f64;
-                acc / (nn * nn) * (nn / (2.0 * pairs as f64))
+                acc / (nn * nn)
             }
         };
         v * mass * mass

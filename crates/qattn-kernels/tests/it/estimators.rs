@@ -136,6 +136,50 @@ fn diagnostic_variance_matches_empirical() {
     }
 }
 
+/// The collapsed-strata variance diagnostic of stratified sampling is conservative for even and
+/// odd S. The row is uniform over Lk = 4S keys (q = 0), so stratum s holds exactly keys
+/// 4s..4s+3; the values rise slowly along the row, except in the last stratum, where they
+/// alternate ±1, so nearly all of the variance comes from the last stratum. Pairing adjacent
+/// strata and leaving the last one out when S is odd (the former rule) reported under 0.1% of the
+/// variance for S = 3 and 7; the triple for odd S covers it. Every query is an independent
+/// replicate (its own Philox stream), so one call gives 4,000 of them.
+#[test]
+fn stratified_diagnostic_is_conservative_for_even_and_odd_shots() {
+    let lq = 4000;
+    for s in [2usize, 3, 6, 7] {
+        let lk = 4 * s;
+        let dims = Dims {
+            b: 1,
+            h: 1,
+            lq,
+            lk,
+            d: 4,
+            dv: 1,
+        };
+        let mut inp = Inputs::gaussian(20, dims, 0.0);
+        for (j, v) in inp.v.iter_mut().enumerate() {
+            *v = if j >= lk - 4 {
+                if j % 2 == 0 { 1.0 } else { -1.0 }
+            } else {
+                0.05 * j as f32 / lk as f32
+            };
+        }
+        let opts = AttentionOptions {
+            estimator: format!("stratified:{s}").parse().unwrap(),
+            ..Default::default()
+        };
+        let (o, d) = inp.run_diag(&opts);
+        let m = Moments::of(o.iter().map(|&x| vec![x]));
+        let emp = m.var[0];
+        let diag = d.queries.iter().map(|q| f64::from(q.variance)).sum::<f64>() / lq as f64;
+        let ratio = diag / emp;
+        assert!(
+            ratio >= 0.95,
+            "stratified:{s}: mean diagnostic {diag:.4e} < empirical variance {emp:.4e} (ratio {ratio:.3})"
+        );
+    }
+}
+
 /// RMSE ∝ S^(−1/2): the log-log slope of RMSE against S is in [−0.6, −0.4].
 #[test]
 fn error_scales_as_inverse_sqrt_samples() {
@@ -250,6 +294,42 @@ fn adaptive_spends_fewer_shots_on_peaked_rows() {
     assert!(sp < sd, "peaked rows used {sp} shots, diffuse {sd}");
     let nq = 6u32;
     assert!(sd <= 64 * nq && sp >= 2 * nq);
+}
+
+/// adaptive:MIN:MAX spends S_i = clamp(⌈MAX·√(1 − 1/ESS)⌉, MIN, MAX) shots on a query of
+/// effective sample size ESS (docs/estimators.md section 8). With q = 0 and causal masking, query
+/// i has uniform weights over its i + 1 visible keys, so ESS = i + 1 exactly; the rule
+/// clamp(⌈ESS⌉, MIN, MAX) would give different counts (e.g. 10 instead of 31 at ESS = 10).
+#[test]
+fn adaptive_shots_follow_the_neyman_rule() {
+    let dims = Dims {
+        b: 1,
+        h: 1,
+        lq: 40,
+        lk: 40,
+        d: 4,
+        dv: 2,
+    };
+    let inp = Inputs::gaussian(19, dims, 0.0);
+    assert!(inp.q.iter().all(|&x| x == 0.0));
+    let (min, max) = (3usize, 32usize);
+    let opts = AttentionOptions {
+        estimator: format!("adaptive:{min}:{max}").parse().unwrap(),
+        causal: true,
+        ..Default::default()
+    };
+    let (_, d) = inp.run_diag(&opts);
+    for (i, q) in d.queries.iter().enumerate() {
+        let ess = (i + 1) as f64;
+        assert!(
+            (f64::from(q.ess) - ess).abs() <= 1e-4 * ess,
+            "query {i}: ess {} ≠ {ess}",
+            q.ess
+        );
+        let want = ((max as f64 * (1.0 - 1.0 / ess).sqrt()).ceil() as usize).clamp(min, max);
+        assert_eq!(q.shots as usize, want, "query {i} (ESS {ess})");
+        assert_eq!(q.samples.len(), want, "query {i}: usable shots");
+    }
 }
 
 /// Same seed ⇒ bit-identical output with one and two threads (forward and diagnostics).

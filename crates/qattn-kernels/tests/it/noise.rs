@@ -140,3 +140,36 @@ fn depolarized_outcomes_beyond_lk_are_discarded_and_redrawn() {
     }
     assert!(out.iter().all(|x| x.is_finite()));
 }
+
+/// attention() refuses a mitigated spec whose amplification ‖M⁻¹‖₁^m exceeds the bound for the
+/// call's Lk (readout 0.3:0.3: 2.5^8 > 1000 at Lk = 256), with an error naming Lk and m, and
+/// accepts the same spec at Lk = 128 and a realistic one at Lk = 256.
+#[test]
+fn mitigation_amplification_is_refused_at_call_time() {
+    let dims = |lk| Dims {
+        b: 1,
+        h: 1,
+        lq: 2,
+        lk,
+        d: 4,
+        dv: 2,
+    };
+    let call = |lk: usize, spec: &str| {
+        let inp = Inputs::gaussian(40, dims(lk), 1.0);
+        let (q, k, v) = inp.tensors();
+        let opts = AttentionOptions {
+            estimator: spec.parse::<EstimatorSpec>().unwrap(),
+            ..Default::default()
+        };
+        qattn_kernels::attention(&q, &k, &v, &opts)
+    };
+    let err = call(256, "stratified:8+readout:0.3:0.3+mitigate")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("Lk = 256") && err.contains("m = 8") && err.contains("amplify"),
+        "{err}"
+    );
+    call(128, "stratified:8+readout:0.3:0.3+mitigate").unwrap();
+    call(256, "stratified:8+readout:0.02:0.03+mitigate").unwrap();
+}
