@@ -3,8 +3,9 @@
 //! Inputs: `text` (BYTES, shape `[N]` or `[N, 1]`) and optionally `text_pair` (same shape),
 //! as `contents.bytes_contents` or `raw_input_contents` (each element a 4-byte little-endian
 //! length and its bytes). Outputs (FP32, always in `raw_output_contents`, as Triton does):
-//! `logits` and `probabilities` `[N, labels]` for a classification head (`[N, 1]` `score`
-//! for regression), `embedding` `[N, hidden]` for an encoder without a head.
+//! `logits` and `probabilities` `[N, labels]` for a classification head (`[N, 1]` `logits`,
+//! the raw score, for a regression head or a head without label names), `embedding`
+//! `[N, hidden]` for an encoder without a head.
 
 use crate::config::LimitsConfig;
 use crate::engine::{FallbackReason, Task};
