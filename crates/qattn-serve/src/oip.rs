@@ -10,7 +10,7 @@
 use crate::config::LimitsConfig;
 use crate::engine::{FallbackReason, Task};
 use crate::proto::inference as pb;
-use crate::server::{Ctx, sticky_key};
+use crate::ctx::{Ctx, sticky_key};
 use crate::typed::{Texts, infer};
 use pb::infer_parameter::ParameterChoice;
 use std::collections::HashMap;

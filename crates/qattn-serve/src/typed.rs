@@ -4,7 +4,7 @@ use crate::engine::{FallbackReason, Job, JobOutput, Task, Version};
 use crate::error::Error;
 use crate::metrics as m;
 use crate::proto::qattn::v1 as pb;
-use crate::server::{Ctx, sticky_key};
+use crate::ctx::{Ctx, sticky_key};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
