@@ -5,7 +5,8 @@
 //! A library may depend only on libraries strictly below it. `qattn-serve` sits beside
 //! `qattn-train` and above: it may depend on `qattn-kernels` and `qattn-model` only, and no
 //! library may depend on it. `qattn-cli` (the `qattn` binary, the front door) and `xtask` sit
-//! on top and may depend on anything.
+//! on top and may depend on anything. Leaf crates (`qattn-io`) sit under everything: they
+//! depend on no `qattn-*` crate, and any crate may depend on them.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -17,6 +18,8 @@ use serde_json::Value;
 /// Where a crate sits in the layer table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
+    /// A leaf: depends on no `qattn-*` crate; any crate may depend on it.
+    Leaf,
     /// A library in the chain; lower numbers sit lower.
     Library(u8),
     /// The serving crate: on top of `qattn-model`, sideways to train/glue/verify.
@@ -27,6 +30,7 @@ enum Role {
 
 /// The layer table. A new `qattn-*` crate must be added here before it may be used.
 const LAYERS: &[(&str, Role)] = &[
+    ("qattn-io", Role::Leaf),
     ("qattn-kernels", Role::Library(0)),
     ("qattn-model", Role::Library(1)),
     ("qattn-train", Role::Library(2)),
@@ -88,6 +92,10 @@ fn check_edge(from: &str, to: &str) -> Result<(), String> {
         (_, Role::Top) => Err(format!(
             "upward edge: `{to}` sits on top of the stack and nothing may depend on it"
         )),
+        (Role::Leaf, _) => Err(format!(
+            "upward edge: {from} is a leaf crate and may depend on no qattn-* crate"
+        )),
+        (_, Role::Leaf) => Ok(()),
         (Role::Library(_), Role::Serve) => Err(
             "sideways edge: no library crate may depend on qattn-serve (it sits on qattn-model only)"
                 .to_owned(),
@@ -235,6 +243,10 @@ mod tests {
             ("qattn-cli", "qattn-serve"),
             ("qattn-cli", "qattn-verify"),
             ("xtask", "qattn-kernels"),
+            ("xtask", "qattn-io"),
+            ("qattn-model", "qattn-io"),
+            ("qattn-serve", "qattn-io"),
+            ("qattn-verify", "qattn-io"),
         ];
         for (from, to) in allowed {
             assert_eq!(
@@ -253,6 +265,8 @@ mod tests {
             ("qattn-train", "qattn-glue"),
             ("qattn-kernels", "qattn-cli"),
             ("qattn-serve", "qattn-cli"),
+            ("qattn-io", "qattn-model"),
+            ("qattn-io", "qattn-kernels"),
         ] {
             let v = check_one(from, to);
             assert_eq!(v.len(), 1, "{from} -> {to} should fail");

@@ -8,10 +8,10 @@
 //! `[N, hidden]` for an encoder without a head.
 
 use crate::config::LimitsConfig;
+use crate::ctx::{Ctx, sticky_key};
 use crate::engine::{FallbackReason, Task};
 use crate::proto::inference as pb;
-use crate::ctx::{Ctx, sticky_key};
-use crate::typed::{Texts, infer};
+use crate::typed::{Texts, infer, softmax};
 use pb::infer_parameter::ParameterChoice;
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
@@ -398,11 +398,4 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for OipService {
             .await
             .map(Response::new)
     }
-}
-
-fn softmax(x: &[f32]) -> Vec<f32> {
-    let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = x.iter().map(|v| (v - mx).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.iter().map(|v| v / s).collect()
 }

@@ -16,6 +16,7 @@
 //! lines ([`format_progress_line`]) otherwise.
 
 use crate::error::{Error, Result};
+use qattn_model::io::write_atomic;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -176,7 +177,7 @@ impl Tracker for JsonlLog {
         let mut bytes = serde_json::to_vec_pretty(&self.params)
             .map_err(|e| Error::Tracking(format!("{}: {e}", self.params_path.display())))?;
         bytes.push(b'\n');
-        write_atomic(&self.params_path, &bytes)
+        Ok(write_atomic(&self.params_path, &bytes)?)
     }
 
     fn log_metrics(&mut self, step: u64, metrics: &BTreeMap<String, f64>) -> Result<()> {
@@ -215,34 +216,6 @@ fn unix_millis() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Writes `bytes` to `path` atomically: temporary file in the same directory, fsync, rename,
-/// fsync of the directory.
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = parent_dir(path);
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::Tracking(format!("{}: path has no file name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.tmp-{}",
-        name.to_string_lossy(),
-        std::process::id()
-    ));
-    let res = (|| -> Result<()> {
-        let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-        if let Ok(d) = File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if res.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    res
 }
 
 /// The `"step"` of a metrics line, if it is a JSON object with an unsigned integer step.
