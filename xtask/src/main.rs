@@ -1,8 +1,8 @@
 //! Project automation for qattn, run as `cargo xtask <command>`.
 //!
 //! * `cargo xtask ci [--skip-clippy] [--skip-tests]`: the checks CI runs, cheapest first
-//!   (format, layering, deploy/ lints from the CI Python env, clippy, tests). This is the
-//!   README's test command.
+//!   (format, layering, unused dependencies (cargo-machete), deploy/ lints from the CI Python
+//!   env, clippy, tests). This is the README's test command.
 //! * `cargo xtask bench kernels [--quick] [--native]`: criterion benches of `qattn-kernels`
 //!   side by side with PyTorch's `scaled_dot_product_attention`, written to
 //!   `benchmarks/results/kernels.{json,md}`.
@@ -30,6 +30,7 @@ mod cuda;
 mod deploy;
 mod image;
 mod layering;
+mod machete;
 mod pyenv;
 
 use std::ffi::OsStr;
@@ -45,7 +46,8 @@ usage: cargo xtask <command> [options]
 
 commands:
   ci [--skip-clippy] [--skip-tests]
-        fmt check, layering check, CI Python env (target/ci-venv from xtask/ci-requirements.txt),
+        fmt check, layering check, unused dependencies (cargo-machete, installed into
+        target/tools when missing), CI Python env (target/ci-venv from xtask/ci-requirements.txt),
         hadolint deploy/docker, kubernetes-validate deploy/k8s, clippy -D warnings,
         tests (release); stops at the first failure
   bench kernels [--quick] [--native]
@@ -200,6 +202,10 @@ fn ci(opts: &CiOptions) -> Result<()> {
             .args(["fmt", "--all", "--", "--check"]))
     })?;
     step("layering check (cargo metadata)", || layering::check(&root))?;
+    pyenv::step_or_skip(
+        &format!("unused dependencies (cargo-machete {})", machete::VERSION),
+        || machete::check(&root),
+    )?;
     // Never fatal: without the venv the steps that need it say "skipped: <reason>".
     let py = pyenv::ci_step(&root);
     pyenv::step_or_skip("hadolint deploy/docker/*", || deploy::hadolint(&root, &py))?;
