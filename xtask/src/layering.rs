@@ -4,9 +4,10 @@
 //! `qattn-kernels` → `qattn-model` → `qattn-train` → `qattn-glue` → `qattn-verify`.
 //! A library may depend only on libraries strictly below it. `qattn-serve` sits beside
 //! `qattn-train` and above: it may depend on `qattn-kernels` and `qattn-model` only, and no
-//! library may depend on it. `qattn-cli` (the `qattn` binary, the front door) and `xtask` sit
-//! on top and may depend on anything. Leaf crates (`qattn-io`) sit under everything: they
-//! depend on no `qattn-*` crate, and any crate may depend on them.
+//! library may depend on it. `qattn-cli` (the `qattn` binary, the front door), `qattn-load`
+//! (the load generator) and `xtask` sit on top and may depend on anything. Leaf crates
+//! (`qattn-io`) sit under everything: they depend on no `qattn-*` crate, and any crate may
+//! depend on them.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -38,6 +39,7 @@ const LAYERS: &[(&str, Role)] = &[
     ("qattn-verify", Role::Library(4)),
     ("qattn-serve", Role::Serve),
     ("qattn-cli", Role::Top),
+    ("qattn-load", Role::Top),
     ("xtask", Role::Top),
 ];
 
@@ -247,6 +249,8 @@ mod tests {
             ("qattn-model", "qattn-io"),
             ("qattn-serve", "qattn-io"),
             ("qattn-verify", "qattn-io"),
+            ("qattn-load", "qattn-serve"),
+            ("qattn-load", "qattn-model"),
         ];
         for (from, to) in allowed {
             assert_eq!(
@@ -267,6 +271,7 @@ mod tests {
             ("qattn-serve", "qattn-cli"),
             ("qattn-io", "qattn-model"),
             ("qattn-io", "qattn-kernels"),
+            ("qattn-serve", "qattn-load"),
         ] {
             let v = check_one(from, to);
             assert_eq!(v.len(), 1, "{from} -> {to} should fail");
