@@ -6,8 +6,8 @@
 //! `qattn-train` and above: it may depend on `qattn-kernels` and `qattn-model` only, and no
 //! library may depend on it. `qattn-cli` (the `qattn` binary, the front door), `qattn-load`
 //! (the load generator) and `xtask` sit on top and may depend on anything. Leaf crates
-//! (`qattn-io`) sit under everything: they depend on no `qattn-*` crate, and any crate may
-//! depend on them.
+//! (`qattn-io`, `qattn-plot`) sit under everything: they depend on no `qattn-*` crate, and any
+//! crate may depend on them.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -32,6 +32,7 @@ enum Role {
 /// The layer table. A new `qattn-*` crate must be added here before it may be used.
 const LAYERS: &[(&str, Role)] = &[
     ("qattn-io", Role::Leaf),
+    ("qattn-plot", Role::Leaf),
     ("qattn-kernels", Role::Library(0)),
     ("qattn-model", Role::Library(1)),
     ("qattn-train", Role::Library(2)),
@@ -249,6 +250,8 @@ mod tests {
             ("qattn-model", "qattn-io"),
             ("qattn-serve", "qattn-io"),
             ("qattn-verify", "qattn-io"),
+            ("qattn-glue", "qattn-plot"),
+            ("qattn-verify", "qattn-plot"),
             ("qattn-load", "qattn-serve"),
             ("qattn-load", "qattn-model"),
         ];
@@ -271,6 +274,8 @@ mod tests {
             ("qattn-serve", "qattn-cli"),
             ("qattn-io", "qattn-model"),
             ("qattn-io", "qattn-kernels"),
+            ("qattn-plot", "qattn-glue"),
+            ("qattn-plot", "qattn-io"),
             ("qattn-serve", "qattn-load"),
         ] {
             let v = check_one(from, to);

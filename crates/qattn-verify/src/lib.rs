@@ -8,7 +8,8 @@
 //!   Stochastic Order), effect sizes, multiple-comparison control and power.
 //! - [`claims`]: claims in, VERIFIED / REFUTED / INCONCLUSIVE out, from run records.
 //! - [`estimators`]: estimator studies on real attention rows (variance reduction, the
-//!   Bretagnolle–Huber–Carol bound, time scaling, measurement noise), with [`plot`]s.
+//!   Bretagnolle–Huber–Carol bound, time scaling, measurement noise), with plots drawn by
+//!   qattn-plot.
 //! - [`synthetic`] and [`compare`]: the embedded long-range task and the exact-vs-MC run
 //!   engine behind `qattn compare`, the project's main job.
 
@@ -16,7 +17,6 @@ pub mod claims;
 pub mod compare;
 pub mod error;
 pub mod estimators;
-pub mod plot;
 pub mod stats;
 pub mod synthetic;
 

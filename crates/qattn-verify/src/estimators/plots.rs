@@ -1,7 +1,7 @@
 //! The report's three line plots: error against S, time against n, error against noise.
 
 use super::*;
-use crate::plot::{LinePlot, Point, Scale, Series};
+use qattn_plot::{LinePlot, Point, Scale, Series};
 
 /// The three plots of the report: (file stem, plot).
 pub fn plots(r: &StudyReport) -> Vec<(&'static str, LinePlot)> {
