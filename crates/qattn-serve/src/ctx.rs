@@ -210,7 +210,7 @@ mod tests {
         ] {
             assert!(
                 !src.contains(concat!("crate::", "server")),
-                "{file} imports crate::server; shared state belongs in ctx.rs"
+                "{file} depends on server.rs; shared state belongs in ctx.rs"
             );
         }
     }
