@@ -8,7 +8,7 @@ The stack the qattn server replaces, doing the same work per request as `qattn s
                   --embed-dir (sentence-transformers/all-MiniLM-L6-v2), like sentence-transformers
   POST /classify  {"text": "..."} -> {"label": "...", "scores": [...]}
                   softmax of AutoModelForSequenceClassification(--classify-dir): a checkpoint
-                  written once by qattn's save_pretrained (`qattn-load --save-classifier`), so
+                  written once by qattn's save_pretrained (`qattn-load save-classifier`), so
                   both servers run the same weights and head
   GET  /health    {"status": "ok"}
 

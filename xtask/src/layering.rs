@@ -4,8 +4,10 @@
 //! `qattn-kernels` → `qattn-model` → `qattn-train` → `qattn-glue` → `qattn-verify`.
 //! A library may depend only on libraries strictly below it. `qattn-serve` sits beside
 //! `qattn-train` and above: it may depend on `qattn-kernels` and `qattn-model` only, and no
-//! library may depend on it. `qattn-cli` (the `qattn` binary, the front door) and `xtask` sit
-//! on top and may depend on anything.
+//! library may depend on it. `qattn-cli` (the `qattn` binary, the front door), `qattn-load`
+//! (the load generator) and `xtask` sit on top and may depend on anything. Leaf crates
+//! (`qattn-io`, `qattn-plot`) sit under everything: they depend on no `qattn-*` crate, and any
+//! crate may depend on them.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -17,6 +19,8 @@ use serde_json::Value;
 /// Where a crate sits in the layer table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Role {
+    /// A leaf: depends on no `qattn-*` crate; any crate may depend on it.
+    Leaf,
     /// A library in the chain; lower numbers sit lower.
     Library(u8),
     /// The serving crate: on top of `qattn-model`, sideways to train/glue/verify.
@@ -27,6 +31,8 @@ enum Role {
 
 /// The layer table. A new `qattn-*` crate must be added here before it may be used.
 const LAYERS: &[(&str, Role)] = &[
+    ("qattn-io", Role::Leaf),
+    ("qattn-plot", Role::Leaf),
     ("qattn-kernels", Role::Library(0)),
     ("qattn-model", Role::Library(1)),
     ("qattn-train", Role::Library(2)),
@@ -34,6 +40,7 @@ const LAYERS: &[(&str, Role)] = &[
     ("qattn-verify", Role::Library(4)),
     ("qattn-serve", Role::Serve),
     ("qattn-cli", Role::Top),
+    ("qattn-load", Role::Top),
     ("xtask", Role::Top),
 ];
 
@@ -88,6 +95,10 @@ fn check_edge(from: &str, to: &str) -> Result<(), String> {
         (_, Role::Top) => Err(format!(
             "upward edge: `{to}` sits on top of the stack and nothing may depend on it"
         )),
+        (Role::Leaf, _) => Err(format!(
+            "upward edge: {from} is a leaf crate and may depend on no qattn-* crate"
+        )),
+        (_, Role::Leaf) => Ok(()),
         (Role::Library(_), Role::Serve) => Err(
             "sideways edge: no library crate may depend on qattn-serve (it sits on qattn-model only)"
                 .to_owned(),
@@ -235,6 +246,14 @@ mod tests {
             ("qattn-cli", "qattn-serve"),
             ("qattn-cli", "qattn-verify"),
             ("xtask", "qattn-kernels"),
+            ("xtask", "qattn-io"),
+            ("qattn-model", "qattn-io"),
+            ("qattn-serve", "qattn-io"),
+            ("qattn-verify", "qattn-io"),
+            ("qattn-glue", "qattn-plot"),
+            ("qattn-verify", "qattn-plot"),
+            ("qattn-load", "qattn-serve"),
+            ("qattn-load", "qattn-model"),
         ];
         for (from, to) in allowed {
             assert_eq!(
@@ -253,6 +272,11 @@ mod tests {
             ("qattn-train", "qattn-glue"),
             ("qattn-kernels", "qattn-cli"),
             ("qattn-serve", "qattn-cli"),
+            ("qattn-io", "qattn-model"),
+            ("qattn-io", "qattn-kernels"),
+            ("qattn-plot", "qattn-glue"),
+            ("qattn-plot", "qattn-io"),
+            ("qattn-serve", "qattn-load"),
         ] {
             let v = check_one(from, to);
             assert_eq!(v.len(), 1, "{from} -> {to} should fail");

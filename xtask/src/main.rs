@@ -1,8 +1,8 @@
 //! Project automation for qattn, run as `cargo xtask <command>`.
 //!
 //! * `cargo xtask ci [--skip-clippy] [--skip-tests]`: the checks CI runs, cheapest first
-//!   (format, layering, deploy/ lints from the CI Python env, clippy, tests). This is the
-//!   README's test command.
+//!   (format, layering, unused dependencies (cargo-machete), deploy/ lints from the CI Python
+//!   env, clippy, tests). This is the README's test command.
 //! * `cargo xtask bench kernels [--quick] [--native]`: criterion benches of `qattn-kernels`
 //!   side by side with PyTorch's `scaled_dot_product_attention`, written to
 //!   `benchmarks/results/kernels.{json,md}`.
@@ -22,18 +22,19 @@
 //! * `cargo xtask image [--cuda] [--tag T] [--dry-run]`: the qattn-serve container image from
 //!   `deploy/docker/` with docker or podman, or the exact commands when no engine is usable.
 //!
-//! xtask depends on `anyhow`, `serde` and `serde_json` only, so it builds in seconds.
+//! xtask depends on `anyhow`, `serde`, `serde_json` and the std-only `qattn-io` (for
+//! `write_atomic`), so it builds in seconds.
 
 mod bench;
 mod cuda;
 mod deploy;
 mod image;
 mod layering;
+mod machete;
 mod pyenv;
 
 use std::ffi::OsStr;
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 use std::time::Instant;
@@ -45,7 +46,8 @@ usage: cargo xtask <command> [options]
 
 commands:
   ci [--skip-clippy] [--skip-tests]
-        fmt check, layering check, CI Python env (target/ci-venv from xtask/ci-requirements.txt),
+        fmt check, layering check, unused dependencies (cargo-machete, installed into
+        target/tools when missing), CI Python env (target/ci-venv from xtask/ci-requirements.txt),
         hadolint deploy/docker, kubernetes-validate deploy/k8s, clippy -D warnings,
         tests (release); stops at the first failure
   bench kernels [--quick] [--native]
@@ -200,6 +202,10 @@ fn ci(opts: &CiOptions) -> Result<()> {
             .args(["fmt", "--all", "--", "--check"]))
     })?;
     step("layering check (cargo metadata)", || layering::check(&root))?;
+    pyenv::step_or_skip(
+        &format!("unused dependencies (cargo-machete {})", machete::VERSION),
+        || machete::check(&root),
+    )?;
     // Never fatal: without the venv the steps that need it say "skipped: <reason>".
     let py = pyenv::ci_step(&root);
     pyenv::step_or_skip("hadolint deploy/docker/*", || deploy::hadolint(&root, &py))?;
@@ -327,35 +333,13 @@ fn display(cmd: &Command) -> String {
         .join(" ")
 }
 
-/// Writes `contents` to `path` atomically: a temporary file in the same folder, fsync, rename,
-/// then fsync of the folder, so readers see either the old or the new file, never a torn one.
+/// Writes `contents` to `path` atomically with [`qattn_io::write_atomic`] (temporary file in the
+/// same folder, fsync, rename, fsync of the folder), creating the folder first.
 pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     let dir = path
         .parent()
         .with_context(|| format!("{} has no parent folder", path.display()))?;
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{} has no file name", path.display()))?
-        .to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| -> Result<()> {
-        let mut file =
-            fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
-        file.write_all(contents)
-            .with_context(|| format!("writing {}", tmp.display()))?;
-        file.sync_all()
-            .with_context(|| format!("syncing {}", tmp.display()))?;
-        fs::rename(&tmp, path)
-            .with_context(|| format!("renaming {} to {}", tmp.display(), path.display()))?;
-        // Make the rename itself durable; not every filesystem allows syncing a folder.
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
+    qattn_io::write_atomic(path, contents)?;
+    Ok(())
 }

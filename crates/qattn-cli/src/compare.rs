@@ -8,8 +8,8 @@
 
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
-use qattn_glue::runner::RunRecord;
 use qattn_glue::tasks::{self, Task};
+use qattn_train::records::RunRecord;
 use qattn_verify::claims::{self, ClaimsFile};
 use qattn_verify::compare::{CompareOptions, CompareProgress, TaskSource, run_compare};
 use std::path::PathBuf;

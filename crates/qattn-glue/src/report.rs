@@ -23,9 +23,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::raster::{BLACK, Canvas, GRID, nice_ticks, xml_escape};
 use crate::runner::RunRecord;
 use crate::tasks::Task;
+use qattn_plot::raster::{BLACK, Canvas, GRID, nice_ticks, svg_start, xml_escape};
 
 /// Mean and spread of one quantity over seeds.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -652,25 +652,7 @@ impl Plot {
 /// finite value to plot.
 pub fn to_svg(report: &Report, task: &str) -> Option<String> {
     let p = Plot::new(report, task)?;
-    let mut s = String::new();
-    let _ = writeln!(
-        s,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} \
-         {h}\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\" font-size=\"11\">",
-        w = p.w,
-        h = p.h
-    );
-    let _ = writeln!(
-        s,
-        "<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"white\"/>",
-        p.w, p.h
-    );
-    let _ = writeln!(
-        s,
-        "<text class=\"title\" x=\"{:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"13\">{}</text>",
-        p.w / 2.0,
-        xml_escape(&p.title.replace("+-", "±"))
-    );
+    let mut s = svg_start(p.w, p.h, p.w / 2.0, &p.title.replace("+-", "±"));
     let (x0, x1, ay) = (p.left, p.w - p.right, p.axis_y());
     for &t in &p.ticks {
         let y = p.y(t);
@@ -759,7 +741,7 @@ pub fn to_svg(report: &Report, task: &str) -> Option<String> {
     Some(s)
 }
 
-// PNG: drawn with the rasteriser of [`crate::raster`] at twice the SVG's scale.
+// PNG: drawn with the rasteriser of [`qattn_plot::raster`] at twice the SVG's scale.
 
 const PNG_SCALE: f64 = 2.0;
 
@@ -1189,7 +1171,7 @@ mod tests {
     fn png_is_a_valid_rgb_image_with_the_points_drawn() {
         let r = sample();
         let png = to_png(&r, "rte").unwrap();
-        let img = crate::raster::decode_png(&png).unwrap();
+        let img = qattn_plot::raster::decode_png(&png).unwrap();
         let w = img.width();
         let pixel = |x: usize, y: usize| img.pixel(x, y).unwrap();
         let centres = png_point_centres(&r, "rte");

@@ -6,7 +6,9 @@ use crate::metrics;
 use crate::tasks::{self, Example, Label, Split, Task, TaskKind};
 use qattn_model::{AttentionConfig, HubOptions, LoadOptions, Model};
 use qattn_train::{Dataset, Labels, Problem, Record, Trainer, TrainingArgs, tokenizer_for};
-use serde::{Deserialize, Serialize};
+// The run-record types live in qattn-train (qattn-verify's synthetic compare writes them too);
+// re-exported so that `runner::RunRecord` keeps working.
+pub use qattn_train::records::{Prediction, PredictionRecord, RunRecord, machine, peak_rss_mb};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -44,25 +46,6 @@ pub fn to_records(examples: &[Example]) -> Vec<Record> {
             idx: Some(serde_json::Value::String(e.id.clone())),
         })
         .collect()
-}
-
-/// A prediction for one example.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Prediction {
-    /// A class id or choice index (ReCoRD: 1 for the chosen candidate of its query, else 0).
-    Class(usize),
-    /// A regression score.
-    Score(f64),
-}
-
-impl Prediction {
-    fn class(&self) -> usize {
-        match self {
-            Prediction::Class(c) => *c,
-            Prediction::Score(s) => s.round().max(0.0) as usize,
-        }
-    }
 }
 
 /// Turns the head outputs of `examples` into predictions: arg-max of the logits, the score, or
@@ -250,76 +233,18 @@ pub struct RunOptions {
 }
 
 /// Everything about one fine-tuning run, for statistics later.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RunRecord {
-    /// Task name.
-    pub task: String,
-    /// Model id or directory.
-    pub model: String,
-    /// Attention spec.
-    pub attention: String,
-    /// Seed.
-    pub seed: u64,
-    /// Training arguments.
-    pub training_args: TrainingArgs,
-    /// Git commit of the code, when known.
-    pub git_sha: Option<String>,
-    /// CPU, cores, OS.
-    pub machine: BTreeMap<String, String>,
-    /// Official dev metrics.
-    pub dev_metrics: BTreeMap<String, f64>,
-    /// Per-example dev predictions with gold labels.
-    pub predictions: Vec<PredictionRecord>,
-    /// Wall seconds per phase: load, train, eval.
-    pub wall_seconds: BTreeMap<String, f64>,
-    /// Training tokens (non-padding) per second: mean tokens per training example × examples
-    /// processed by this run's optimiser steps / training wall time.
-    pub train_tokens_per_second: f64,
-    /// Peak resident memory of the process so far (MiB).
-    pub peak_rss_mb: Option<f64>,
-    /// Training examples used.
-    pub train_examples: usize,
-    /// Dev examples scored.
-    pub dev_examples: usize,
-    /// UTC time the record was written (seconds since the epoch).
-    pub unix_time: u64,
-}
-
-/// One dev prediction.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct PredictionRecord {
-    /// Official example id.
-    pub id: String,
-    /// The prediction.
-    pub pred: Prediction,
-    /// The gold label.
-    pub gold: Option<Label>,
-    /// The group the example is scored in (MultiRC question, ReCoRD query, AX-g pair): the
-    /// unit of resampling and of per-group metrics (`em`). Absent for ungrouped tasks.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// ReCoRD: the candidate entity this example stands for.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub entity: Option<String>,
-    /// ReCoRD: the query's gold answers (on every candidate of the query).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub answers: Option<Vec<String>>,
-}
-
-impl PredictionRecord {
-    /// The record of `pred` on `example`, carrying its group and (ReCoRD) entity and answers.
-    pub fn of(example: &Example, pred: Prediction) -> PredictionRecord {
-        PredictionRecord {
-            id: example.id.clone(),
-            pred,
-            gold: example.label,
-            group: example.group.clone(),
-            entity: example.extra.get("entity").cloned(),
-            answers: example
-                .extra
-                .get("answers")
-                .and_then(|a| serde_json::from_str(a).ok()),
-        }
+/// The record of `pred` on `example`, carrying its group and (ReCoRD) entity and answers.
+pub fn prediction_record(example: &Example, pred: Prediction) -> PredictionRecord {
+    PredictionRecord {
+        id: example.id.clone(),
+        pred,
+        gold: example.label,
+        group: example.group.clone(),
+        entity: example.extra.get("entity").cloned(),
+        answers: example
+            .extra
+            .get("answers")
+            .and_then(|a| serde_json::from_str(a).ok()),
     }
 }
 
@@ -340,35 +265,6 @@ fn subset(mut examples: Vec<Example>, n: Option<usize>, seed: u64) -> Vec<Exampl
 fn philox_u64(i: u32, key: [u32; 2]) -> u64 {
     let r = qattn_kernels::philox::philox4x32_10([i, 0x6c75, 0, 0], key);
     (u64::from(r[0]) << 32) | u64::from(r[1])
-}
-
-/// Peak resident set size of this process (MiB), from /proc.
-pub fn peak_rss_mb() -> Option<f64> {
-    let s = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
-}
-
-/// CPU model, cores, OS.
-pub fn machine() -> BTreeMap<String, String> {
-    let mut m = BTreeMap::new();
-    if let Ok(s) = std::fs::read_to_string("/proc/cpuinfo")
-        && let Some(l) = s.lines().find(|l| l.starts_with("model name"))
-    {
-        m.insert(
-            "cpu".into(),
-            l.split(':').nth(1).unwrap_or("").trim().to_string(),
-        );
-    }
-    m.insert(
-        "threads".into(),
-        std::thread::available_parallelism()
-            .map(|n| n.get().to_string())
-            .unwrap_or_default(),
-    );
-    m.insert("os".into(), std::env::consts::OS.to_string());
-    m
 }
 
 /// A directory name for an attention spec.
@@ -511,7 +407,7 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
             predictions: dev_ex
                 .iter()
                 .zip(&preds)
-                .map(|(e, p)| PredictionRecord::of(e, p.clone()))
+                .map(|(e, p)| prediction_record(e, p.clone()))
                 .collect(),
             wall_seconds: BTreeMap::from([
                 ("load".to_string(), load_s),
@@ -576,7 +472,7 @@ mod tests {
             Some("q3"),
             &[("entity", "Alice"), ("answers", r#"["Alice","A. Smith"]"#)],
         );
-        let r = PredictionRecord::of(&e, Prediction::Class(1));
+        let r = prediction_record(&e, Prediction::Class(1));
         assert_eq!(r.group.as_deref(), Some("q3"));
         assert_eq!(r.entity.as_deref(), Some("Alice"));
         assert_eq!(
@@ -590,7 +486,7 @@ mod tests {
 
     #[test]
     fn ungrouped_records_keep_the_old_format_both_ways() {
-        let r = PredictionRecord::of(&example(None, &[]), Prediction::Class(0));
+        let r = prediction_record(&example(None, &[]), Prediction::Class(0));
         let json = serde_json::to_string(&r).unwrap();
         assert!(
             !json.contains("group") && !json.contains("answers") && !json.contains("entity"),

@@ -1,9 +1,9 @@
 //! `qattn.v1.Admin`: load, unload, default version, A/B split, rollback, list.
 
 use crate::config::ModelConfig;
+use crate::ctx::Ctx;
 use crate::engine::ModelView;
 use crate::proto::qattn::v1 as pb;
-use crate::server::Ctx;
 use tonic::{Request, Response, Status};
 
 /// The admin service (behind the admin-key interceptor).

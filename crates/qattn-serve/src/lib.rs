@@ -27,6 +27,7 @@
 
 pub mod admin;
 pub mod config;
+mod ctx;
 pub mod engine;
 pub mod error;
 pub mod metrics;

@@ -3,14 +3,15 @@
 //! Inputs: `text` (BYTES, shape `[N]` or `[N, 1]`) and optionally `text_pair` (same shape),
 //! as `contents.bytes_contents` or `raw_input_contents` (each element a 4-byte little-endian
 //! length and its bytes). Outputs (FP32, always in `raw_output_contents`, as Triton does):
-//! `logits` and `probabilities` `[N, labels]` for a classification head (`[N, 1]` `score`
-//! for regression), `embedding` `[N, hidden]` for an encoder without a head.
+//! `logits` and `probabilities` `[N, labels]` for a classification head (`[N, 1]` `logits`,
+//! the raw score, for a regression head or a head without label names), `embedding`
+//! `[N, hidden]` for an encoder without a head.
 
 use crate::config::LimitsConfig;
+use crate::ctx::{Ctx, sticky_key};
 use crate::engine::{FallbackReason, Task};
 use crate::proto::inference as pb;
-use crate::server::{Ctx, sticky_key};
-use crate::typed::{Texts, infer};
+use crate::typed::{Texts, infer, softmax};
 use pb::infer_parameter::ParameterChoice;
 use std::collections::HashMap;
 use tonic::{Request, Response, Status};
@@ -397,11 +398,4 @@ impl pb::grpc_inference_service_server::GrpcInferenceService for OipService {
             .await
             .map(Response::new)
     }
-}
-
-fn softmax(x: &[f32]) -> Vec<f32> {
-    let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let e: Vec<f32> = x.iter().map(|v| (v - mx).exp()).collect();
-    let s: f32 = e.iter().sum();
-    e.iter().map(|v| v / s).collect()
 }

@@ -4,8 +4,9 @@
 use crate::admin::AdminService;
 use crate::auth::{KeyId, KeyStore};
 use crate::config::ServeConfig;
+use crate::ctx::Ctx;
 use crate::engine::Engine;
-use crate::error::{Error, Result, code_name};
+use crate::error::{Error, Result};
 use crate::metrics as m;
 use crate::oip::OipService;
 use crate::proto;
@@ -14,8 +15,7 @@ use crate::typed::TypedService;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
-use tonic::metadata::MetadataMap;
+use tokio::sync::oneshot;
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
 use tonic::{Request, Status};
@@ -24,17 +24,10 @@ use tonic::{Request, Status};
 pub const API_KEYS_ENV: &str = "QATTN_API_KEYS";
 /// Env var with comma-separated admin keys.
 pub const ADMIN_KEYS_ENV: &str = "QATTN_ADMIN_KEYS";
-/// Metadata key that pins a caller to one A/B version.
-pub const STICKY_KEY: &str = "x-qattn-sticky-key";
+pub use crate::ctx::{Caller, STICKY_KEY, parse_grpc_timeout};
+
 /// Metadata key (on RESOURCE_EXHAUSTED from the rate limiter) with the wait in ms.
 pub const RETRY_AFTER_MS: &str = "retry-after-ms";
-
-/// Who is calling (set by the auth interceptor).
-#[derive(Debug, Clone, Default)]
-pub struct Caller {
-    /// The API key id, when keys are configured.
-    pub key_id: Option<String>,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Plane {
@@ -116,158 +109,6 @@ impl Interceptor for Auth {
 fn unauthenticated() -> Status {
     m::reject("unauthenticated");
     Status::unauthenticated(UNAUTHENTICATED)
-}
-
-/// Shared state of the service implementations.
-#[derive(Debug, Clone)]
-pub(crate) struct Ctx {
-    pub(crate) engine: Arc<Engine>,
-    concurrency: Option<Arc<Semaphore>>,
-}
-
-/// One request being served: admission permit, in-flight gauge and request metrics.
-pub(crate) struct Scope {
-    method: &'static str,
-    start: Instant,
-    received: Instant,
-    deadline: Option<Instant>,
-    pub(crate) model: String,
-    pub(crate) version: String,
-    _permit: Option<OwnedSemaphorePermit>,
-}
-
-impl Ctx {
-    /// Admits a request (or RESOURCE_EXHAUSTED at `limits.max_concurrent`).
-    pub(crate) fn admit(
-        &self,
-        method: &'static str,
-        meta: &MetadataMap,
-    ) -> std::result::Result<Scope, Status> {
-        let received = Instant::now();
-        let permit = match &self.concurrency {
-            Some(s) => Some(s.clone().try_acquire_owned().map_err(|_| {
-                m::reject("concurrency");
-                let st = Status::resource_exhausted(format!(
-                    "the server is at its concurrency limit (limits.max_concurrent = {}); retry later",
-                    self.engine.config().limits.max_concurrent
-                ));
-                count(method, "", "", st.code(), received);
-                st
-            })?),
-            None => None,
-        };
-        metrics::gauge!(m::INFLIGHT).increment(1.0);
-        Ok(Scope {
-            method,
-            start: received,
-            received,
-            deadline: deadline_of(meta, received),
-            model: String::new(),
-            version: String::new(),
-            _permit: permit,
-        })
-    }
-}
-
-fn count(method: &'static str, model: &str, version: &str, code: tonic::Code, start: Instant) {
-    metrics::counter!(m::REQUESTS_TOTAL, "method" => method, "model" => model.to_string(),
-        "version" => version.to_string(), "status" => code_name(code))
-    .increment(1);
-    metrics::histogram!(m::REQUEST_DURATION, "method" => method, "model" => model.to_string())
-        .record(start.elapsed().as_secs_f64());
-}
-
-impl Scope {
-    /// When the request was received.
-    pub(crate) fn received(&self) -> Instant {
-        self.received
-    }
-
-    /// The effective deadline (from `grpc-timeout`, a little early so the answer is
-    /// DEADLINE_EXCEEDED rather than tonic's own CANCELLED at the same instant).
-    pub(crate) fn deadline(&self) -> Option<Instant> {
-        self.deadline
-    }
-
-    /// Runs `fut` under the deadline and records the outcome.
-    pub(crate) async fn run<T, F>(mut self, fut: F) -> std::result::Result<T, Status>
-    where
-        F: std::future::Future<Output = std::result::Result<(T, String, String), Status>>,
-    {
-        let r = match self.deadline {
-            Some(d) => {
-                match tokio::time::timeout_at(tokio::time::Instant::from_std(d), fut).await {
-                    Ok(r) => r,
-                    Err(_) => Err(Status::deadline_exceeded(
-                        "deadline exceeded (grpc-timeout) before the answer was ready",
-                    )),
-                }
-            }
-            None => fut.await,
-        };
-        let r = r.map(|(t, model, version)| {
-            self.model = model;
-            self.version = version;
-            t
-        });
-        if let Err(st) = &r
-            && st.code() == tonic::Code::DeadlineExceeded
-        {
-            m::reject("deadline");
-        }
-        let code = r.as_ref().map_or_else(|s| s.code(), |_| tonic::Code::Ok);
-        count(self.method, &self.model, &self.version, code, self.start);
-        r
-    }
-}
-
-impl Drop for Scope {
-    fn drop(&mut self) {
-        metrics::gauge!(m::INFLIGHT).decrement(1.0);
-    }
-}
-
-/// Parses `grpc-timeout` (`<digits><H|M|S|m|u|n>`) into a deadline a little before the
-/// client's (5% early, at least 1 ms, at most 50 ms).
-pub(crate) fn deadline_of(meta: &MetadataMap, received: Instant) -> Option<Instant> {
-    let v = meta.get("grpc-timeout")?.to_str().ok()?;
-    let timeout = parse_grpc_timeout(v)?;
-    let margin = (timeout / 20).clamp(Duration::from_millis(1), Duration::from_millis(50));
-    Some(received + timeout.saturating_sub(margin))
-}
-
-/// Parses a `grpc-timeout` header value; `None` when malformed.
-pub fn parse_grpc_timeout(v: &str) -> Option<Duration> {
-    if v.len() < 2 || v.len() > 9 {
-        return None;
-    }
-    let (digits, unit) = v.split_at(v.len() - 1);
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.checked_mul(3600)?),
-        "M" => Duration::from_secs(n.checked_mul(60)?),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
-/// The sticky key of a request: `x-qattn-sticky-key` metadata, else the API key id.
-pub(crate) fn sticky_key<T>(req: &Request<T>) -> Option<String> {
-    req.metadata()
-        .get(STICKY_KEY)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .or_else(|| {
-            req.extensions()
-                .get::<Caller>()
-                .and_then(|c| c.key_id.clone())
-        })
 }
 
 /// A running server.
@@ -370,11 +211,7 @@ pub async fn start(
         None
     };
 
-    let ctx = Ctx {
-        engine: engine.clone(),
-        concurrency: (cfg.limits.max_concurrent > 0)
-            .then(|| Arc::new(Semaphore::new(cfg.limits.max_concurrent))),
-    };
+    let ctx = Ctx::new(engine.clone(), cfg.limits.max_concurrent);
     let auth = |plane| Auth {
         plane,
         keys: keys.clone(),
@@ -520,19 +357,4 @@ fn cors_layer(origins: &[String]) -> Result<tower_http::cors::CorsLayer> {
         })
         .collect::<Result<Vec<_>>>()?;
     Ok(layer.allow_origin(AllowOrigin::list(list)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_parsing() {
-        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
-        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
-        assert_eq!(parse_grpc_timeout("5"), None);
-        assert_eq!(parse_grpc_timeout("1x"), None);
-        assert_eq!(parse_grpc_timeout("123456789m"), None);
-        assert_eq!(parse_grpc_timeout("-1m"), None);
-    }
 }

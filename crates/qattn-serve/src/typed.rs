@@ -1,10 +1,10 @@
 //! `qattn.v1.Inference`: Info, Classify, ClassifyStream, Embed, Tokenize.
 
+use crate::ctx::{Ctx, sticky_key};
 use crate::engine::{FallbackReason, Job, JobOutput, Task, Version};
 use crate::error::Error;
 use crate::metrics as m;
 use crate::proto::qattn::v1 as pb;
-use crate::server::{Ctx, sticky_key};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -156,7 +156,8 @@ fn texts_of(inputs: Vec<pb::TextInput>) -> Texts {
     inputs.into_iter().map(|i| (i.text, i.text_pair)).collect()
 }
 
-fn softmax(x: &[f32]) -> Vec<f32> {
+/// Softmax of one row of logits (max-subtracted), the probabilities both APIs return.
+pub(crate) fn softmax(x: &[f32]) -> Vec<f32> {
     let mx = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let e: Vec<f32> = x.iter().map(|v| (v - mx).exp()).collect();
     let s: f32 = e.iter().sum();

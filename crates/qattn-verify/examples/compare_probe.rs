@@ -3,7 +3,7 @@
 //! train_size, dev_size, layers, hidden, heads, ffn, dropout, steps, batch, lr, systems
 //! (comma list), seeds (comma list), out) and anything else is a `--set` training argument.
 
-use qattn_glue::runner::RunRecord;
+use qattn_train::records::RunRecord;
 use qattn_verify::compare::{CompareOptions, CompareProgress, TaskSource, run_compare};
 use std::time::Instant;
 

@@ -22,8 +22,7 @@ use statrs::distribution::{Beta, ContinuousCDF};
 use crate::claims::{Claim, ClaimTest, ClaimsFile, Defaults, Verdict, evaluate};
 use crate::error::{Result, invalid};
 use crate::stats::Resampler;
-use qattn_glue::runner::{Prediction, PredictionRecord, RunRecord};
-use qattn_glue::tasks::Label;
+use qattn_train::records::{Label, Prediction, PredictionRecord, RunRecord};
 
 /// The simulation's settings (defaults: the null of the calibration table in docs/verify.md).
 #[derive(Clone, Debug, Serialize, Deserialize)]

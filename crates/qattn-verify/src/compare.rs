@@ -43,9 +43,10 @@
 use crate::error::{Error, Result, invalid};
 use crate::synthetic::{SyntheticExample, SyntheticSplit, SyntheticTask};
 use candle_core::Device;
-use qattn_glue::runner::{self, Prediction, PredictionRecord, RunRecord};
-use qattn_glue::tasks::{Label, Task};
+use qattn_glue::runner;
+use qattn_glue::tasks::Task;
 use qattn_model::{Activation, AttentionConfig, Config, HubOptions, Model};
+use qattn_train::records::{self, Label, Prediction, PredictionRecord, RunRecord};
 use qattn_train::{Dataset, LrSchedule, Problem, Trainer, TrainingArgs};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -624,7 +625,7 @@ fn synthetic_run(
         seed,
         training_args: args,
         git_sha: qattn_train::tracking::git_sha(Path::new(".")),
-        machine: runner::machine(),
+        machine: records::machine(),
         dev_metrics: BTreeMap::from([(qattn_glue::metrics::ACCURACY.to_string(), accuracy)]),
         predictions: data
             .dev_examples
@@ -646,7 +647,7 @@ fn synthetic_run(
             ("eval".to_string(), eval_s),
         ]),
         train_tokens_per_second: trained_tokens / train_s.max(1e-9),
-        peak_rss_mb: runner::peak_rss_mb(),
+        peak_rss_mb: records::peak_rss_mb(),
         train_examples: data.train.len(),
         dev_examples: data.dev_examples.len(),
         unix_time: std::time::SystemTime::now()

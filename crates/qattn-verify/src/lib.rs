@@ -10,7 +10,8 @@
 //! - [`calibration`]: simulated run records under a known truth, to measure the verdicts'
 //!   error rates (`qattn verify calibrate`).
 //! - [`estimators`]: estimator studies on real attention rows (variance reduction, the
-//!   Bretagnolle–Huber–Carol bound, time scaling, measurement noise), with [`plot`]s.
+//!   Bretagnolle–Huber–Carol bound, time scaling, measurement noise), with plots drawn by
+//!   qattn-plot.
 //! - [`synthetic`] and [`compare`]: the embedded long-range task and the exact-vs-MC run
 //!   engine behind `qattn compare`, the project's main job.
 
@@ -19,7 +20,6 @@ pub mod claims;
 pub mod compare;
 pub mod error;
 pub mod estimators;
-pub mod plot;
 pub mod stats;
 pub mod synthetic;
 

@@ -7,11 +7,11 @@
 //! The model cache is found as a user would point qattn at it: `QATTN_HF_CACHE`, default
 //! `<repo>/../shared/data/hf`; a missing cache fails the test with the path to set.
 
+use qattn_plot::Scale;
 use qattn_verify::estimators::{
     StudyOptions, bhc_epsilon, bhc_study, clopper_pearson_upper, fit_power_law, model_workload,
     run_study, synthetic_workload, variance_study, write_report,
 };
-use qattn_verify::plot::Scale;
 use serde_json::Value;
 use std::path::PathBuf;
 
@@ -284,7 +284,7 @@ fn quick_synthetic_study_writes_every_report_file() {
             "{stem} has points"
         );
         let png = std::fs::read(dir.join(format!("{stem}.png"))).unwrap();
-        let img = qattn_glue::raster::decode_png(&png).unwrap();
+        let img = qattn_plot::raster::decode_png(&png).unwrap();
         assert!(img.width() > 100 && img.height() > 100, "{stem}");
     }
     // The plots are on the axes the report promises.

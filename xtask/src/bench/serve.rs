@@ -3,7 +3,7 @@
 //!
 //! The grid: concurrency 1, 4, 16, 64 × {embed, classify} × {short ~20-token sentence,
 //! 128-token text} × {exact, `stratified:32`} for qattn, and the same grid (exact only) for
-//! the Python baseline with 1 and 2 uvicorn workers. `qattn-load` (crates/qattn-serve) drives
+//! the Python baseline with 1 and 2 uvicorn workers. `qattn-load` (crates/qattn-load) drives
 //! both servers with the same texts and concurrency, excludes warm-up requests, and measures
 //! the candle f32 matmul rate for the FLOP ceiling (≈ 2 × encoder parameters × tokens per
 //! request). Servers are started one at a time and always stopped (also on error, through
@@ -153,7 +153,7 @@ fn run_bench(root: &Path, opts: &Options) -> Result<Report> {
         "--bin",
         "qattn",
         "-p",
-        "qattn-serve",
+        "qattn-load",
         "--bin",
         "qattn-load",
     ]))?;

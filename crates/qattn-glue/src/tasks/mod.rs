@@ -459,33 +459,8 @@ impl FromStr for Split {
     }
 }
 
-/// A gold label.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub enum Label {
-    /// A class id: an index into [`TaskKind::Classification::labels`], the chosen alternative
-    /// (COPA), or 1/0 for gold/other candidates (ReCoRD).
-    Class(usize),
-    /// A regression target (STS-B).
-    Score(f64),
-}
-
-impl Label {
-    /// The class id, if this is a class.
-    pub fn class(self) -> Option<usize> {
-        match self {
-            Label::Class(c) => Some(c),
-            Label::Score(_) => None,
-        }
-    }
-
-    /// The score, if this is a score.
-    pub fn score(self) -> Option<f64> {
-        match self {
-            Label::Score(s) => Some(s),
-            Label::Class(_) => None,
-        }
-    }
-}
+/// A gold label (defined with the run records in qattn-train, which store it).
+pub use qattn_train::records::Label;
 
 /// One model input of a task (see the module docs for how each task maps onto it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -3,9 +3,23 @@
 //! encoder (8-bit RGB, one zlib `IDAT`) and its inverse [`decode_png`] (for checking
 //! renderings), "nice" axis ticks and XML escaping for SVG text.
 //!
-//! Used by the GLUE report plots ([`crate::report`]) and by qattn-verify's line plots.
+//! Used by the line plots of [`crate::line`] and by qattn-glue's GLUE report plots.
 
-use crate::error::{Error, Result};
+use std::fmt;
+
+/// A PNG that [`decode_png`] cannot read, with the reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PngError(pub String);
+
+impl fmt::Display for PngError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PNG: {}", self.0)
+    }
+}
+
+impl std::error::Error for PngError {}
+
+type Result<T> = std::result::Result<T, PngError>;
 
 /// 5×7 glyphs, one row a byte (bit 4 = leftmost column). Letters are lower case only; upper
 /// case is drawn with them, and anything else as `?`.
@@ -245,7 +259,7 @@ impl Canvas {
 /// and the image size. Meant for checking renderings; other PNGs are rejected with the reason.
 pub fn decode_png(png: &[u8]) -> Result<Canvas> {
     use std::io::Read as _;
-    let bad = |m: String| Error::Invalid(format!("PNG: {m}"));
+    let bad = PngError;
     if png.len() < 8 || &png[..8] != b"\x89PNG\r\n\x1a\n" {
         return Err(bad("missing signature".into()));
     }
@@ -344,6 +358,20 @@ pub fn nice_ticks(lo: f64, hi: f64, target: f64) -> (Vec<f64>, usize) {
     let ticks = (0..=count).map(|i| a + i as f64 * step).collect();
     let decimals = (-step.log10().floor()).max(0.0) as usize;
     (ticks, decimals)
+}
+
+/// The opening of a plot's SVG document, shared by every plot: the `<svg>` element (size
+/// `w` × `h`, the plots' font), a white background and the title centred at `title_x`
+/// (escaped with [`xml_escape`]). Each element ends with a newline; the caller closes `</svg>`.
+pub fn svg_start(w: f64, h: f64, title_x: f64, title: &str) -> String {
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 {w} \
+         {h}\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\" font-size=\"11\">\n\
+         <rect x=\"0\" y=\"0\" width=\"{w}\" height=\"{h}\" fill=\"white\"/>\n\
+         <text class=\"title\" x=\"{title_x:.1}\" y=\"22\" text-anchor=\"middle\" \
+         font-size=\"13\">{}</text>\n",
+        xml_escape(title)
+    )
 }
 
 /// Escapes `&`, `<`, `>` and `"` for SVG text and attribute values.

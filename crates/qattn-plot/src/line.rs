@@ -1,8 +1,8 @@
-//! Line plots for the estimator studies: several series of (x, y) points on linear or
+//! Line plots (used by the estimator studies of qattn-verify): several series of (x, y) points on linear or
 //! logarithmic axes, optional vertical error bars, a legend, written as SVG and as PNG.
 //!
 //! The PNG is the same plot rasterised at twice the SVG's scale with the bitmap font, canvas
-//! and PNG encoder of [`qattn_glue::raster`] (the GLUE report plots use them too). The font has
+//! and PNG encoder of [`crate::raster`] (qattn-glue's GLUE report plots use them too). The font has
 //! lower-case letters, digits and a little punctuation only, so labels should be plain ASCII;
 //! other characters are drawn as `?` in the PNG (the SVG shows them as written).
 //!
@@ -10,7 +10,7 @@
 //! axis — are left out (and break the series' line there); error-bar ends ≤ 0 on a logarithmic
 //! axis are clipped to the bottom of the plot.
 
-use qattn_glue::raster::{BLACK, Canvas, GRID, nice_ticks, xml_escape};
+use crate::raster::{BLACK, Canvas, GRID, nice_ticks, svg_start, xml_escape};
 use serde::Serialize;
 use std::fmt::Write as _;
 
@@ -323,25 +323,7 @@ impl LinePlot {
     /// `<line class="errorbar">` per error bar; axes, ticks, grid, labels, title and legend.
     pub fn to_svg(&self) -> String {
         let l = Layout::new(self);
-        let mut s = String::new();
-        let _ = writeln!(
-            s,
-            "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{w}\" height=\"{h}\" viewBox=\"0 0 \
-             {w} {h}\" font-family=\"DejaVu Sans, Helvetica, Arial, sans-serif\" font-size=\"11\">",
-            w = l.w,
-            h = l.h
-        );
-        let _ = writeln!(
-            s,
-            "<rect x=\"0\" y=\"0\" width=\"{}\" height=\"{}\" fill=\"white\"/>",
-            l.w, l.h
-        );
-        let _ = writeln!(
-            s,
-            "<text class=\"title\" x=\"{:.1}\" y=\"22\" text-anchor=\"middle\" font-size=\"13\">{}</text>",
-            (l.left + l.w - l.right) / 2.0,
-            xml_escape(&self.title)
-        );
+        let mut s = svg_start(l.w, l.h, (l.left + l.w - l.right) / 2.0, &self.title);
         let (x0, x1) = (l.left, l.w - l.right);
         let (y0, y1) = (l.top, l.h - l.bottom);
         for (t, label) in &l.y.ticks {
@@ -578,7 +560,7 @@ impl LinePlot {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use qattn_glue::raster::decode_png;
+    use crate::raster::decode_png;
 
     fn sample() -> LinePlot {
         LinePlot {
