@@ -29,6 +29,7 @@ pub mod collective;
 pub mod data;
 pub mod error;
 pub mod optim;
+pub mod output;
 pub mod provenance;
 pub mod schedule;
 pub mod tracking;
