@@ -67,7 +67,8 @@ struct RunArgs {
     /// Score only the first N dev examples.
     #[arg(long)]
     eval_limit: Option<usize>,
-    /// Directory with glue/ and superglue/ (default: QATTN_DATA_DIR, else ../shared/data).
+    /// Directory with glue/ and superglue/ (default: QATTN_DATA_DIR, else
+    /// $XDG_DATA_HOME/qattn/data, else ~/.local/share/qattn/data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Output directory.
