@@ -5,10 +5,11 @@ use crate::error::{Error, Result};
 use crate::metrics;
 use crate::tasks::{self, Example, Label, Split, Task, TaskKind};
 use qattn_model::{AttentionConfig, HubOptions, LoadOptions, Model};
+use qattn_train::output::OutputMode;
 use qattn_train::{Dataset, Labels, Problem, Record, Trainer, TrainingArgs, tokenizer_for};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The label space qattn-train uses for `task`.
@@ -241,6 +242,9 @@ pub struct RunOptions {
     pub output_dir: PathBuf,
     /// Continue interrupted runs.
     pub resume: bool,
+    /// Remove the outputs of earlier runs in the seed directories first (exclusive with
+    /// `resume`). With neither, a non-empty seed directory is an error naming both options.
+    pub overwrite: bool,
     /// Model files.
     pub hub: HubOptions,
     /// Train on a seeded subset of this many examples.
@@ -262,8 +266,13 @@ pub struct RunRecord {
     pub seed: u64,
     /// Training arguments.
     pub training_args: TrainingArgs,
-    /// Git commit of the code, when known.
+    /// Git commit the qattn binary was built from, when known (see
+    /// [`qattn_train::provenance`]; not the commit of the current directory).
     pub git_sha: Option<String>,
+    /// Whether that build had uncommitted changes; `None` when unknown (and in records written
+    /// before the field existed).
+    #[serde(default)]
+    pub git_dirty: Option<bool>,
     /// CPU, cores, OS.
     pub machine: BTreeMap<String, String>,
     /// Official dev metrics.
@@ -357,6 +366,14 @@ pub fn slug(spec: &str) -> String {
         .collect()
 }
 
+/// The output directory of one seed's run: `OUTPUT/TASK/ATTENTION/seed-S`.
+pub fn seed_dir(opts: &RunOptions, seed: u64) -> PathBuf {
+    opts.output_dir
+        .join(opts.task.name())
+        .join(slug(&opts.attention))
+        .join(format!("seed-{seed}"))
+}
+
 /// Fine-tunes `opts.task` once per seed, evaluates on dev, writes
 /// `OUTPUT/TASK/ATTENTION/seed-S/run.json` (atomically) and returns the records.
 pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<RunRecord>> {
@@ -371,6 +388,14 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
                 "sg-rte"
             }
         )));
+    }
+    // Every seed's directory is checked before any is changed: nothing is half-applied.
+    let mode = OutputMode::from_flags(opts.resume, opts.overwrite)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let run_dir = |seed: u64| seed_dir(opts, seed);
+    for &seed in &opts.seeds {
+        qattn_train::output::check(&run_dir(seed), mode)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
     }
     let mut records = Vec::new();
     for &seed in &opts.seeds {
@@ -387,11 +412,7 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
         let mut args = opts.args.clone();
         args.seed = seed;
         args.attention = Some(opts.attention.clone());
-        args.output_dir = opts
-            .output_dir
-            .join(task.name())
-            .join(slug(&opts.attention))
-            .join(format!("seed-{seed}"));
+        args.output_dir = run_dir(seed);
         args.validate().map_err(|e| Error::Invalid(e.to_string()))?;
         let tok = tokenizer_for(&opts.model, &opts.hub, args.max_length)
             .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -448,6 +469,8 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
             dev.len(),
             opts.attention
         ));
+        qattn_train::output::prepare(&args.output_dir, mode)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let t1 = Instant::now();
         let mut trainer = Trainer::new(args.clone(), model, train.clone(), None)
             .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -478,7 +501,8 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
             attention: opts.attention.clone(),
             seed,
             training_args: args.clone(),
-            git_sha: qattn_train::tracking::git_sha(Path::new(".")),
+            git_sha: qattn_train::provenance::BUILD.commit_string(),
+            git_dirty: qattn_train::provenance::BUILD.dirty_flag(),
             machine: machine(),
             dev_metrics,
             predictions: dev_ex
