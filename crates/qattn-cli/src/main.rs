@@ -1,6 +1,7 @@
 //! `qattn` — the command-line front door of qattn. Each capability adds a subcommand.
 
 mod attn;
+mod bounds;
 mod compare;
 mod data;
 mod demo;
