@@ -105,10 +105,10 @@ impl SkipPolicy {
     pub(crate) fn summary(&self) -> Option<String> {
         (!self.skipped.is_empty()).then(|| {
             let names: Vec<&str> = self.skipped.iter().map(|(n, _)| n.as_str()).collect();
+            let n = self.skipped();
             format!(
-                "{} check{} skipped: {} (reasons above)",
-                names.len(),
-                if names.len() == 1 { "" } else { "s" },
+                "{n} check{} skipped: {} (reasons above)",
+                if n == 1 { "" } else { "s" },
                 names.join(", ")
             )
         })
