@@ -107,9 +107,12 @@ impl Provenance {
             "Produced by `{command}` on {}{}.\n\n",
             self.date_utc,
             match (&self.git_commit, self.git_dirty) {
-                (Some(c), Some(true)) => format!(" at commit {c} with uncommitted changes"),
-                (Some(c), _) => format!(" at commit {c}"),
-                (None, _) => String::new(),
+                (Some(c), Some(false)) => format!(" at commit {c} (clean tree)"),
+                (Some(c), Some(true)) => format!(
+                    " at commit {c} (dirty tree: uncommitted changes, written with --allow-dirty)"
+                ),
+                (Some(c), None) => format!(" at commit {c} (tree state unknown)"),
+                (None, _) => " at an unknown commit (not a git checkout)".to_owned(),
             }
         ));
         s.push_str(&format!(
@@ -124,6 +127,34 @@ impl Provenance {
         ));
         s
     }
+}
+
+/// Whether a benchmark may write the committed result files from the tree `prov` describes:
+/// only from a clean tree at a known commit, unless `allow_dirty` (then the page says "dirty
+/// tree"). The error says why and how to proceed.
+pub(crate) fn check_clean(prov: &Provenance, allow_dirty: bool) -> std::result::Result<(), String> {
+    if allow_dirty {
+        return Ok(());
+    }
+    match (&prov.git_commit, prov.git_dirty) {
+        (Some(_), Some(false)) => Ok(()),
+        (Some(c), Some(true)) => Err(format!(
+            "the working tree has uncommitted changes (HEAD {c}): results written now would not \
+             match any commit. Commit or stash them first, or pass --allow-dirty (the results \
+             then say \"dirty tree\")"
+        )),
+        _ => Err(
+            "cannot tell which commit the results would come from (not a git checkout, or \
+                  git is missing): pass --allow-dirty to write them anyway"
+                .to_owned(),
+        ),
+    }
+}
+
+/// Refuses to start a benchmark whose results would come from a dirty tree (see
+/// [`check_clean`]), before any build or measurement.
+pub(crate) fn require_clean(root: &Path, allow_dirty: bool) -> Result<()> {
+    check_clean(&Provenance::collect(root), allow_dirty).map_err(anyhow::Error::msg)
 }
 
 /// The number of threads this process may run in parallel.
@@ -413,15 +444,44 @@ mod tests {
     #[test]
     fn header_names_commit_and_dirty_tree() {
         let mut p = Provenance::for_tests();
-        assert!(
-            p.markdown_header("T", "cmd", None)
-                .starts_with("# T\n\nProduced by `cmd` on 1970-01-01T00:00:00Z.\n")
-        );
+        assert!(p.markdown_header("T", "cmd", None).starts_with(
+            "# T\n\nProduced by `cmd` on 1970-01-01T00:00:00Z at an unknown commit (not a \
+                 git checkout).\n"
+        ));
         p.git_commit = Some("abc".to_owned());
         p.git_dirty = Some(true);
         let h = p.markdown_header("T", "cmd", Some("-C x"));
-        assert!(h.contains("at commit abc with uncommitted changes."), "{h}");
+        assert!(
+            h.contains(
+                "at commit abc (dirty tree: uncommitted changes, written with --allow-dirty)."
+            ),
+            "{h}"
+        );
         assert!(h.contains(", RUSTFLAGS=`-C x`"), "{h}");
+        p.git_dirty = Some(false);
+        let h = p.markdown_header("T", "cmd", None);
+        assert!(h.contains("at commit abc (clean tree)."), "{h}");
+    }
+
+    #[test]
+    fn results_from_a_dirty_or_unknown_tree_need_allow_dirty() {
+        let mut p = Provenance::for_tests();
+        p.git_commit = Some("abc".to_owned());
+        p.git_dirty = Some(false);
+        assert_eq!(check_clean(&p, false), Ok(()));
+        p.git_dirty = Some(true);
+        let err = check_clean(&p, false).unwrap_err();
+        assert!(
+            err.contains("uncommitted") && err.contains("--allow-dirty"),
+            "{err}"
+        );
+        assert_eq!(check_clean(&p, true), Ok(()));
+        p.git_dirty = None;
+        assert!(check_clean(&p, false).is_err());
+        p.git_commit = None;
+        let err = check_clean(&p, false).unwrap_err();
+        assert!(err.contains("--allow-dirty"), "{err}");
+        assert_eq!(check_clean(&p, true), Ok(()));
     }
 
     #[test]

@@ -20,7 +20,7 @@ use crate::{cargo, run};
 /// with `-fmad=false` because its arithmetic must equal the CPU's.
 const FAST_MATH: &[&str] = &["exact", "flash"];
 /// Target directory of every `--features cuda` build (kept apart from the shared `target/`).
-const CUDA_TARGET_DIR: &str = "target/cuda";
+pub(crate) const CUDA_TARGET_DIR: &str = "target/cuda";
 
 /// nvcc, or why none was found.
 pub(crate) fn find_nvcc(root: &Path, py: Option<&PyEnv>) -> std::result::Result<PathBuf, String> {
@@ -157,11 +157,12 @@ pub(crate) fn cuda_check(root: &Path, py: Option<&PyEnv>) -> Result<Ran> {
     Ok(Ran::Done)
 }
 
-/// Time limit of `qattn-gpu-check` in `cargo xtask gpu-check` (and `.gpu/run.sh`); generous:
-/// the issue asks for the whole device check to finish within 5 minutes.
-const GPU_CHECK_LIMIT: Duration = Duration::from_secs(400);
+/// Time limit of `qattn-gpu-check` in `cargo xtask gpu-check` (and in the `run.sh` of
+/// `cargo xtask gpu-bundle`); generous: the issue asks for the whole device check to finish
+/// within 5 minutes.
+pub(crate) const GPU_CHECK_LIMIT: Duration = Duration::from_secs(400);
 /// Time limit of the PyTorch SDPA baseline.
-const SDPA_LIMIT: Duration = Duration::from_secs(200);
+pub(crate) const SDPA_LIMIT: Duration = Duration::from_secs(200);
 
 /// Runs `cmd` with inherited stdio, killing it after `limit`; returns its exit status.
 fn status_within(cmd: &mut Command, limit: Duration, what: &str) -> Result<ExitStatus> {
@@ -189,7 +190,8 @@ fn status_within(cmd: &mut Command, limit: Duration, what: &str) -> Result<ExitS
 /// `cargo xtask gpu-check`: builds `qattn-gpu-check` (release, `--features cuda`), runs it
 /// with its default sizes (limit 400 s), then the PyTorch SDPA baseline (limit 200 s), merging
 /// both into benchmarks/results/gpu.json — the same two steps, with the same limits, as the
-/// device script `.gpu/run.sh` that produced benchmarks/results/gpu.json.
+/// `run.sh` of `cargo xtask gpu-bundle` (xtask/src/gpu_bundle.rs), the procedure for a GPU
+/// machine without a Rust toolchain that produced benchmarks/results/gpu.json.
 pub(crate) fn gpu_check(root: &Path) -> Result<()> {
     let nvcc = find_nvcc(root, None).map_err(anyhow::Error::msg)?;
     let target = root.join(CUDA_TARGET_DIR);

@@ -3,22 +3,24 @@
 //! * `cargo xtask ci [--skip-clippy] [--skip-tests]`: the checks CI runs, cheapest first
 //!   (format, layering, unused dependencies (cargo-machete), deploy/ lints from the CI Python
 //!   env, clippy, tests). This is the README's test command.
-//! * `cargo xtask bench kernels [--quick] [--native]`: criterion benches of `qattn-kernels`
+//! * `cargo xtask bench kernels [--quick] [--native] [--allow-dirty]`: criterion benches of `qattn-kernels`
 //!   side by side with PyTorch's `scaled_dot_product_attention`, written to
 //!   `benchmarks/results/kernels.{json,md}`.
-//! * `cargo xtask bench model [--quick] [--cache-dir DIR]`: forward throughput and peak RSS of
+//! * `cargo xtask bench model [--quick] [--cache-dir DIR] [--allow-dirty]`: forward throughput and peak RSS of
 //!   qattn-model (MiniLM, exact and every estimator) side by side with HF transformers, written
 //!   to `benchmarks/results/model.{json,md}`.
-//! * `cargo xtask bench train [--quick] [--cache-dir DIR]`: fine-tuning throughput and peak RSS
+//! * `cargo xtask bench train [--quick] [--cache-dir DIR] [--allow-dirty]`: fine-tuning throughput and peak RSS
 //!   of qattn-train (MiniLM with a classification head; exact, and `stratified:32` with sampled
 //!   gradients) side by side with HF transformers, written to
 //!   `benchmarks/results/train.{json,md}`.
-//! * `cargo xtask bench serve [--quick] [--cache-dir DIR]`: requests/s and latency of
+//! * `cargo xtask bench serve [--quick] [--cache-dir DIR] [--allow-dirty]`: requests/s and latency of
 //!   `qattn serve` side by side with a FastAPI + transformers server, written to
 //!   `benchmarks/results/serve.{json,md}`.
 //! * `cargo xtask cuda-check`: compile-checks the CUDA kernels without a GPU (also a CI step).
 //! * `cargo xtask gpu-check`: on a GPU machine, checks the kernels against the CPU and times
 //!   them against PyTorch SDPA, written to `benchmarks/results/gpu.json`.
+//! * `cargo xtask gpu-bundle [--out DIR]`: builds the GPU binaries here and writes a folder with
+//!   them, the SDPA baseline and `run.sh` for a GPU machine without a Rust toolchain.
 //! * `cargo xtask image [--cuda] [--tag T] [--dry-run]`: the qattn-serve container image from
 //!   `deploy/docker/` with docker or podman, or the exact commands when no engine is usable.
 //!
@@ -28,6 +30,7 @@
 mod bench;
 mod cuda;
 mod deploy;
+mod gpu_bundle;
 mod image;
 mod layering;
 mod machete;
@@ -48,28 +51,32 @@ commands:
   ci [--skip-clippy] [--skip-tests]
         fmt check, layering check, unused dependencies (cargo-machete, installed into
         target/tools when missing), CI Python env (target/ci-venv from xtask/ci-requirements.txt),
-        hadolint deploy/docker, kubernetes-validate deploy/k8s, clippy -D warnings,
-        tests (release); stops at the first failure
-  bench kernels [--quick] [--native]
+        hadolint deploy/docker, kubernetes-validate deploy/k8s, cuda-check, clippy -D warnings,
+        tests (release; QATTN_DATA_DIR / QATTN_HF_CACHE default to ../shared/data(/hf) when
+        that folder exists); stops at the first failure. A check whose tool is unavailable
+        fails under CI=true and is skipped (and counted in the summary) elsewhere
+  bench kernels [--quick] [--native] [--allow-dirty]
         criterion benches of qattn-kernels plus the PyTorch SDPA baseline;
         writes benchmarks/results/kernels.json and kernels.md
         --quick   smaller size grid and criterion's quick mode
         --native  build the bench with -C target-cpu=native (separate target dir)
-  bench model [--quick] [--cache-dir DIR]
+        every bench command refuses to start from a tree with uncommitted changes (or outside
+        git) unless --allow-dirty; the results name the commit and say clean or dirty
+  bench model [--quick] [--cache-dir DIR] [--allow-dirty]
         forward throughput and peak RSS of qattn-model (all-MiniLM-L6-v2, batch 32 x 128,
         exact and each estimator) plus HF transformers (eager, sdpa);
         writes benchmarks/results/model.json and model.md
         --quick      1 warm-up and 3 timed passes per configuration (default 2 and 10)
         --cache-dir  Hugging Face cache holding the model (default $QATTN_HF_CACHE,
                      else ../shared/data/hf)
-  bench train [--quick] [--cache-dir DIR]
+  bench train [--quick] [--cache-dir DIR] [--allow-dirty]
         fine-tuning throughput and peak RSS of qattn-train (all-MiniLM-L6-v2 + 2-label head,
         batch 32 x 128; exact, and stratified:32 with sampled gradients) plus HF transformers
         BertForSequenceClassification (eager, sdpa), same hyper-parameters;
         writes benchmarks/results/train.json and train.md
         --quick      1 warm-up and 3 timed steps per configuration (default 2 and 8)
         --cache-dir  as for bench model
-  bench serve [--quick] [--cache-dir DIR]
+  bench serve [--quick] [--cache-dir DIR] [--allow-dirty]
         requests/s and p50/p95/p99 latency of `qattn serve` (all-MiniLM-L6-v2 embed and
         2-label classify; ~20-token and 128-token inputs; exact and stratified:32; concurrency
         1, 4, 16, 64) plus a FastAPI + uvicorn + transformers server (1 and 2 workers), with
@@ -85,6 +92,13 @@ commands:
         on a machine with an NVIDIA GPU: build qattn-gpu-check (--features cuda, release), check
         the kernels against the CPU reference, time them and PyTorch SDPA;
         writes benchmarks/results/gpu.json
+  gpu-bundle [--out DIR]
+        build qattn-gpu-check and the GPU tests here (--features cuda, release; nvcc as for
+        cuda-check, no GPU needed) and write DIR (default target/gpu-bundle): the binaries,
+        benchmarks/gpu/sdpa_baseline.py, BUNDLE.json (commit, clean/dirty) and run.sh, the
+        device script for a GPU machine with Python + torch and no Rust toolchain
+        (./run.sh [OUT_DIR] writes env.txt, rust.log, gpu-rust.json, sdpa.log, gpu.json,
+        gpu-tests.log)
   image [--cuda] [--tag T] [--dry-run]
         build the qattn-serve image from deploy/docker/Dockerfile.cpu (or .cuda) with docker
         or podman (whichever answers `info`); without a usable engine, print the commands
@@ -106,29 +120,38 @@ fn main() -> ExitCode {
             Err(msg) => return usage_error(&msg),
         },
         ["bench", "kernels", rest @ ..] => match bench::kernels::parse_options(rest) {
-            Ok(opts) => bench::kernels::kernels(&repo_root(), &opts),
+            Ok(opts) => bench::require_clean(&repo_root(), opts.allow_dirty)
+                .and_then(|()| bench::kernels::kernels(&repo_root(), &opts)),
             Err(msg) => return usage_error(&msg),
         },
         ["bench", "model", rest @ ..] => match bench::model::parse_options(rest) {
-            Ok(opts) => bench::model::model(&repo_root(), &opts),
+            Ok(opts) => bench::require_clean(&repo_root(), opts.allow_dirty)
+                .and_then(|()| bench::model::model(&repo_root(), &opts)),
             Err(msg) => return usage_error(&msg),
         },
         ["bench", "train", rest @ ..] => match bench::train::parse_options(rest) {
-            Ok(opts) => bench::train::train(&repo_root(), &opts),
+            Ok(opts) => bench::require_clean(&repo_root(), opts.allow_dirty)
+                .and_then(|()| bench::train::train(&repo_root(), &opts)),
             Err(msg) => return usage_error(&msg),
         },
         ["bench", "serve", rest @ ..] => match bench::serve::parse_options(rest) {
-            Ok(opts) => bench::serve::serve(&repo_root(), &opts),
+            Ok(opts) => bench::require_clean(&repo_root(), opts.allow_dirty)
+                .and_then(|()| bench::serve::serve(&repo_root(), &opts)),
             Err(msg) => return usage_error(&msg),
         },
         ["cuda-check"] => {
             let root = repo_root();
             pyenv::step_or_skip(
+                &mut pyenv::SkipPolicy::from_env(),
                 "cuda-check (nvcc PTX + ptxas sm_90 + cargo check --features cuda)",
                 || cuda::cuda_check(&root, None),
             )
         }
         ["gpu-check"] => cuda::gpu_check(&repo_root()),
+        ["gpu-bundle", rest @ ..] => match gpu_bundle::parse_options(rest) {
+            Ok(opts) => gpu_bundle::gpu_bundle(&repo_root(), &opts),
+            Err(msg) => return usage_error(&msg),
+        },
         ["lint-deploy"] => lint_deploy(),
         ["image", rest @ ..] => match image::parse_options(rest) {
             Ok(opts) => image::image(&repo_root(), &opts),
@@ -202,14 +225,20 @@ fn ci(opts: &CiOptions) -> Result<()> {
             .args(["fmt", "--all", "--", "--check"]))
     })?;
     step("layering check (cargo metadata)", || layering::check(&root))?;
+    // A check whose tool cannot be had is a failure under CI=true, a counted skip elsewhere
+    // (pyenv::SkipPolicy).
+    let mut skips = pyenv::SkipPolicy::from_env();
     pyenv::step_or_skip(
+        &mut skips,
         &format!("unused dependencies (cargo-machete {})", machete::VERSION),
         || machete::check(&root),
     )?;
-    // Never fatal: without the venv the steps that need it say "skipped: <reason>".
     let py = pyenv::ci_step(&root);
-    pyenv::step_or_skip("hadolint deploy/docker/*", || deploy::hadolint(&root, &py))?;
+    pyenv::step_or_skip(&mut skips, "hadolint deploy/docker/*", || {
+        deploy::hadolint(&root, &py)
+    })?;
     pyenv::step_or_skip(
+        &mut skips,
         &format!(
             "kubernetes-validate deploy/k8s (K8s {})",
             deploy::K8S_VERSION
@@ -217,6 +246,7 @@ fn ci(opts: &CiOptions) -> Result<()> {
         || deploy::kubernetes_validate(&root, &py),
     )?;
     pyenv::step_or_skip(
+        &mut skips,
         "cuda-check (nvcc PTX + ptxas sm_90 + cargo check --features cuda)",
         || cuda::cuda_check(&root, py.as_ref().ok()),
     )?;
@@ -240,13 +270,21 @@ fn ci(opts: &CiOptions) -> Result<()> {
     if opts.skip_tests {
         println!("\n==> tests skipped (--skip-tests)");
     } else {
+        // The real-client tests (Python gRPC clients, MLflow server) find their interpreter
+        // through QATTN_CI_PYTHON; without the venv they cannot run.
+        if let Err(reason) = &py {
+            skips.unavailable("real-client tests (Python gRPC clients, MLflow)", reason)?;
+        }
         step("cargo test --workspace --release", || {
             let mut cmd = cargo();
             cmd.current_dir(&root)
                 .args(["test", "--workspace", "--release"]);
-            // Tests that drive real Python clients use this interpreter (pyenv.rs).
             if let Ok(env) = &py {
                 cmd.env("QATTN_CI_PYTHON", env.python());
+            }
+            for (name, value) in shared_data_env(&root, |k| std::env::var_os(k)) {
+                println!("{name}={}", value.display());
+                cmd.env(name, value);
             }
             run(&mut cmd)
         })?;
@@ -257,16 +295,35 @@ fn ci(opts: &CiOptions) -> Result<()> {
         (false, true) => " (tests skipped)",
         (true, true) => " (clippy and tests skipped)",
     };
-    let py_note = if py.is_err() {
-        " (no CI Python env: deploy lints skipped, see the warning above)"
-    } else {
-        ""
-    };
     println!(
-        "\nci: all checks passed{skipped}{py_note} in {:.1} s",
+        "\nci: all checks that ran passed{skipped} in {:.1} s",
         started.elapsed().as_secs_f64()
     );
+    if let Some(summary) = skips.summary() {
+        println!("ci: {summary}");
+    }
     Ok(())
+}
+
+/// `QATTN_DATA_DIR` and `QATTN_HF_CACHE` for the tests: each one that `get` (the environment)
+/// leaves unset or empty is pointed at `../shared/data` (and `../shared/data/hf`) beside the
+/// checkout when that folder exists, so the README's test command works with the shared data
+/// next to the repository; set variables are left alone.
+fn shared_data_env(
+    root: &Path,
+    get: impl Fn(&str) -> Option<std::ffi::OsString>,
+) -> Vec<(&'static str, PathBuf)> {
+    let shared = root.join("../shared/data");
+    let mut out = Vec::new();
+    for (name, dir) in [
+        ("QATTN_DATA_DIR", shared.clone()),
+        ("QATTN_HF_CACHE", shared.join("hf")),
+    ] {
+        if get(name).is_none_or(|v| v.is_empty()) && dir.is_dir() {
+            out.push((name, dir));
+        }
+    }
+    out
 }
 
 /// `cargo xtask lint-deploy`: the deploy/ steps of `ci` on their own (here a missing Python env
@@ -277,8 +334,13 @@ fn lint_deploy() -> Result<()> {
     if let Err(reason) = &py {
         bail!("{reason}");
     }
-    pyenv::step_or_skip("hadolint deploy/docker/*", || deploy::hadolint(&root, &py))?;
+    // The venv is there, so nothing may be skipped.
+    let mut policy = pyenv::SkipPolicy::new(true);
+    pyenv::step_or_skip(&mut policy, "hadolint deploy/docker/*", || {
+        deploy::hadolint(&root, &py)
+    })?;
     pyenv::step_or_skip(
+        &mut policy,
         &format!(
             "kubernetes-validate deploy/k8s (K8s {})",
             deploy::K8S_VERSION
@@ -342,4 +404,37 @@ pub(crate) fn write_atomic(path: &Path, contents: &[u8]) -> Result<()> {
     fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     qattn_io::write_atomic(path, contents)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tests_get_the_shared_data_only_when_unset_and_present() {
+        let base = std::env::temp_dir().join(format!("qattn-xtask-shared-{}", std::process::id()));
+        let root = base.join("repo");
+        fs::create_dir_all(&root).unwrap();
+        let none = |_: &str| None;
+        // No ../shared/data: nothing set.
+        assert!(shared_data_env(&root, none).is_empty());
+        fs::create_dir_all(base.join("shared/data/hf")).unwrap();
+        let got = shared_data_env(&root, none);
+        assert_eq!(
+            got,
+            [
+                ("QATTN_DATA_DIR", root.join("../shared/data")),
+                ("QATTN_HF_CACHE", root.join("../shared/data/hf")),
+            ]
+        );
+        // A variable the caller set wins; an empty one counts as unset.
+        let set = |k: &str| (k == "QATTN_DATA_DIR").then(|| "/elsewhere".into());
+        assert_eq!(
+            shared_data_env(&root, set),
+            [("QATTN_HF_CACHE", root.join("../shared/data/hf"))]
+        );
+        let empty = |_: &str| Some(std::ffi::OsString::new());
+        assert_eq!(shared_data_env(&root, empty).len(), 2);
+        fs::remove_dir_all(&base).unwrap();
+    }
 }

@@ -7,8 +7,10 @@
 //! is written (atomically) only after `pip install` succeeded. Any change rebuilds the venv from
 //! scratch, so a removed requirement really disappears.
 //!
-//! Nothing here is fatal for CI: when Python, the venv module or the install fails (no network,
-//! say), [`ensure`] says why and the steps that need the venv print `skipped: <reason>`.
+//! When Python, the venv module or the install fails (no network, say), [`ensure`] says why.
+//! What happens then is [`SkipPolicy`]'s decision: under `CI=true` the step fails (a check that
+//! silently did not run is not a passed check); elsewhere the steps that need the venv print
+//! one `skipped: <reason>` line each and are counted in the final summary.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -52,9 +54,75 @@ pub(crate) enum Ran {
     Skipped(String),
 }
 
-/// Runs one CI step that may be skipped: prints a header, then `ok`, `skipped: <reason>` or
-/// `FAILED` with the elapsed time (the same shape as [`crate::step`]).
-pub(crate) fn step_or_skip(name: &str, f: impl FnOnce() -> Result<Ran>) -> Result<()> {
+/// Whether the value of the `CI` environment variable means "running in CI" (`true` in any
+/// case, or `1`, as CI services set it).
+pub(crate) fn is_ci(value: Option<&str>) -> bool {
+    value.is_some_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// What to do with a check that cannot run because a tool is unavailable: under `CI=true` it
+/// is a failure; elsewhere it is skipped with one line and remembered for the summary.
+#[derive(Debug, Default)]
+pub(crate) struct SkipPolicy {
+    in_ci: bool,
+    skipped: Vec<(String, String)>,
+}
+
+impl SkipPolicy {
+    /// The policy for this process's `CI` variable.
+    pub(crate) fn from_env() -> Self {
+        Self::new(is_ci(std::env::var("CI").ok().as_deref()))
+    }
+
+    /// The policy in CI (`in_ci`) or on a developer's machine.
+    pub(crate) fn new(in_ci: bool) -> Self {
+        SkipPolicy {
+            in_ci,
+            skipped: Vec::new(),
+        }
+    }
+
+    /// The check `name` cannot run for `reason`: an error under CI, otherwise one printed line
+    /// and a count.
+    pub(crate) fn unavailable(&mut self, name: &str, reason: &str) -> Result<()> {
+        if self.in_ci {
+            bail!(
+                "{name} cannot run under CI=true: {reason} (CI must run every check; \
+                 skipping is allowed only outside CI)"
+            );
+        }
+        println!("skipped: {name}: {reason}");
+        self.skipped.push((name.to_owned(), reason.to_owned()));
+        Ok(())
+    }
+
+    /// The checks skipped so far.
+    pub(crate) fn skipped(&self) -> usize {
+        self.skipped.len()
+    }
+
+    /// `N checks skipped: a, b (reasons above)`, or `None` when nothing was skipped.
+    pub(crate) fn summary(&self) -> Option<String> {
+        (!self.skipped.is_empty()).then(|| {
+            let names: Vec<&str> = self.skipped.iter().map(|(n, _)| n.as_str()).collect();
+            let n = self.skipped();
+            format!(
+                "{n} check{} skipped: {} (reasons above)",
+                if n == 1 { "" } else { "s" },
+                names.join(", ")
+            )
+        })
+    }
+}
+
+/// Runs one CI step that may be unable to run: prints a header, then `ok`, `skipped` or
+/// `FAILED` with the elapsed time (the same shape as [`crate::step`]). A step that could not
+/// run goes through `policy` (a failure under CI).
+pub(crate) fn step_or_skip(
+    policy: &mut SkipPolicy,
+    name: &str,
+    f: impl FnOnce() -> Result<Ran>,
+) -> Result<()> {
     println!("\n==> {name}");
     let started = Instant::now();
     let result = f();
@@ -64,11 +132,16 @@ pub(crate) fn step_or_skip(name: &str, f: impl FnOnce() -> Result<Ran>) -> Resul
             println!("==> ok: {name} ({secs:.1} s)");
             Ok(())
         }
-        Ok(Ran::Skipped(reason)) => {
-            println!("skipped: {reason}");
-            println!("==> skipped: {name} ({secs:.1} s)");
-            Ok(())
-        }
+        Ok(Ran::Skipped(reason)) => match policy.unavailable(name, &reason) {
+            Ok(()) => {
+                println!("==> skipped: {name} ({secs:.1} s)");
+                Ok(())
+            }
+            Err(err) => {
+                println!("==> FAILED: {name} ({secs:.1} s)");
+                Err(err)
+            }
+        },
         Err(err) => {
             println!("==> FAILED: {name} ({secs:.1} s)");
             Err(err.context(format!("step failed: {name}")))
@@ -76,8 +149,9 @@ pub(crate) fn step_or_skip(name: &str, f: impl FnOnce() -> Result<Ran>) -> Resul
     }
 }
 
-/// The CI step "python env": creates or reuses the venv. Never fails CI: on failure it prints a
-/// warning naming the cause and returns the reason, which later steps print as their skip reason.
+/// The CI step "python env": creates or reuses the venv. On failure it prints a warning naming
+/// the cause and returns the reason, which later steps report as why they could not run (under
+/// `CI=true` they fail with it).
 pub(crate) fn ci_step(root: &Path) -> std::result::Result<PyEnv, String> {
     let name = format!("python env ({VENV_DIR} from {REQUIREMENTS})");
     println!("\n==> {name}");
@@ -93,7 +167,7 @@ pub(crate) fn ci_step(root: &Path) -> std::result::Result<PyEnv, String> {
             let reason = format!("the CI Python environment is unavailable: {err:#}");
             println!("warning: {reason}");
             println!(
-                "warning: steps that need it will be skipped; fix the cause and rerun (the venv is rebuilt)"
+                "warning: steps that need it cannot run; fix the cause and rerun (the venv is rebuilt)"
             );
             println!("==> WARNING: {name} ({secs:.1} s)");
             Err(reason)
@@ -252,6 +326,45 @@ mod tests {
         assert_eq!(fnv1a64(b""), 0xcbf2_9ce4_8422_2325);
         assert_eq!(fnv1a64(b"a"), 0xaf63_dc4c_8601_ec8c);
         assert_eq!(fnv1a64(b"foobar"), 0x8594_4171_f739_67e8);
+    }
+
+    #[test]
+    fn ci_variable() {
+        assert!(is_ci(Some("true")) && is_ci(Some("TRUE")) && is_ci(Some("1")));
+        assert!(!is_ci(None) && !is_ci(Some("")) && !is_ci(Some("false")) && !is_ci(Some("0")));
+    }
+
+    #[test]
+    fn an_unavailable_check_fails_in_ci_and_is_counted_elsewhere() {
+        let mut ci = SkipPolicy::new(true);
+        let err = ci
+            .unavailable("hadolint", "no venv")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hadolint") && err.contains("no venv") && err.contains("CI"),
+            "{err}"
+        );
+        let err = step_or_skip(&mut ci, "cuda-check", || Ok(Ran::Skipped("no nvcc".into())));
+        assert!(err.is_err());
+        assert_eq!(ci.skipped(), 0);
+        assert_eq!(ci.summary(), None);
+
+        let mut dev = SkipPolicy::new(false);
+        assert_eq!(dev.summary(), None);
+        step_or_skip(&mut dev, "cuda-check", || {
+            Ok(Ran::Skipped("no nvcc".into()))
+        })
+        .unwrap();
+        step_or_skip(&mut dev, "lint", || Ok(Ran::Done)).unwrap();
+        dev.unavailable("real-client tests", "no venv").unwrap();
+        assert_eq!(dev.skipped(), 2);
+        assert_eq!(
+            dev.summary().unwrap(),
+            "2 checks skipped: cuda-check, real-client tests (reasons above)"
+        );
+        // A step that fails is a failure everywhere.
+        assert!(step_or_skip(&mut dev, "x", || bail!("broken")).is_err());
     }
 
     #[test]

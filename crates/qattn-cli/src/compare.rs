@@ -37,7 +37,8 @@ pub(crate) struct Args {
     /// Hub id or directory of the pretrained model (with --task).
     #[arg(long, requires = "task")]
     model: Option<String>,
-    /// Directory with glue/ and superglue/ (default: QATTN_DATA_DIR, else ../shared/data).
+    /// Directory with glue/ and superglue/ (default: QATTN_DATA_DIR, else
+    /// $XDG_DATA_HOME/qattn/data, else ~/.local/share/qattn/data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Train on a seeded subset of this many examples (GLUE).

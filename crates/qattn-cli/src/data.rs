@@ -36,9 +36,10 @@ struct FetchArgs {
     /// Comma-separated tasks (e.g. cola,mrpc or boolq,rte); default: all of the benchmark.
     #[arg(long, value_delimiter = ',')]
     tasks: Vec<String>,
-    /// Data directory receiving glue/ and superglue/ (use it as --data-dir / QATTN_DATA_DIR).
+    /// Data directory receiving glue/ and superglue/ (default: QATTN_DATA_DIR, else
+    /// $XDG_DATA_HOME/qattn/data, else ~/.local/share/qattn/data — where the other commands look).
     #[arg(long)]
-    dest: PathBuf,
+    dest: Option<PathBuf>,
     /// Replace task directories that are already complete.
     #[arg(long)]
     force: bool,
@@ -46,8 +47,9 @@ struct FetchArgs {
     /// (default: QATTN_GLUE_MIRROR, else the official host).
     #[arg(long)]
     mirror: Option<String>,
-    /// Seconds allowed to connect, to get a response, and for each read of a transfer.
-    #[arg(long, default_value_t = 30)]
+    /// Seconds allowed to connect, to get a response, and for each read of a transfer
+    /// (1 to 3600).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
     timeout: u64,
 }
 
@@ -63,8 +65,10 @@ fn fetch_cmd(a: FetchArgs) -> Result<()> {
         Bench::Superglue => Benchmark::SuperGlue,
     };
     let tasks = fetch::parse_tasks(benchmark, &a.tasks)?;
+    let dest = qattn_glue::tasks::data_dir(a.dest.as_deref());
+    eprintln!("data directory: {}", dest.display());
     let opts = FetchOptions {
-        dest: a.dest.clone(),
+        dest: dest.clone(),
         force: a.force,
         base_url: a.mirror.clone(),
         timeout: Duration::from_secs(a.timeout.max(1)),
@@ -81,10 +85,18 @@ fn fetch_cmd(a: FetchArgs) -> Result<()> {
         report.verified.len(),
         report.unverified.len()
     );
-    println!(
-        "use it with --data-dir {} (or QATTN_DATA_DIR={})",
-        a.dest.display(),
-        a.dest.display()
-    );
+    if a.dest.is_some() {
+        println!(
+            "data directory {}: use it with --data-dir {} (or QATTN_DATA_DIR={})",
+            dest.display(),
+            dest.display(),
+            dest.display()
+        );
+    } else {
+        println!(
+            "data directory {} (the default of --data-dir)",
+            dest.display()
+        );
+    }
     Ok(())
 }

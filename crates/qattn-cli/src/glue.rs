@@ -67,15 +67,20 @@ struct RunArgs {
     /// Score only the first N dev examples.
     #[arg(long)]
     eval_limit: Option<usize>,
-    /// Directory with glue/ and superglue/ (default: QATTN_DATA_DIR, else ../shared/data).
+    /// Directory with glue/ and superglue/ (default: QATTN_DATA_DIR, else
+    /// $XDG_DATA_HOME/qattn/data, else ~/.local/share/qattn/data).
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Output directory.
     #[arg(long)]
     output_dir: PathBuf,
     /// Continue interrupted runs from their checkpoints.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Remove the outputs of earlier runs in the seed directories (checkpoints, metrics,
+    /// run.json, model) and start fresh; refuses if they hold other files.
+    #[arg(long)]
+    overwrite: bool,
     /// Set any TrainingArgs field (KEY=VALUE); repeatable.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
@@ -225,10 +230,18 @@ fn run_task(a: RunArgs) -> Result<()> {
         data_dir: tasks::data_dir(a.data_dir.as_deref()),
         output_dir: a.output_dir.clone(),
         resume: a.resume,
+        overwrite: a.overwrite,
         hub: hub(&a.cache_dir, a.offline),
         train_limit: a.train_limit,
         eval_limit: a.eval_limit,
     };
+    // A non-empty seed directory without --resume / --overwrite is a usage error (exit 2),
+    // found before any run starts.
+    let mode = qattn_train::output::OutputMode::from_flags(a.resume, a.overwrite)?;
+    for &seed in &opts.seeds {
+        qattn_train::output::check(&runner::seed_dir(&opts, seed), mode)
+            .map_err(|e| crate::UsageError(e.to_string()))?;
+    }
     let records = runner::run(&opts, |m| eprintln!("{m}"))?;
     println!(
         "| task | attention | seeds | {} | train s (mean) |",

@@ -1,6 +1,7 @@
 //! `qattn` — the command-line front door of qattn. Each capability adds a subcommand.
 
 mod attn;
+mod bounds;
 mod compare;
 mod data;
 mod demo;
@@ -10,7 +11,18 @@ mod serve;
 mod train;
 mod verify;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
+use std::sync::LazyLock;
+
+/// `0.1.0 (commit abcdef123456, clean)`: the version and the build's commit (see
+/// `qattn_train::provenance`), printed by `qattn --version`.
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} ({})",
+        env!("CARGO_PKG_VERSION"),
+        qattn_train::provenance::BUILD.describe()
+    )
+});
 
 /// Monte-Carlo ("quantum measurement") attention: kernels, models and their honest evaluation.
 #[derive(Parser)]
@@ -48,8 +60,23 @@ enum Command {
     Health(serve::HealthArgs),
 }
 
+/// An error in how a command was called (a flag value out of range, an output directory that
+/// needs `--resume` or `--overwrite`): `qattn` exits with status 2 for it, as for clap's own
+/// usage errors.
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
 fn main() {
-    let cli = Cli::parse();
+    let matches = Cli::command().version(VERSION.as_str()).get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     let result = match cli.command {
         Command::Attn(a) => attn::run(a),
         Command::Demo(a) => demo::run(a),
@@ -64,6 +91,12 @@ fn main() {
     };
     if let Err(e) = result {
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        // Usage errors exit with 2, as clap's own do.
+        let code = if e.downcast_ref::<UsageError>().is_some() {
+            2
+        } else {
+            1
+        };
+        std::process::exit(code);
     }
 }

@@ -233,8 +233,8 @@ pub(crate) struct HealthArgs {
     /// Service to check (empty: the whole server), e.g. qattn.v1.Inference.
     #[arg(long, default_value = "")]
     service: String,
-    /// Give up after this many seconds.
-    #[arg(long, default_value_t = 5.0)]
+    /// Give up after this many seconds (finite, > 0, at most 3600).
+    #[arg(long, default_value_t = 5.0, value_parser = crate::bounds::timeout_secs)]
     timeout: f64,
 }
 
@@ -246,7 +246,9 @@ pub(crate) fn health(a: HealthArgs) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let timeout = std::time::Duration::from_secs_f64(a.timeout.max(0.001));
+    // In (0, 3600] by its parser; try_ keeps a bad value an error rather than a panic.
+    let timeout = std::time::Duration::try_from_secs_f64(a.timeout)
+        .with_context(|| format!("--timeout {}", a.timeout))?;
     let uri = if a.addr.contains("://") {
         a.addr.clone()
     } else {

@@ -1,9 +1,12 @@
 //! `qattn train`: fine-tune a BERT-family model on JSONL text classification / regression /
 //! multiple-choice data, with exact or Monte-Carlo attention.
 
+use crate::UsageError;
 use anyhow::{Context, Result, bail};
 use qattn_model::{AttentionConfig, HubOptions, LoadOptions, Model};
-use qattn_train::tracking::{Mlflow, git_sha};
+use qattn_train::output::OutputMode;
+use qattn_train::provenance::BUILD;
+use qattn_train::tracking::Mlflow;
 use qattn_train::{Dataset, Problem, Trainer, TrainingArgs, tokenizer_for};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -76,8 +79,12 @@ pub(crate) struct Args {
     #[arg(long = "set", value_name = "KEY=VALUE")]
     sets: Vec<String>,
     /// Continue from the newest good checkpoint in --output-dir.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "overwrite")]
     resume: bool,
+    /// Remove an earlier run's outputs from --output-dir (checkpoints, metrics, model, …) and
+    /// start fresh; refuses if the directory holds other files.
+    #[arg(long)]
+    overwrite: bool,
     /// Hub cache directory.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -143,6 +150,10 @@ fn training_args(a: &Args) -> Result<TrainingArgs> {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     let args = training_args(&a)?;
+    let mode = OutputMode::from_flags(a.resume, a.overwrite)?;
+    // Refuse before any work; --overwrite removes the old outputs only once the model and data
+    // have loaded.
+    qattn_train::output::check(&args.output_dir, mode).map_err(|e| UsageError(e.to_string()))?;
     if !a.train.is_file() {
         bail!("training data {} does not exist", a.train.display());
     }
@@ -188,6 +199,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     if let Some(t) = model.tokenizer_mut() {
         t.set_max_length(Some(args.max_length));
     }
+    qattn_train::output::prepare(&args.output_dir, mode).map_err(|e| UsageError(e.to_string()))?;
     std::fs::create_dir_all(&args.output_dir)
         .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
     let args_json = serde_json::to_string_pretty(&args)?;
@@ -211,9 +223,11 @@ pub(crate) fn run(a: Args) -> Result<()> {
     );
     let mut trainer = Trainer::new(args.clone(), model, train, eval)?;
     let mut tags = BTreeMap::new();
-    if let Some(sha) = git_sha(std::path::Path::new(".")) {
-        tags.insert("git_sha".to_string(), sha);
+    // The commit this binary was built from, not the current directory's.
+    if let Some(sha) = BUILD.commit {
+        tags.insert("git_sha".to_string(), sha.to_string());
     }
+    tags.insert("qattn.git_dirty".to_string(), BUILD.state().to_string());
     tags.insert("qattn.config".to_string(), serde_json::to_string(&args)?);
     tags.insert("qattn.model".to_string(), a.model.clone());
     if let Some(m) = Mlflow::from_env("qattn", &run_name(&args), &tags) {

@@ -127,3 +127,40 @@ fn fetch_errors_name_the_task_list_and_the_url() {
     );
     assert!(err.contains("to get the data manually"), "{err}");
 }
+
+#[test]
+fn fetch_without_dest_uses_the_per_user_data_directory_and_says_so() {
+    let base = serve("/glue/data/QQP-clean.zip", qqp_zip());
+    let xdg = tempfile::tempdir().unwrap();
+    let run = |env_data: Option<&std::path::Path>| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_qattn"));
+        c.args(["data", "fetch", "glue", "--tasks", "qqp"])
+            .env("QATTN_GLUE_MIRROR", &base)
+            .env("XDG_DATA_HOME", xdg.path())
+            .env_remove("QATTN_DATA_DIR");
+        if let Some(d) = env_data {
+            c.env("QATTN_DATA_DIR", d);
+        }
+        c.output().unwrap()
+    };
+    // XDG_DATA_HOME/qattn/data, printed.
+    let o = run(None);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    let want = xdg.path().join("qattn/data");
+    assert!(
+        err.contains(&format!("data directory: {}", want.display())),
+        "{err}"
+    );
+    assert!(want.join("glue/QQP/test.tsv").is_file());
+    // QATTN_DATA_DIR overrides it.
+    let other = tempfile::tempdir().unwrap();
+    let o = run(Some(other.path()));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(
+        err.contains(&format!("data directory: {}", other.path().display())),
+        "{err}"
+    );
+    assert!(other.path().join("glue/QQP/test.tsv").is_file());
+}

@@ -419,9 +419,10 @@ pub fn to_markdown(report: &Report, command: &str) -> String {
     let mut out = String::from("# GLUE / SuperGLUE dev results\n\n");
     let _ = writeln!(
         out,
-        "Written by `{command}` from {} run records. Dev metrics ×100, mean ± sample standard \
-         deviation over seeds (no ± for a single seed); train s: mean training wall time in \
-         seconds.",
+        "Written by `{command}` ({}) from {} run records. Dev metrics ×100, mean ± sample \
+         standard deviation over seeds (no ± for a single seed); train s: mean training wall \
+         time in seconds.",
+        qattn_train::provenance::BUILD.describe(),
         report.runs
     );
     for task in report.tasks() {
@@ -479,9 +480,10 @@ pub fn to_latex(report: &Report, command: &str) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "% Written by `{command}` from {} run records.\n% Dev metrics x100, mean \\pm sample \
-         standard deviation over seeds; Train (s): mean training wall time.\n% Requires \
+        "% Written by `{command}` ({}) from {} run records.\n% Dev metrics x100, mean \\pm \
+         sample standard deviation over seeds; Train (s): mean training wall time.\n% Requires \
          \\usepackage{{booktabs}}.",
+        qattn_train::provenance::BUILD.describe(),
         report.runs
     );
     for task in report.tasks() {
@@ -525,18 +527,27 @@ pub fn to_latex(report: &Report, command: &str) -> String {
     out
 }
 
-/// `results.json`: `{"command", "runs", "groups": [{task, attention, models, seeds, metrics:
+/// `results.json`: `{"command", "qattn_commit", "qattn_dirty" (the build that wrote it; null
+/// when unknown), "runs", "groups": [{task, attention, models, seeds, metrics:
 /// [{metric, n, mean, sd}], train_seconds_mean}], "warnings"}`; values are fractions.
 pub fn to_json(report: &Report, command: &str) -> Result<String> {
     #[derive(Serialize)]
     struct Out<'a> {
         command: &'a str,
+        qattn_commit: Option<&'static str>,
+        qattn_dirty: Option<bool>,
         #[serde(flatten)]
         report: &'a Report,
     }
-    serde_json::to_string_pretty(&Out { command, report })
-        .map(|s| s + "\n")
-        .map_err(|e| Error::Invalid(format!("results.json: {e}")))
+    let build = qattn_train::provenance::BUILD;
+    serde_json::to_string_pretty(&Out {
+        command,
+        qattn_commit: build.commit,
+        qattn_dirty: build.dirty_flag(),
+        report,
+    })
+    .map(|s| s + "\n")
+    .map_err(|e| Error::Invalid(format!("results.json: {e}")))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -1076,6 +1087,13 @@ mod tests {
         let v: serde_json::Value =
             serde_json::from_str(&to_json(&sample(), "qattn glue report").unwrap()).unwrap();
         assert_eq!(v["command"], "qattn glue report");
+        // The build that wrote the report, as embedded at build time.
+        let build = qattn_train::provenance::BUILD;
+        assert_eq!(v["qattn_commit"].as_str(), build.commit);
+        assert_eq!(v["qattn_dirty"].as_bool(), build.dirty_flag());
+        assert!(v.as_object().unwrap().contains_key("qattn_commit"));
+        let md = to_markdown(&sample(), "qattn glue report");
+        assert!(md.contains(&build.describe()), "{md}");
         assert_eq!(v["runs"], 8);
         assert_eq!(v["groups"].as_array().unwrap().len(), 4);
         let g = &v["groups"][1];

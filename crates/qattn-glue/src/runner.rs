@@ -5,12 +5,13 @@ use crate::error::{Error, Result};
 use crate::metrics;
 use crate::tasks::{self, Example, Label, Split, Task, TaskKind};
 use qattn_model::{AttentionConfig, HubOptions, LoadOptions, Model};
+use qattn_train::output::OutputMode;
 use qattn_train::{Dataset, Labels, Problem, Record, Trainer, TrainingArgs, tokenizer_for};
 // The run-record types live in qattn-train (qattn-verify's synthetic compare writes them too);
 // re-exported so that `runner::RunRecord` keeps working.
 pub use qattn_train::records::{Prediction, PredictionRecord, RunRecord, machine, peak_rss_mb};
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 /// The label space qattn-train uses for `task`.
@@ -224,6 +225,9 @@ pub struct RunOptions {
     pub output_dir: PathBuf,
     /// Continue interrupted runs.
     pub resume: bool,
+    /// Remove the outputs of earlier runs in the seed directories first (exclusive with
+    /// `resume`). With neither, a non-empty seed directory is an error naming both options.
+    pub overwrite: bool,
     /// Model files.
     pub hub: HubOptions,
     /// Train on a seeded subset of this many examples.
@@ -280,6 +284,14 @@ pub fn slug(spec: &str) -> String {
         .collect()
 }
 
+/// The output directory of one seed's run: `OUTPUT/TASK/ATTENTION/seed-S`.
+pub fn seed_dir(opts: &RunOptions, seed: u64) -> PathBuf {
+    opts.output_dir
+        .join(opts.task.name())
+        .join(slug(&opts.attention))
+        .join(format!("seed-{seed}"))
+}
+
 /// Fine-tunes `opts.task` once per seed, evaluates on dev, writes
 /// `OUTPUT/TASK/ATTENTION/seed-S/run.json` (atomically) and returns the records.
 pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<RunRecord>> {
@@ -294,6 +306,14 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
                 "sg-rte"
             }
         )));
+    }
+    // Every seed's directory is checked before any is changed: nothing is half-applied.
+    let mode = OutputMode::from_flags(opts.resume, opts.overwrite)
+        .map_err(|e| Error::Invalid(e.to_string()))?;
+    let run_dir = |seed: u64| seed_dir(opts, seed);
+    for &seed in &opts.seeds {
+        qattn_train::output::check(&run_dir(seed), mode)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
     }
     let mut records = Vec::new();
     for &seed in &opts.seeds {
@@ -310,11 +330,7 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
         let mut args = opts.args.clone();
         args.seed = seed;
         args.attention = Some(opts.attention.clone());
-        args.output_dir = opts
-            .output_dir
-            .join(task.name())
-            .join(slug(&opts.attention))
-            .join(format!("seed-{seed}"));
+        args.output_dir = run_dir(seed);
         args.validate().map_err(|e| Error::Invalid(e.to_string()))?;
         let tok = tokenizer_for(&opts.model, &opts.hub, args.max_length)
             .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -371,6 +387,8 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
             dev.len(),
             opts.attention
         ));
+        qattn_train::output::prepare(&args.output_dir, mode)
+            .map_err(|e| Error::Invalid(e.to_string()))?;
         let t1 = Instant::now();
         let mut trainer = Trainer::new(args.clone(), model, train.clone(), None)
             .map_err(|e| Error::Invalid(e.to_string()))?;
@@ -401,7 +419,8 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
             attention: opts.attention.clone(),
             seed,
             training_args: args.clone(),
-            git_sha: qattn_train::tracking::git_sha(Path::new(".")),
+            git_sha: qattn_train::provenance::BUILD.commit_string(),
+            git_dirty: qattn_train::provenance::BUILD.dirty_flag(),
             machine: machine(),
             dev_metrics,
             predictions: dev_ex

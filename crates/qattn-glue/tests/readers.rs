@@ -859,6 +859,28 @@ fn data_dir_precedence() {
     assert_eq!(data_dir(Some(Path::new("/x/y"))), PathBuf::from("/x/y"));
     match std::env::var_os(tasks::DATA_DIR_ENV) {
         Some(v) if !v.is_empty() => assert_eq!(data_dir(None), PathBuf::from(v)),
-        _ => assert_eq!(data_dir(None), PathBuf::from("../shared/data")),
+        _ => assert_eq!(data_dir(None), tasks::default_data_dir()),
     }
+    let p = |s: &str| Some(PathBuf::from(s));
+    let r = tasks::resolve_data_dir;
+    // Explicit, then QATTN_DATA_DIR, then the per-user directory; never ../shared/data.
+    assert_eq!(
+        r(Some(Path::new("/d")), p("/e"), p("/x"), p("/h")),
+        PathBuf::from("/d")
+    );
+    assert_eq!(r(None, p("/e"), p("/x"), p("/h")), PathBuf::from("/e"));
+    assert_eq!(
+        r(None, None, p("/x"), p("/h")),
+        PathBuf::from("/x/qattn/data")
+    );
+    assert_eq!(
+        r(None, None, None, p("/h")),
+        PathBuf::from("/h/.local/share/qattn/data")
+    );
+    // Empty values are unset; a relative XDG_DATA_HOME is ignored (XDG Base Directory spec).
+    assert_eq!(
+        r(None, p(""), p("rel"), p("/h")),
+        PathBuf::from("/h/.local/share/qattn/data")
+    );
+    assert_eq!(r(None, None, None, None), PathBuf::from("qattn-data"));
 }

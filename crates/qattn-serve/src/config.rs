@@ -164,6 +164,13 @@ impl Default for FallbackConfig {
     }
 }
 
+/// The longest `rollout.window_s`: 7 days, in seconds.
+pub const MAX_ROLLOUT_WINDOW_S: f64 = 7.0 * 86_400.0;
+/// The longest `batching.max_wait_ms` (one minute).
+pub const MAX_WAIT_MS: u64 = 60_000;
+/// The largest `limits.max_concurrent` (a semaphore of more permits cannot exist).
+pub const MAX_CONCURRENT: usize = 1_000_000;
+
 /// Automatic rollback of a version promoted by `SetSplit { monitor: true }` or
 /// `SetDefault`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -375,8 +382,28 @@ impl ServeConfig {
         if !(0.0..=1.0).contains(&self.rollout.error_rate_threshold) {
             return bad("rollout.error_rate_threshold", "must be in [0, 1]");
         }
-        if !(self.rollout.window_s.is_finite() && self.rollout.window_s > 0.0) {
-            return bad("rollout.window_s", "must be positive");
+        if !(self.rollout.window_s.is_finite()
+            && self.rollout.window_s > 0.0
+            && self.rollout.window_s <= MAX_ROLLOUT_WINDOW_S)
+        {
+            return Err(Error::Config(format!(
+                "rollout.window_s: {} is out of range: must be a number of seconds > 0 and ≤ \
+                 {MAX_ROLLOUT_WINDOW_S} (7 days)",
+                self.rollout.window_s
+            )));
+        }
+        if self.batching.max_wait_ms > MAX_WAIT_MS {
+            return Err(Error::Config(format!(
+                "batching.max_wait_ms: {} is out of range: must be ≤ {MAX_WAIT_MS}",
+                self.batching.max_wait_ms
+            )));
+        }
+        if self.limits.max_concurrent > MAX_CONCURRENT {
+            return Err(Error::Config(format!(
+                "limits.max_concurrent: {} is out of range: must be ≤ {MAX_CONCURRENT} (0 = \
+                 unlimited)",
+                self.limits.max_concurrent
+            )));
         }
         let mut seen = std::collections::BTreeSet::new();
         for m in &self.models {
@@ -420,13 +447,24 @@ impl ServeConfig {
         }
     }
 
-    /// The rollback policy.
-    pub fn rollback_policy(&self) -> crate::routing::RollbackPolicy {
-        crate::routing::RollbackPolicy {
+    /// The rollback policy; an error naming `rollout.window_s` when it is not a valid
+    /// duration (a configuration built in code, not through [`ServeConfig::validate`]).
+    pub fn rollback_policy(&self) -> Result<crate::routing::RollbackPolicy> {
+        let window_s = self.rollout.window_s;
+        let window = Duration::try_from_secs_f64(window_s)
+            .ok()
+            .filter(|w| !w.is_zero() && window_s <= MAX_ROLLOUT_WINDOW_S)
+            .ok_or_else(|| {
+                Error::Config(format!(
+                    "rollout.window_s: {window_s} is out of range: must be a number of seconds > \
+                     0 and ≤ {MAX_ROLLOUT_WINDOW_S}"
+                ))
+            })?;
+        Ok(crate::routing::RollbackPolicy {
             error_rate_threshold: self.rollout.error_rate_threshold,
-            window: Duration::from_secs_f64(self.rollout.window_s),
+            window,
             min_requests: self.rollout.min_requests,
-        }
+        })
     }
 }
 
@@ -459,5 +497,76 @@ mod tests {
         assert_eq!(cfg.models[0].weight, Some(0.5));
         assert!(toml::from_str::<ServeConfig>("[limits]\nmax_texts = 8\n").is_err());
         assert!(FailMode::parse("sleep:5").is_ok() && FailMode::parse("boom").is_err());
+    }
+
+    #[test]
+    fn out_of_range_values_are_refused_at_load_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        for (text, key) in [
+            ("[rollout]\nwindow_s = 1e20\n", "rollout.window_s"),
+            ("[rollout]\nwindow_s = inf\n", "rollout.window_s"),
+            ("[rollout]\nwindow_s = nan\n", "rollout.window_s"),
+            ("[rollout]\nwindow_s = -1.0\n", "rollout.window_s"),
+            ("[rollout]\nwindow_s = 0.0\n", "rollout.window_s"),
+            (
+                "[batching]\nmax_wait_ms = 18446744073709551615\n",
+                "batching.max_wait_ms",
+            ),
+            (
+                "[limits]\nmax_concurrent = 4611686018427387904\n",
+                "limits.max_concurrent",
+            ),
+        ] {
+            std::fs::write(&path, text).unwrap();
+            let err = ServeConfig::from_file(&path).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+    }
+
+    #[test]
+    fn rollback_policy_of_an_unvalidated_config_is_an_error_not_a_panic() {
+        let mut cfg = ServeConfig::default();
+        cfg.rollout.window_s = 1e20;
+        let err = cfg.rollback_policy().unwrap_err().to_string();
+        assert!(err.contains("rollout.window_s"), "{err}");
+        cfg.rollout.window_s = 30.0;
+        assert_eq!(
+            cfg.rollback_policy().unwrap().window,
+            Duration::from_secs(30)
+        );
+    }
+
+    proptest::proptest! {
+        /// Extreme numbers never panic validation, and whatever validates turns into the
+        /// durations, semaphores and deadlines the server builds from it.
+        #[test]
+        fn validate_accepts_only_usable_values(
+            window_s in proptest::prop_oneof![
+                proptest::num::f64::ANY,
+                proptest::strategy::Just(f64::INFINITY),
+                proptest::strategy::Just(f64::NAN),
+                proptest::strategy::Just(1e20),
+                proptest::strategy::Just(0.0),
+                proptest::strategy::Just(-1.0),
+                0.001f64..1e6,
+            ],
+            max_wait_ms in proptest::prop_oneof![proptest::num::u64::ANY, 0u64..100_000],
+            max_concurrent in proptest::prop_oneof![proptest::num::usize::ANY, 0usize..2_000_000],
+            rate in proptest::num::f64::ANY,
+        ) {
+            let mut cfg = ServeConfig::default();
+            cfg.rollout.window_s = window_s;
+            cfg.batching.max_wait_ms = max_wait_ms;
+            cfg.limits.max_concurrent = max_concurrent;
+            cfg.limits.rate_limit = Some(rate);
+            if cfg.validate().is_ok() {
+                let policy = cfg.rollback_policy().unwrap();
+                proptest::prop_assert!(!policy.window.is_zero());
+                let now = std::time::Instant::now();
+                let _ = now + cfg.batch_config().max_wait + policy.window;
+                proptest::prop_assert!(cfg.limits.max_concurrent <= MAX_CONCURRENT);
+            }
+        }
     }
 }

@@ -495,6 +495,9 @@ impl Engine {
     /// Makes `version` the default and sends it all traffic. `monitor`: watch it and roll
     /// back automatically.
     pub fn set_default(&self, model: &str, version: &str, monitor: bool) -> Result<()> {
+        // Everything that can fail is checked before the entry changes: a refused request
+        // leaves the routing as it was.
+        let policy = monitor.then(|| self.cfg.rollback_policy()).transpose()?;
         let mut models = lock(&self.models);
         let entry = entry_mut(&mut models, model)?;
         if !entry.versions.contains_key(version) {
@@ -508,20 +511,17 @@ impl Engine {
         let previous = entry.default.clone();
         entry.default = version.to_string();
         entry.split = None;
-        entry.monitor = (monitor && previous != version).then(|| {
-            RolloutMonitor::new(
-                self.cfg.rollback_policy(),
-                version.into(),
-                previous,
-                Instant::now(),
-            )
-        });
+        entry.monitor = policy
+            .filter(|_| previous != version)
+            .map(|p| RolloutMonitor::new(p, version.into(), previous, Instant::now()));
         Ok(())
     }
 
     /// Sets the A/B split. The largest-weight version becomes the default; `monitor` watches
     /// it (when it changed) and rolls back to the previous default on failures.
     pub fn set_split(&self, model: &str, weights: Vec<(String, f64)>, monitor: bool) -> Result<()> {
+        // Everything that can fail is checked before the entry changes (see set_default).
+        let policy = monitor.then(|| self.cfg.rollback_policy()).transpose()?;
         let mut models = lock(&self.models);
         let entry = entry_mut(&mut models, model)?;
         for (v, _) in &weights {
@@ -542,14 +542,9 @@ impl Engine {
         if main != previous {
             entry.previous = Some(previous.clone());
         }
-        entry.monitor = (monitor && main != previous).then(|| {
-            RolloutMonitor::new(
-                self.cfg.rollback_policy(),
-                main.clone(),
-                previous,
-                Instant::now(),
-            )
-        });
+        entry.monitor = policy
+            .filter(|_| main != previous)
+            .map(|p| RolloutMonitor::new(p, main.clone(), previous, Instant::now()));
         entry.default = main;
         entry.split = Some(split);
         Ok(())

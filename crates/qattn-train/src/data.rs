@@ -273,6 +273,12 @@ impl Dataset {
 
 type LineErr = (usize, String);
 
+/// The largest label space a data file may define: integer labels must be below it, and there
+/// may be at most this many distinct string labels. A classifier with more classes than this is
+/// out of scope, and an integer label of 4 000 000 000 must be an error, not billions of label
+/// names.
+pub const MAX_CLASSES: usize = 10_000;
+
 fn infer_labels(lines: &[(usize, Line)], problem: Problem) -> Result<Labels, LineErr> {
     if let Some((_, first)) = lines.first()
         && first.choices.is_some()
@@ -304,11 +310,24 @@ fn infer_labels(lines: &[(usize, Line)], problem: Problem) -> Result<Labels, Lin
         return Ok(Labels::Regression);
     }
     if all_integers {
-        let max = lines
-            .iter()
-            .filter_map(|(_, l)| l.label.as_f64())
-            .fold(0.0f64, f64::max) as usize;
-        let names = (0..=max.max(1)).map(|i| i.to_string()).collect();
+        // Integer labels are class ids 0..=max: check the largest before allocating names.
+        let mut max = 0.0f64;
+        for (n, l) in lines {
+            let x = l.label.as_f64().unwrap_or(0.0);
+            if x >= MAX_CLASSES as f64 {
+                return Err((
+                    *n,
+                    format!(
+                        "label {} is too large: integer labels are class ids 0..{MAX_CLASSES} \
+                         (at most {MAX_CLASSES} classes); use string labels or regression for \
+                         other numbers",
+                        l.label
+                    ),
+                ));
+            }
+            max = max.max(x);
+        }
+        let names = (0..=(max as usize).max(1)).map(|i| i.to_string()).collect();
         return Ok(Labels::Classes { names });
     }
     let mut names: Vec<String> = Vec::new();
@@ -328,6 +347,15 @@ fn infer_labels(lines: &[(usize, Line)], problem: Problem) -> Result<Labels, Lin
     }
     names.sort();
     names.dedup();
+    if names.len() > MAX_CLASSES {
+        return Err((
+            lines[0].0,
+            format!(
+                "{} distinct string labels: at most {MAX_CLASSES} classes are supported",
+                names.len()
+            ),
+        ));
+    }
     if names.len() < 2 {
         return Err((
             lines[0].0,
@@ -401,6 +429,8 @@ pub fn epoch_batches(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy;
+    use serde_json::json;
 
     fn line(label: serde_json::Value) -> (usize, Line) {
         (
@@ -415,9 +445,37 @@ mod tests {
         )
     }
 
+    proptest::proptest! {
+        /// Extreme numeric labels (huge, negative, fractional, 0) never panic or allocate a
+        /// huge label space: inference gives at most MAX_CLASSES classes or a line error.
+        #[test]
+        fn label_inference_is_bounded(labels in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::num::f64::NORMAL.prop_map(|x| json!(x)),
+                proptest::num::u64::ANY.prop_map(|x| json!(x)),
+                proptest::num::i64::ANY.prop_map(|x| json!(x)),
+                (0u64..20).prop_map(|x| json!(x)),
+                proptest::strategy::Just(json!(0)),
+                proptest::strategy::Just(json!(f64::MAX)),
+                proptest::strategy::Just(json!(4_000_000_000u64)),
+            ],
+            1..6,
+        )) {
+            let lines: Vec<_> = labels.into_iter().map(line).collect();
+            for problem in [Problem::Auto, Problem::Classification, Problem::Regression] {
+                match infer_labels(&lines, problem) {
+                    Ok(Labels::Classes { names }) => {
+                        proptest::prop_assert!(names.len() <= MAX_CLASSES)
+                    }
+                    Ok(_) => {}
+                    Err((n, msg)) => proptest::prop_assert!(n == 1 && !msg.is_empty()),
+                }
+            }
+        }
+    }
+
     #[test]
     fn label_inference() {
-        use serde_json::json;
         let ints = vec![line(json!(0)), line(json!(2))];
         assert_eq!(
             infer_labels(&ints, Problem::Auto).unwrap(),
@@ -445,6 +503,16 @@ mod tests {
         assert_eq!(target_of(&json!("pos"), &l).unwrap(), 1.0);
         assert!(target_of(&json!("meh"), &l).is_err());
         assert!(infer_labels(&[line(json!("a")), line(json!(1))], Problem::Auto).is_err());
+        // The label space is capped: no allocation of billions of names.
+        for big in [json!(4_000_000_000u64), json!(1e300), json!(MAX_CLASSES)] {
+            let (_, msg) =
+                infer_labels(&[line(json!(0)), line(big.clone())], Problem::Auto).unwrap_err();
+            assert!(msg.contains("too large"), "{big}: {msg}");
+        }
+        assert!(matches!(
+            infer_labels(&[line(json!(0)), line(json!(MAX_CLASSES - 1))], Problem::Auto),
+            Ok(Labels::Classes { names }) if names.len() == MAX_CLASSES
+        ));
     }
 
     #[test]

@@ -29,6 +29,8 @@ pub mod collective;
 pub mod data;
 pub mod error;
 pub mod optim;
+pub mod output;
+pub mod provenance;
 pub mod records;
 pub mod schedule;
 pub mod tracking;

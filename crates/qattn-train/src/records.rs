@@ -73,8 +73,13 @@ pub struct RunRecord {
     pub seed: u64,
     /// Training arguments.
     pub training_args: TrainingArgs,
-    /// Git commit of the code, when known.
+    /// Git commit the qattn binary was built from, when known (see
+    /// [`crate::provenance`]; not the commit of the current directory).
     pub git_sha: Option<String>,
+    /// Whether that build had uncommitted changes; `None` when unknown (and in records written
+    /// before the field existed).
+    #[serde(default)]
+    pub git_dirty: Option<bool>,
     /// CPU, cores, OS.
     pub machine: BTreeMap<String, String>,
     /// Official dev metrics.

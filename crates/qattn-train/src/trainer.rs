@@ -130,6 +130,13 @@ pub struct TrainSummary {
     pub samples_per_second: f64,
     /// Checkpoints skipped at resume because they did not verify.
     pub skipped_checkpoints: Vec<String>,
+    /// The commit the training code was built from (`None`: unknown); see
+    /// [`crate::provenance`].
+    #[serde(default)]
+    pub git_commit: Option<String>,
+    /// Whether that build had uncommitted changes (`None`: unknown).
+    #[serde(default)]
+    pub git_dirty: Option<bool>,
 }
 
 /// Trains one model on one dataset.
@@ -364,7 +371,11 @@ impl Trainer {
         let out_dir = self.args.output_dir.clone();
         std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
         let ckpts = CheckpointManager::new(&out_dir, self.args.save_total_limit);
-        let mut summary = TrainSummary::default();
+        let mut summary = TrainSummary {
+            git_commit: crate::provenance::BUILD.commit_string(),
+            git_dirty: crate::provenance::BUILD.dirty_flag(),
+            ..Default::default()
+        };
         let base_attention = self.model.attention().clone();
         let params = self.param_list();
         let vars: BTreeMap<String, candle_core::Var> = params.iter().cloned().collect();
@@ -628,6 +639,12 @@ impl Trainer {
             self.model.params().count().to_string(),
         );
         out.insert("train_examples".into(), self.train.len().to_string());
+        let build = crate::provenance::BUILD;
+        out.insert(
+            "git_commit".into(),
+            build.commit.unwrap_or("unknown").to_string(),
+        );
+        out.insert("git_dirty".into(), build.state().to_string());
         out
     }
 

@@ -158,6 +158,7 @@ fn record(attention: &str, seed: u64, predictions: Vec<PredictionRecord>) -> Run
         seed,
         training_args: Default::default(),
         git_sha: None,
+        git_dirty: None,
         machine: Default::default(),
         dev_metrics: Default::default(),
         dev_examples: predictions.len(),

@@ -938,11 +938,12 @@ pub fn to_markdown(report: &ClaimsReport, command: &str) -> String {
     let mut s = String::new();
     s.push_str("# Claims report\n\n");
     s.push_str(&format!(
-        "Regenerate: `{command}`\n\nTest: {}; α = {}; correction: {}; {} resamples (seed {}); \
+        "Regenerate: `{command}` (written by qattn {})\n\nTest: {}; α = {}; correction: {}; {} resamples (seed {}); \
          CIs at {:.0}% (not adjusted for multiplicity). Scores in points (metric × 100); \
          mean ± sd over seeds. power: chance to find an advantage (CI above 0) if it were as large as \
          claimed; MDE: the true advantage at which VERIFIED has {:.0}% probability. {} run \
          records read.\n\n",
+        qattn_train::provenance::BUILD.describe(),
         match d.test {
             ClaimTest::Bootstrap =>
                 "t on the per-seed paired differences with the dev set's shared variance \
@@ -1037,6 +1038,12 @@ pub fn write_report(
     let mut value = serde_json::to_value(report).map_err(|e| invalid(format!("report: {e}")))?;
     if let Some(obj) = value.as_object_mut() {
         obj.insert("command".into(), serde_json::Value::from(command));
+        let build = qattn_train::provenance::BUILD;
+        obj.insert("qattn_commit".into(), serde_json::Value::from(build.commit));
+        obj.insert(
+            "qattn_dirty".into(),
+            serde_json::Value::from(build.dirty_flag()),
+        );
         obj.insert(
             "tally".into(),
             serde_json::to_value(tally(report)).unwrap_or_default(),

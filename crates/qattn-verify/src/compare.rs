@@ -562,6 +562,8 @@ fn synthetic_run(
     save_model: bool,
 ) -> Result<RunRecord> {
     let t0 = Instant::now();
+    // A rerun replaces the earlier run of the same system and seed (never appends to its log).
+    qattn_train::output::prepare(dir, qattn_train::output::OutputMode::Overwrite)?;
     let mut args = base.clone();
     args.seed = seed;
     args.attention = Some(system.to_string());
@@ -624,7 +626,8 @@ fn synthetic_run(
         attention: system.to_string(),
         seed,
         training_args: args,
-        git_sha: qattn_train::tracking::git_sha(Path::new(".")),
+        git_sha: qattn_train::provenance::BUILD.commit_string(),
+        git_dirty: qattn_train::provenance::BUILD.dirty_flag(),
         machine: records::machine(),
         dev_metrics: BTreeMap::from([(qattn_glue::metrics::ACCURACY.to_string(), accuracy)]),
         predictions: data
@@ -714,6 +717,8 @@ fn run_glue(
                 data_dir: data_dir.clone(),
                 output_dir: root.to_path_buf(),
                 resume: false,
+                // A rerun replaces the earlier run of the same system and seed.
+                overwrite: true,
                 hub: hub.clone(),
                 train_limit,
                 eval_limit,

@@ -31,6 +31,7 @@ fn run(task: &str, attention: &str, seed: u64, n: usize, acc: f64, data_seed: u6
         seed,
         training_args: TrainingArgs::default(),
         git_sha: None,
+        git_dirty: None,
         machine: BTreeMap::new(),
         dev_metrics: BTreeMap::new(),
         predictions,

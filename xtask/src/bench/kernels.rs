@@ -38,17 +38,21 @@ const TORCH: &str = "pytorch-sdpa";
 pub(crate) struct BenchOptions {
     quick: bool,
     native: bool,
+    /// Write the results even from a dirty tree (they say so).
+    pub(crate) allow_dirty: bool,
 }
 
 pub(crate) fn parse_options(args: &[&str]) -> std::result::Result<BenchOptions, String> {
     let mut opts = BenchOptions {
         quick: false,
         native: false,
+        allow_dirty: false,
     };
     for arg in args {
         match *arg {
             "--quick" => opts.quick = true,
             "--native" => opts.native = true,
+            "--allow-dirty" => opts.allow_dirty = true,
             other => {
                 return Err(format!(
                     "unknown option for `cargo xtask bench kernels`: {other}"

@@ -64,18 +64,22 @@ const USER_HZ: f64 = 100.0;
 pub(crate) struct Options {
     pub(crate) quick: bool,
     pub(crate) cache_dir: Option<PathBuf>,
+    /// Write the results even from a dirty tree (they say so).
+    pub(crate) allow_dirty: bool,
 }
 
-/// Parses `[--quick] [--cache-dir DIR]` of `cargo xtask bench {suite}`.
+/// Parses `[--quick] [--cache-dir DIR] [--allow-dirty]` of `cargo xtask bench {suite}`.
 pub(crate) fn parse_options(suite: &str, args: &[&str]) -> std::result::Result<Options, String> {
     let mut opts = Options {
         quick: false,
         cache_dir: None,
+        allow_dirty: false,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match *arg {
             "--quick" => opts.quick = true,
+            "--allow-dirty" => opts.allow_dirty = true,
             "--cache-dir" => match it.next() {
                 Some(dir) => opts.cache_dir = Some(PathBuf::from(dir)),
                 None => return Err("--cache-dir needs a folder".to_owned()),

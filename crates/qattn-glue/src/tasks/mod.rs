@@ -42,9 +42,9 @@ use crate::error::{Error, Result};
 /// The environment variable naming the data directory (see [`data_dir`]).
 pub const DATA_DIR_ENV: &str = "QATTN_DATA_DIR";
 
-/// The data directory used when neither an explicit one nor [`DATA_DIR_ENV`] is given,
-/// relative to the current directory.
-pub const DEFAULT_DATA_DIR: &str = "../shared/data";
+/// The data directory under the per-user data folder: `$XDG_DATA_HOME/qattn/data`, else
+/// `$HOME/.local/share/qattn/data` (see [`default_data_dir`]).
+pub const USER_DATA_SUBDIR: &str = "qattn/data";
 
 /// The two benchmarks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -518,14 +518,46 @@ pub struct Loaded {
 }
 
 /// The data directory: `explicit` if given, else `$QATTN_DATA_DIR` if set and non-empty, else
-/// `../shared/data` relative to the current directory. It holds `glue/` and `superglue/`.
+/// the per-user [`default_data_dir`]. It holds `glue/` and `superglue/`.
 pub fn data_dir(explicit: Option<&Path>) -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    resolve_data_dir(
+        explicit,
+        var(DATA_DIR_ENV),
+        var("XDG_DATA_HOME"),
+        var("HOME"),
+    )
+}
+
+/// The per-user data directory: `$XDG_DATA_HOME/qattn/data` when `XDG_DATA_HOME` is an absolute
+/// path (the XDG Base Directory rule), else `$HOME/.local/share/qattn/data`, else (no home at
+/// all) `qattn-data` in the current directory.
+pub fn default_data_dir() -> PathBuf {
+    let var = |name: &str| std::env::var_os(name).map(PathBuf::from);
+    resolve_data_dir(None, None, var("XDG_DATA_HOME"), var("HOME"))
+}
+
+/// [`data_dir`] as a pure function of the explicit directory and the values of
+/// `QATTN_DATA_DIR`, `XDG_DATA_HOME` and `HOME` (empty values count as unset).
+pub fn resolve_data_dir(
+    explicit: Option<&Path>,
+    qattn_data_dir: Option<PathBuf>,
+    xdg_data_home: Option<PathBuf>,
+    home: Option<PathBuf>,
+) -> PathBuf {
+    let set = |p: Option<PathBuf>| p.filter(|p| !p.as_os_str().is_empty());
     if let Some(p) = explicit {
         return p.to_path_buf();
     }
-    match std::env::var_os(DATA_DIR_ENV) {
-        Some(v) if !v.is_empty() => PathBuf::from(v),
-        _ => PathBuf::from(DEFAULT_DATA_DIR),
+    if let Some(p) = set(qattn_data_dir) {
+        return p;
+    }
+    if let Some(xdg) = set(xdg_data_home).filter(|p| p.is_absolute()) {
+        return xdg.join(USER_DATA_SUBDIR);
+    }
+    match set(home) {
+        Some(home) => home.join(".local/share").join(USER_DATA_SUBDIR),
+        None => PathBuf::from("qattn-data"),
     }
 }
 

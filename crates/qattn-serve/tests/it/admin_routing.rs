@@ -264,3 +264,42 @@ async fn automatic_rollback_when_the_promoted_version_fails() {
     assert_eq!(info.models[0].default_version, "1");
     server.shutdown().await.unwrap();
 }
+
+/// A rollout window too long for a `Duration` (possible only in a configuration built in code;
+/// files are refused at load) makes a monitored SetSplit / SetDefault fail with an error naming
+/// the key, and leaves the routing exactly as it was: nothing half-applied, no panic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_rollout_window_is_refused_before_the_routing_changes() {
+    let mut cfg = base_config();
+    cfg.rollout.window_s = 1e20;
+    let err = cfg.validate().unwrap_err().to_string();
+    assert!(err.contains("rollout.window_s"), "{err}");
+    let engine = qattn_serve::engine::Engine::new(cfg);
+    engine.load_version(&tiny("w", "a", "exact")).unwrap();
+    engine.load_version(&tiny("w", "b", "exact")).unwrap();
+    engine.set_default("w", "a", false).unwrap();
+    let snapshot = |e: &qattn_serve::engine::Engine| {
+        let m = e.model("w").unwrap();
+        let weights: Vec<(String, f64)> = m
+            .versions
+            .iter()
+            .map(|(v, w)| (v.version.clone(), *w))
+            .collect();
+        (m.default, weights)
+    };
+    let before = snapshot(&engine);
+    let err = engine
+        .set_split("w", vec![("a".into(), 0.1), ("b".into(), 0.9)], true)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("rollout.window_s"), "{err}");
+    assert_eq!(snapshot(&engine), before);
+    let err = engine.set_default("w", "b", true).unwrap_err().to_string();
+    assert!(err.contains("rollout.window_s"), "{err}");
+    assert_eq!(snapshot(&engine), before);
+    // Rollback has nothing recorded to go back to: the failed calls changed no history.
+    assert!(engine.rollback("w").is_err());
+    // Unmonitored changes need no window and still work.
+    engine.set_default("w", "b", false).unwrap();
+    assert_eq!(snapshot(&engine).0, "b");
+}

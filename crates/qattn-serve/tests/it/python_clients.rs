@@ -7,7 +7,8 @@
 //! Interpreter: `QATTN_CI_PYTHON` (CI points it at a venv with [`REQUIREMENTS`] installed);
 //! when unset, a venv at `target/py-clients` is created (or reused while its requirement stamp
 //! matches) with `python3 -m venv` + `pip install`. Only when that installation fails does a
-//! test print `skipped: <reason>` and return; a failing script always fails the test.
+//! test print `skipped: <reason>` and return — except under `CI=true`, where a missing
+//! interpreter fails the test; a failing script always fails the test.
 
 use crate::common::{base_config, classify_req, inputs, key_file, start, tiny, typed, with_key};
 use qattn_serve::proto::qattn::v1 as pb;
@@ -105,9 +106,32 @@ fn python() -> Result<PathBuf, String> {
             assert!(p.is_file(), "QATTN_CI_PYTHON={} is not a file", p.display());
             Ok(p)
         }
+        None if in_ci() => Err(
+            "CI=true but QATTN_CI_PYTHON is not set (`cargo xtask ci` sets \
+                                it to the CI Python env)"
+                .to_owned(),
+        ),
         None => venv_python(),
     })
     .clone()
+}
+
+/// Whether the tests run in CI (`CI=true` or `1`): there a missing interpreter fails the test.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v.eq_ignore_ascii_case("true") || v == "1")
+}
+
+/// The interpreter, or `None` after printing why the test is skipped; under CI a missing
+/// interpreter is a failure, not a skip.
+fn python_or_skip() -> Option<PathBuf> {
+    match python() {
+        Ok(p) => Some(p),
+        Err(reason) if in_ci() => panic!("CI=true: the real-client test cannot run: {reason}"),
+        Err(reason) => {
+            println!("skipped: {reason}");
+            None
+        }
+    }
 }
 
 /// Runs a client script; panics (fails the test) with its stderr when it fails. Returns the
@@ -206,12 +230,8 @@ async fn rust_embed(s: &qattn_serve::RunningServer, model: &str) -> pb::EmbedRes
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpcio_with_server_reflection() {
-    let py = match python() {
-        Ok(p) => p,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
+    let Some(py) = python_or_skip() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;
@@ -274,12 +294,8 @@ async fn grpcio_with_server_reflection() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tritonclient_against_open_inference_protocol() {
-    let py = match python() {
-        Ok(p) => p,
-        Err(reason) => {
-            println!("skipped: {reason}");
-            return;
-        }
+    let Some(py) = python_or_skip() else {
+        return;
     };
     let dir = tempfile::tempdir().unwrap();
     let s = server(dir.path()).await;

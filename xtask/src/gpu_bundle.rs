@@ -1,0 +1,458 @@
+//! `cargo xtask gpu-bundle [--out DIR]`: the device procedure of `cargo xtask gpu-check` as a
+//! self-contained folder for a machine that has an NVIDIA GPU and Python with PyTorch but no
+//! Rust toolchain (and possibly no network).
+//!
+//! Here (with nvcc, see [`crate::cuda::find_nvcc`]; no GPU needed) it builds, with
+//! `--features cuda` in release mode, `qattn-gpu-check` and the GPU test binary
+//! (`crates/qattn-kernels/tests/gpu.rs`), then writes:
+//!
+//! ```text
+//! DIR/run.sh                   the device script (bash)
+//! DIR/bin/qattn-gpu-check      correctness checks and timings, JSON to --out
+//! DIR/bin/gpu-tests            the GPU test binary (libtest; run with --test-threads=1)
+//! DIR/python/sdpa_baseline.py  the PyTorch SDPA baseline (benchmarks/gpu/sdpa_baseline.py)
+//! DIR/BUNDLE.json              commit, clean/dirty, date, nvcc and the command that wrote it
+//! ```
+//!
+//! On the device, `DIR/run.sh [OUT]` (default `DIR/results`) records the environment
+//! (`env.txt`: date, `nvidia-smi` query, `uname -a`, `nproc`, torch version), runs
+//! `qattn-gpu-check` (limit 400 s; `rust.log`, `gpu-rust.json`), the SDPA baseline (limit
+//! 200 s; `sdpa.log`, `gpu.json` — the same two steps and limits as `cargo xtask gpu-check`),
+//! then the GPU tests (limit 400 s; `gpu-tests.log`), copies `BUNDLE.json` into OUT and exits
+//! non-zero when any step failed. Copy OUT's files into `benchmarks/results/` (gpu.json) and
+//! `benchmarks/results/gpu-logs/` to publish them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::bench::Provenance;
+use crate::cuda::{CUDA_TARGET_DIR, GPU_CHECK_LIMIT, SDPA_LIMIT, find_nvcc};
+use crate::{cargo, output, pyenv, write_atomic};
+
+/// The bundle's device script.
+const RUN_SH: &str = "run.sh";
+/// `qattn-gpu-check` inside the bundle.
+const GPU_CHECK: &str = "bin/qattn-gpu-check";
+/// The GPU test binary inside the bundle.
+const GPU_TESTS: &str = "bin/gpu-tests";
+/// The SDPA baseline inside the bundle, and where it comes from in the repository.
+const SDPA: (&str, &str) = ("python/sdpa_baseline.py", "benchmarks/gpu/sdpa_baseline.py");
+/// What the bundle was built from.
+const INFO: &str = "BUNDLE.json";
+/// Time limit of the GPU tests on the device.
+const GPU_TESTS_LIMIT_S: u64 = 400;
+
+/// Options of `cargo xtask gpu-bundle`.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Options {
+    /// Where the bundle goes (default `target/gpu-bundle`).
+    pub(crate) out: Option<PathBuf>,
+}
+
+/// Parses `[--out DIR]`.
+pub(crate) fn parse_options(args: &[&str]) -> std::result::Result<Options, String> {
+    let mut opts = Options { out: None };
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match *arg {
+            "--out" => match it.next() {
+                Some(dir) => opts.out = Some(PathBuf::from(dir)),
+                None => return Err("--out needs a folder".to_owned()),
+            },
+            other => {
+                return Err(format!(
+                    "unknown option for `cargo xtask gpu-bundle`: {other}"
+                ));
+            }
+        }
+    }
+    Ok(opts)
+}
+
+/// One file of the bundle: its source and its path inside the bundle.
+#[derive(Debug, Clone)]
+struct Entry {
+    src: PathBuf,
+    dest: &'static str,
+    executable: bool,
+}
+
+/// The bundle's files besides run.sh and BUNDLE.json.
+fn entries(root: &Path, gpu_check: PathBuf, gpu_tests: PathBuf) -> Vec<Entry> {
+    vec![
+        Entry {
+            src: gpu_check,
+            dest: GPU_CHECK,
+            executable: true,
+        },
+        Entry {
+            src: gpu_tests,
+            dest: GPU_TESTS,
+            executable: true,
+        },
+        Entry {
+            src: root.join(SDPA.1),
+            dest: SDPA.0,
+            executable: false,
+        },
+    ]
+}
+
+/// The device script. Every bundle file it uses is named as `"$HERE/<path>"`.
+fn run_script(info: &str) -> String {
+    let gpu_check_s = GPU_CHECK_LIMIT.as_secs();
+    let sdpa_s = SDPA_LIMIT.as_secs();
+    let sdpa = SDPA.0;
+    format!(
+        r#"#!/usr/bin/env bash
+# Device script of a qattn GPU bundle, written by `cargo xtask gpu-bundle` (xtask/src/gpu_bundle.rs).
+# Built from: {info}
+# Needs: an NVIDIA GPU and its driver, bash, coreutils `timeout`, Python 3 with torch
+# ($PYTHON, default python3). No Rust toolchain, no network.
+# Usage: ./run.sh [OUT_DIR]   (default: results/ beside this script)
+set -uo pipefail
+HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
+OUT="${{1:-$HERE/results}}"
+PYTHON="${{PYTHON:-python3}}"
+mkdir -p "$OUT"
+cp "$HERE/{INFO}" "$OUT/{INFO}"
+failed=0
+
+{{
+  date -u
+  nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.current.sm,clocks.max.sm,temperature.gpu --format=csv
+  uname -a
+  nproc
+  "$PYTHON" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
+}} > "$OUT/env.txt" 2>&1
+
+# 1. Correctness against the CPU reference and timings (as `cargo xtask gpu-check`).
+timeout {gpu_check_s} "$HERE/{GPU_CHECK}" --out "$OUT/gpu-rust.json" 2>&1 | tee "$OUT/rust.log"
+rust_status=${{PIPESTATUS[0]}}
+case $rust_status in
+  0) ;;
+  2) echo "qattn-gpu-check found no usable GPU" >&2; exit 2 ;;
+  *) echo "qattn-gpu-check failed ($rust_status); running the baseline anyway" >&2; failed=1 ;;
+esac
+
+# 2. PyTorch SDPA baseline, merged with the Rust results into gpu.json.
+timeout {sdpa_s} "$PYTHON" "$HERE/{sdpa}" --rust "$OUT/gpu-rust.json" --out "$OUT/gpu.json" 2>&1 | tee "$OUT/sdpa.log"
+[ "${{PIPESTATUS[0]}}" -eq 0 ] || {{ echo "sdpa_baseline.py failed" >&2; failed=1; }}
+
+# 3. The GPU tests of qattn-kernels (tests/gpu.rs), one at a time.
+timeout {GPU_TESTS_LIMIT_S} "$HERE/{GPU_TESTS}" --test-threads=1 2>&1 | tee "$OUT/gpu-tests.log"
+[ "${{PIPESTATUS[0]}}" -eq 0 ] || {{ echo "GPU tests failed" >&2; failed=1; }}
+
+echo "results in $OUT"
+exit $failed
+"#
+    )
+}
+
+/// The bundle files `script` names as `"$HERE/<path>"`.
+fn referenced_files(script: &str) -> Vec<String> {
+    script
+        .split("\"$HERE/")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Writes the bundle into `out`: into a fresh sibling folder first, which then replaces `out`.
+/// An existing `out` is replaced only when it is an earlier bundle (it has BUNDLE.json) or
+/// empty, so a mistyped `--out` deletes nothing else.
+fn write_bundle(out: &Path, entries: &[Entry], info: &Value) -> Result<()> {
+    if out.exists() {
+        let empty = fs::read_dir(out)
+            .with_context(|| format!("reading {}", out.display()))?
+            .next()
+            .is_none();
+        if !empty && !out.join(INFO).is_file() {
+            bail!(
+                "{} exists and is not a GPU bundle (no {INFO}); not replacing it: choose another \
+                 --out",
+                out.display()
+            );
+        }
+    }
+    let parent = out
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let name = out
+        .file_name()
+        .with_context(|| format!("{} has no folder name", out.display()))?
+        .to_string_lossy();
+    let staging = parent.join(format!(".{name}.tmp-{}", std::process::id()));
+    if staging.exists() {
+        fs::remove_dir_all(&staging)?;
+    }
+    let result = (|| -> Result<()> {
+        for e in entries {
+            let dest = staging.join(e.dest);
+            fs::create_dir_all(dest.parent().expect("bundle paths have a folder"))?;
+            fs::copy(&e.src, &dest)
+                .with_context(|| format!("copying {} to {}", e.src.display(), dest.display()))?;
+            set_mode(&dest, if e.executable { 0o755 } else { 0o644 })?;
+        }
+        let info_text = serde_json::to_string_pretty(info)? + "\n";
+        write_atomic(&staging.join(INFO), info_text.as_bytes())?;
+        let script = run_script(&describe(info));
+        let run = staging.join(RUN_SH);
+        write_atomic(&run, script.as_bytes())?;
+        set_mode(&run, 0o755)?;
+        for f in referenced_files(&script) {
+            if !staging.join(&f).is_file() {
+                bail!("run.sh uses {f}, which the bundle does not contain");
+            }
+        }
+        if out.exists() {
+            fs::remove_dir_all(out).with_context(|| format!("removing {}", out.display()))?;
+        }
+        fs::rename(&staging, out)
+            .with_context(|| format!("renaming {} to {}", staging.display(), out.display()))?;
+        Ok(())
+    })();
+    if result.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    result
+}
+
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))
+        .with_context(|| format!("setting the mode of {}", path.display()))
+}
+
+#[cfg(not(unix))]
+fn set_mode(_: &Path, _: u32) -> Result<()> {
+    Ok(())
+}
+
+/// `commit abc (clean), 2026-12-06T…` from BUNDLE.json's fields.
+fn describe(info: &Value) -> String {
+    let commit = info["git_commit"].as_str().unwrap_or("unknown");
+    let state = match info["git_dirty"].as_bool() {
+        Some(true) => "dirty tree",
+        Some(false) => "clean tree",
+        None => "tree state unknown",
+    };
+    format!(
+        "commit {commit} ({state}), {}",
+        info["date_utc"].as_str().unwrap_or("unknown date")
+    )
+}
+
+/// The executable of the `gpu` test target from `cargo test --no-run --message-format=json`.
+fn test_executable(messages: &str) -> Option<PathBuf> {
+    messages
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "gpu")
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+}
+
+/// `cargo xtask gpu-bundle`.
+pub(crate) fn gpu_bundle(root: &Path, opts: &Options) -> Result<()> {
+    let out = opts
+        .out
+        .clone()
+        .unwrap_or_else(|| root.join("target/gpu-bundle"));
+    let nvcc = match find_nvcc(root, None) {
+        Ok(p) => p,
+        Err(_) => {
+            // nvcc from PyPI, as the CI step does.
+            let py = pyenv::ensure(root)?;
+            find_nvcc(root, Some(&py)).map_err(anyhow::Error::msg)?
+        }
+    };
+    let provenance = Provenance::collect(root);
+    if provenance.git_dirty != Some(false) {
+        println!(
+            "warning: building the bundle from a tree that is not a clean commit; BUNDLE.json \
+             and run.sh say so"
+        );
+    }
+    let target = root.join(CUDA_TARGET_DIR);
+    let mut build = cargo();
+    build
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", &target)
+        .env("NVCC", &nvcc)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "qattn-kernels",
+            "--features",
+            "cuda",
+            "--bin",
+            "qattn-gpu-check",
+        ]);
+    crate::run(&mut build)?;
+    let messages = output(
+        cargo()
+            .current_dir(root)
+            .env("CARGO_TARGET_DIR", &target)
+            .env("NVCC", &nvcc)
+            .args([
+                "test",
+                "--release",
+                "-p",
+                "qattn-kernels",
+                "--features",
+                "cuda",
+                "--test",
+                "gpu",
+                "--no-run",
+                "--message-format=json",
+            ]),
+    )?;
+    let gpu_tests = test_executable(&messages)
+        .context("cargo did not report the executable of the `gpu` test target")?;
+    let nvcc_version = output(Command::new(&nvcc).arg("--version"))
+        .ok()
+        .and_then(|s| s.lines().last().map(str::to_owned));
+    let mut info = serde_json::to_value(&provenance)?;
+    if let Some(obj) = info.as_object_mut() {
+        obj.insert(
+            "command".into(),
+            Value::from(match &opts.out {
+                Some(o) => format!("cargo xtask gpu-bundle --out {}", o.display()),
+                None => "cargo xtask gpu-bundle".to_owned(),
+            }),
+        );
+        obj.insert("nvcc".into(), Value::from(nvcc_version));
+    }
+    let files = entries(root, target.join("release/qattn-gpu-check"), gpu_tests);
+    write_bundle(&out, &files, &info)?;
+    println!(
+        "wrote the GPU bundle to {} ({}); on the device: {}/run.sh [OUT_DIR]",
+        out.display(),
+        describe(&info),
+        out.display()
+    );
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(name: &str) -> PathBuf {
+        let d =
+            std::env::temp_dir().join(format!("qattn-gpu-bundle-{name}-{}", std::process::id()));
+        if d.exists() {
+            fs::remove_dir_all(&d).unwrap();
+        }
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn options() {
+        assert_eq!(parse_options(&[]).unwrap(), Options { out: None });
+        assert_eq!(
+            parse_options(&["--out", "b"]).unwrap().out,
+            Some(PathBuf::from("b"))
+        );
+        assert!(parse_options(&["--out"]).is_err());
+        assert!(parse_options(&["--quick"]).is_err());
+    }
+
+    #[test]
+    fn run_sh_uses_only_files_the_bundle_contains() {
+        let tmp = scratch("layout");
+        let root = tmp.join("repo");
+        fs::create_dir_all(root.join("benchmarks/gpu")).unwrap();
+        fs::write(root.join(SDPA.1), "print('baseline')\n").unwrap();
+        let (check, tests) = (tmp.join("qattn-gpu-check"), tmp.join("gpu-1234abcd"));
+        fs::write(&check, "binary").unwrap();
+        fs::write(&tests, "binary").unwrap();
+        let info = serde_json::json!({
+            "git_commit": "0123456789ab", "git_dirty": false, "date_utc": "2026-12-06T00:00:00Z"
+        });
+        let out = tmp.join("bundle");
+        write_bundle(&out, &entries(&root, check, tests), &info).unwrap();
+
+        let script = fs::read_to_string(out.join(RUN_SH)).unwrap();
+        let used = referenced_files(&script);
+        for f in [GPU_CHECK, GPU_TESTS, SDPA.0, INFO] {
+            assert!(used.iter().any(|u| u == f), "run.sh does not use {f}");
+        }
+        for f in &used {
+            assert!(
+                out.join(f).is_file(),
+                "run.sh uses {f}, missing from the bundle"
+            );
+        }
+        assert!(
+            script.contains("commit 0123456789ab (clean tree)"),
+            "{script}"
+        );
+        assert!(script.contains(&format!("timeout {} ", GPU_CHECK_LIMIT.as_secs())));
+        assert!(script.contains(&format!("timeout {} ", SDPA_LIMIT.as_secs())));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            for f in [RUN_SH, GPU_CHECK, GPU_TESTS] {
+                let mode = fs::metadata(out.join(f)).unwrap().permissions().mode();
+                assert_eq!(mode & 0o111, 0o111, "{f} is not executable");
+            }
+        }
+        // The script parses (when bash is installed).
+        if let Ok(o) = Command::new("bash")
+            .arg("-n")
+            .arg(out.join(RUN_SH))
+            .output()
+        {
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        }
+        let written: Value =
+            serde_json::from_str(&fs::read_to_string(out.join(INFO)).unwrap()).unwrap();
+        assert_eq!(written, info);
+
+        // Rewriting replaces an earlier bundle; a folder that is not a bundle is left alone.
+        let (check, tests) = (tmp.join("qattn-gpu-check"), tmp.join("gpu-1234abcd"));
+        write_bundle(&out, &entries(&root, check.clone(), tests.clone()), &info).unwrap();
+        let other = tmp.join("not-a-bundle");
+        fs::create_dir_all(&other).unwrap();
+        fs::write(other.join("keep.txt"), "mine").unwrap();
+        let err = write_bundle(&other, &entries(&root, check, tests), &info).unwrap_err();
+        assert!(err.to_string().contains("not a GPU bundle"), "{err}");
+        assert!(other.join("keep.txt").is_file());
+        // A missing source fails without leaving a half-written bundle.
+        let err = write_bundle(
+            &tmp.join("b2"),
+            &entries(&root, tmp.join("missing"), tmp.join("missing")),
+            &info,
+        );
+        assert!(err.is_err());
+        assert!(!tmp.join("b2").exists());
+        fs::remove_dir_all(&tmp).unwrap();
+    }
+
+    #[test]
+    fn finds_the_test_executable_in_cargo_messages() {
+        let msgs = concat!(
+            r#"{"reason":"compiler-artifact","target":{"name":"qattn_kernels"},"executable":null}"#,
+            "\n",
+            r#"{"reason":"compiler-artifact","target":{"name":"gpu"},"executable":"/t/release/deps/gpu-ab12"}"#,
+            "\n",
+            r#"{"reason":"build-finished","success":true}"#,
+        );
+        assert_eq!(
+            test_executable(msgs),
+            Some(PathBuf::from("/t/release/deps/gpu-ab12"))
+        );
+        assert_eq!(test_executable(""), None);
+    }
+}
