@@ -102,6 +102,9 @@ const WORDS: [&str; 48] = [
     "budget",
 ];
 
+
+/// Largest `--duration` / `--timeout` accepted, in seconds (one day).
+const MAX_SECONDS: f64 = 86_400.0;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run_cli(&args) {
@@ -427,12 +430,13 @@ impl RunConfig {
         let requests: u64 = o.num("requests", 200)?;
         let duration: f64 = o.num("duration", 30.0)?;
         let timeout: f64 = o.num("timeout", 60.0)?;
-        let positive = |x: f64| x.is_finite() && x > 0.0;
-        if concurrency == 0 || requests == 0 || !positive(duration) || !positive(timeout) {
-            return Err(
-                "usage: --concurrency, --requests, --duration and --timeout must be positive"
-                    .to_owned(),
-            );
+        // Duration::from_secs_f64 panics above ~1.8e19 s: bound both to a day.
+        let seconds = |x: f64| x.is_finite() && x > 0.0 && x <= MAX_SECONDS;
+        if concurrency == 0 || requests == 0 || !seconds(duration) || !seconds(timeout) {
+            return Err(format!(
+                "usage: --concurrency and --requests must be positive, --duration and --timeout \
+                 in (0, {MAX_SECONDS}] seconds (got --duration {duration}, --timeout {timeout})"
+            ));
         }
         let cfg = RunConfig {
             target,
@@ -853,8 +857,10 @@ mod tests {
         assert!(run_cli(&args("run --target ftp --addr x --method embed")).is_err());
         assert!(run_cli(&args("matmul-rate --size 0")).is_err());
         let bad = "run --target http --addr x --method embed --duration";
-        for d in ["inf", "NaN", "-1", "0"] {
+        for d in ["inf", "NaN", "-1", "0", "1e20", "86401"] {
             assert!(run_cli(&args(&format!("{bad} {d}"))).is_err(), "{d}");
+            let t = format!("run --target http --addr x --method embed --timeout {d}");
+            assert!(run_cli(&args(&t)).is_err(), "--timeout {d}");
         }
         assert!(run_cli(&args("matmul-rate --bogus 1")).is_err());
         let v = run_cli(&args("matmul-rate --size 64 --reps 3")).unwrap();

@@ -27,8 +27,17 @@ pub fn to_markdown(r: &StudyReport) -> String {
     let _ = writeln!(s, "# Estimator studies\n");
     let _ = writeln!(
         s,
-        "qattn {} · {} study · model `{}` · seed {} · wall time {:.1} s\n",
+        "qattn {} ({}) · {} study · model `{}` · seed {} · wall time {:.1} s\n",
         r.qattn_version,
+        match (&r.git_sha, r.git_dirty) {
+            (Some(c), Some(d)) => format!(
+                "commit {}, {}",
+                &c[..c.len().min(12)],
+                if d { "dirty" } else { "clean" }
+            ),
+            (Some(c), None) => format!("commit {}", &c[..c.len().min(12)]),
+            _ => "commit unknown".to_string(),
+        },
         if r.quick { "quick" } else { "full" },
         r.model,
         r.seed,

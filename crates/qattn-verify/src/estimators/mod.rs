@@ -232,6 +232,13 @@ pub struct StudyReport {
     pub format_version: u32,
     /// The qattn version that ran the study.
     pub qattn_version: String,
+    /// The commit the binary was built from and whether its sources were clean
+    /// ([`qattn_train::provenance`]); `None` in reports written before the field existed.
+    #[serde(default)]
+    pub git_sha: Option<String>,
+    /// Whether that build had uncommitted changes.
+    #[serde(default)]
+    pub git_dirty: Option<bool>,
     /// Quick or full study.
     pub quick: bool,
     /// The model (or `synthetic`).
@@ -313,6 +320,8 @@ pub fn run_study(opts: &StudyOptions, progress: &dyn Fn(&str)) -> Result<StudyRe
     Ok(StudyReport {
         format_version: FORMAT_VERSION,
         qattn_version: env!("CARGO_PKG_VERSION").into(),
+        git_sha: qattn_train::provenance::BUILD.commit_string(),
+        git_dirty: qattn_train::provenance::BUILD.dirty_flag(),
         quick: opts.quick,
         model,
         seed: opts.seed,
