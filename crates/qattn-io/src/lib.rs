@@ -1,7 +1,7 @@
 //! # qattn-io
 //!
 //! Crash-safe file output, the one implementation every qattn crate that persists files uses
-//! (qattn-model re-exports it as `qattn_model::io::write_atomic` with its own error type; xtask
+//! (qattn-model and qattn-train wrap it to report failures as their own error type; xtask
 //! calls it directly). Standard library only.
 //!
 //! [`write_atomic`] writes a temporary file in the target's folder, fsyncs it, renames it over

@@ -2,7 +2,6 @@
 
 use super::{RunStatus, Tracker};
 use crate::error::{Error, Result};
-use qattn_model::io::write_atomic;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -10,6 +9,11 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
+
+/// [`qattn_io::write_atomic`] with this crate's [`Error::Io`] naming the file.
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    qattn_io::write_atomic(path, bytes).map_err(|e| Error::io(e.path, e.source))
+}
 
 /// The run's metrics log, `D/metrics.jsonl`.
 ///
@@ -106,7 +110,7 @@ impl Tracker for JsonlLog {
         let mut bytes = serde_json::to_vec_pretty(&self.params)
             .map_err(|e| Error::Tracking(format!("{}: {e}", self.params_path.display())))?;
         bytes.push(b'\n');
-        Ok(write_atomic(&self.params_path, &bytes)?)
+        write_atomic(&self.params_path, &bytes)
     }
 
     fn log_metrics(&mut self, step: u64, metrics: &BTreeMap<String, f64>) -> Result<()> {
