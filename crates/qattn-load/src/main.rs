@@ -102,9 +102,9 @@ const WORDS: [&str; 48] = [
     "budget",
 ];
 
-
 /// Largest `--duration` / `--timeout` accepted, in seconds (one day).
 const MAX_SECONDS: f64 = 86_400.0;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match run_cli(&args) {
