@@ -551,9 +551,11 @@ fn estimators_quick_on_synthetic_rows_writes_the_report() {
 #[test]
 fn claims_on_hand_made_records_gives_verdicts_and_files() {
     let dir = tempfile::tempdir().unwrap();
-    // Two systems × 2 seeds on 40 examples: "mc" is always right, "exact" on three in four.
+    // Two systems × 2 seeds on 200 examples: "mc" is always right, "exact" on three in four.
+    // With 2 seeds the interval uses t with 1 df, so the dev set must be large enough for a
+    // claim of +90 points to be ruled out.
     for (att, seed) in [("mc", 1), ("mc", 2), ("exact", 1), ("exact", 2)] {
-        let preds: Vec<Value> = (0..40)
+        let preds: Vec<Value> = (0..200)
             .map(|i| {
                 let gold = i % 2;
                 let pred = if att == "mc" || i % 4 < 3 {
@@ -569,7 +571,7 @@ fn claims_on_hand_made_records_gives_verdicts_and_files() {
             "training_args": {},
             "git_sha": null, "machine": {}, "dev_metrics": {}, "predictions": preds,
             "wall_seconds": {}, "train_tokens_per_second": 0.0, "peak_rss_mb": null,
-            "train_examples": 0, "dev_examples": 40, "unix_time": 0
+            "train_examples": 0, "dev_examples": 200, "unix_time": 0
         });
         let d = dir.path().join(format!("runs/rte/{att}/seed-{seed}"));
         std::fs::create_dir_all(&d).unwrap();
