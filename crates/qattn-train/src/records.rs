@@ -77,8 +77,8 @@ pub struct RunRecord {
     /// [`crate::provenance`]; not the commit of the current directory).
     pub git_sha: Option<String>,
     /// Whether that build had uncommitted changes; `None` when unknown (and in records written
-    /// before the field existed).
-    #[serde(default)]
+    /// before the field existed, which therefore round-trip unchanged).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub git_dirty: Option<bool>,
     /// CPU, cores, OS.
     pub machine: BTreeMap<String, String>,
