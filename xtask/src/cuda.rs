@@ -192,13 +192,13 @@ fn status_within(cmd: &mut Command, limit: Duration, what: &str) -> Result<ExitS
 /// both into benchmarks/results/gpu.json — the same two steps, with the same limits, as the
 /// `run.sh` of `cargo xtask gpu-bundle` (xtask/src/gpu_bundle.rs), the procedure for a GPU
 /// machine without a Rust toolchain that produced benchmarks/results/gpu.json.
-pub(crate) fn gpu_check(root: &Path) -> Result<()> {
-    let nvcc = find_nvcc(root, None).map_err(anyhow::Error::msg)?;
-    let target = root.join(CUDA_TARGET_DIR);
+/// Builds `qattn-gpu-check` with the `cuda` feature into [`CUDA_TARGET_DIR`] using `nvcc`
+/// (shared by `gpu-check` and `gpu-bundle`).
+pub(crate) fn build_gpu_check(root: &Path, nvcc: &Path) -> Result<()> {
     run(cargo()
         .current_dir(root)
-        .env("CARGO_TARGET_DIR", &target)
-        .env("NVCC", &nvcc)
+        .env("CARGO_TARGET_DIR", root.join(CUDA_TARGET_DIR))
+        .env("NVCC", nvcc)
         .args([
             "build",
             "--release",
@@ -208,7 +208,13 @@ pub(crate) fn gpu_check(root: &Path) -> Result<()> {
             "cuda",
             "--bin",
             "qattn-gpu-check",
-        ]))?;
+        ]))
+}
+
+pub(crate) fn gpu_check(root: &Path) -> Result<()> {
+    let nvcc = find_nvcc(root, None).map_err(anyhow::Error::msg)?;
+    let target = root.join(CUDA_TARGET_DIR);
+    build_gpu_check(root, &nvcc)?;
     let results = root.join("benchmarks/results");
     fs::create_dir_all(&results).with_context(|| format!("creating {}", results.display()))?;
     let rust_json = results.join("gpu-rust.json");

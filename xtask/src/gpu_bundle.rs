@@ -282,22 +282,7 @@ pub(crate) fn gpu_bundle(root: &Path, opts: &Options) -> Result<()> {
         );
     }
     let target = root.join(CUDA_TARGET_DIR);
-    let mut build = cargo();
-    build
-        .current_dir(root)
-        .env("CARGO_TARGET_DIR", &target)
-        .env("NVCC", &nvcc)
-        .args([
-            "build",
-            "--release",
-            "-p",
-            "qattn-kernels",
-            "--features",
-            "cuda",
-            "--bin",
-            "qattn-gpu-check",
-        ]);
-    crate::run(&mut build)?;
+    crate::cuda::build_gpu_check(root, &nvcc)?;
     let messages = output(
         cargo()
             .current_dir(root)
