@@ -166,6 +166,24 @@ impl Default for FallbackConfig {
 
 /// The longest `rollout.window_s`: 7 days, in seconds.
 pub const MAX_ROLLOUT_WINDOW_S: f64 = 7.0 * 86_400.0;
+/// The shortest `rollout.window_s`: one millisecond. Shorter windows round to a zero
+/// [`Duration`] (a subnormal number of seconds does) and could never hold a request.
+pub const MIN_ROLLOUT_WINDOW_S: f64 = 0.001;
+
+/// `rollout.window_s` as a duration: an error naming the key unless it is a number of
+/// seconds in [[`MIN_ROLLOUT_WINDOW_S`], [`MAX_ROLLOUT_WINDOW_S`]].
+fn rollout_window(window_s: f64) -> Result<Duration> {
+    if (MIN_ROLLOUT_WINDOW_S..=MAX_ROLLOUT_WINDOW_S).contains(&window_s)
+        && let Ok(window) = Duration::try_from_secs_f64(window_s)
+        && !window.is_zero()
+    {
+        return Ok(window);
+    }
+    Err(Error::Config(format!(
+        "rollout.window_s: {window_s} is out of range: must be a number of seconds between \
+         {MIN_ROLLOUT_WINDOW_S} and {MAX_ROLLOUT_WINDOW_S} (7 days)"
+    )))
+}
 /// The longest `batching.max_wait_ms` (one minute).
 pub const MAX_WAIT_MS: u64 = 60_000;
 /// The largest `limits.max_concurrent` (a semaphore of more permits cannot exist).
@@ -382,16 +400,7 @@ impl ServeConfig {
         if !(0.0..=1.0).contains(&self.rollout.error_rate_threshold) {
             return bad("rollout.error_rate_threshold", "must be in [0, 1]");
         }
-        if !(self.rollout.window_s.is_finite()
-            && self.rollout.window_s > 0.0
-            && self.rollout.window_s <= MAX_ROLLOUT_WINDOW_S)
-        {
-            return Err(Error::Config(format!(
-                "rollout.window_s: {} is out of range: must be a number of seconds > 0 and ≤ \
-                 {MAX_ROLLOUT_WINDOW_S} (7 days)",
-                self.rollout.window_s
-            )));
-        }
+        rollout_window(self.rollout.window_s)?;
         if self.batching.max_wait_ms > MAX_WAIT_MS {
             return Err(Error::Config(format!(
                 "batching.max_wait_ms: {} is out of range: must be ≤ {MAX_WAIT_MS}",
@@ -450,16 +459,7 @@ impl ServeConfig {
     /// The rollback policy; an error naming `rollout.window_s` when it is not a valid
     /// duration (a configuration built in code, not through [`ServeConfig::validate`]).
     pub fn rollback_policy(&self) -> Result<crate::routing::RollbackPolicy> {
-        let window_s = self.rollout.window_s;
-        let window = Duration::try_from_secs_f64(window_s)
-            .ok()
-            .filter(|w| !w.is_zero() && window_s <= MAX_ROLLOUT_WINDOW_S)
-            .ok_or_else(|| {
-                Error::Config(format!(
-                    "rollout.window_s: {window_s} is out of range: must be a number of seconds > \
-                     0 and ≤ {MAX_ROLLOUT_WINDOW_S}"
-                ))
-            })?;
+        let window = rollout_window(self.rollout.window_s)?;
         Ok(crate::routing::RollbackPolicy {
             error_rate_threshold: self.rollout.error_rate_threshold,
             window,
@@ -509,6 +509,8 @@ mod tests {
             ("[rollout]\nwindow_s = nan\n", "rollout.window_s"),
             ("[rollout]\nwindow_s = -1.0\n", "rollout.window_s"),
             ("[rollout]\nwindow_s = 0.0\n", "rollout.window_s"),
+            ("[rollout]\nwindow_s = 1e-309\n", "rollout.window_s"),
+            ("[rollout]\nwindow_s = 0.0001\n", "rollout.window_s"),
             (
                 "[batching]\nmax_wait_ms = 18446744073709551615\n",
                 "batching.max_wait_ms",
@@ -530,6 +532,11 @@ mod tests {
         cfg.rollout.window_s = 1e20;
         let err = cfg.rollback_policy().unwrap_err().to_string();
         assert!(err.contains("rollout.window_s"), "{err}");
+        // A subnormal number of seconds is positive but rounds to a zero duration.
+        cfg.rollout.window_s = 8.486188323428343e-309;
+        assert!(cfg.validate().is_err());
+        let err = cfg.rollback_policy().unwrap_err().to_string();
+        assert!(err.contains("rollout.window_s"), "{err}");
         cfg.rollout.window_s = 30.0;
         assert_eq!(
             cfg.rollback_policy().unwrap().window,
@@ -549,6 +556,9 @@ mod tests {
                 proptest::strategy::Just(1e20),
                 proptest::strategy::Just(0.0),
                 proptest::strategy::Just(-1.0),
+                proptest::strategy::Just(8.5e-309),
+                proptest::strategy::Just(1e-10),
+                proptest::strategy::Just(MIN_ROLLOUT_WINDOW_S),
                 0.001f64..1e6,
             ],
             max_wait_ms in proptest::prop_oneof![proptest::num::u64::ANY, 0u64..100_000],
