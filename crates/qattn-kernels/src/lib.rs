@@ -40,6 +40,7 @@
 mod cpu;
 pub mod cuda;
 mod error;
+pub mod fused;
 mod math;
 pub mod noise;
 mod op;

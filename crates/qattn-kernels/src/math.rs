@@ -3,7 +3,8 @@
 //! The scalar code is written branch-free so LLVM vectorises it; each entry point is compiled
 //! three times (baseline x86-64, AVX2+FMA, AVX-512F) and the best one is picked at run time, so
 //! release binaries stay portable (no `target-cpu=native`). Results are bit-identical across the
-//! variants: the code uses no fused multiply-add and reduces through 16 fixed lanes.
+//! variants: the code uses no contracted multiply-add (only explicit `mul_add`, which is exactly
+//! rounded everywhere) and reduces through 16 fixed lanes.
 
 const LANES: usize = 16;
 
@@ -110,6 +111,207 @@ fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// Coefficients of the Chebyshev fit of Numerical Recipes' `erfcc`:
+/// erfc(z) = t·exp(−z² + P(t)), t = 1/(1 + z/2), z ≥ 0, fractional error < 1.2e-7 for every z.
+#[allow(clippy::excessive_precision)] // the published coefficients, as printed
+const ERFC_P: [f32; 10] = [
+    -1.265_512_2,
+    1.000_023_7,
+    0.374_091_96,
+    0.096_784_18,
+    -0.186_288_06,
+    0.278_868_07,
+    -1.135_203_9,
+    1.488_515_9,
+    -0.822_152_23,
+    0.170_872_77,
+];
+
+/// 1/√(2π).
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+/// The pieces of the standard normal tails at `x`: (exp(−x²/2), Φ(−|x|)/exp(−x²/2), e) with
+/// e = x² − fl(x²), branch-free so it vectorises.
+///
+/// Φ(−|x|) = erfc(|x|/√2)/2 is evaluated directly (no cancellation in the lower tail), with
+/// exp(−x²/2) split as exp(−p/2)·exp(−e/2) where p + e = x² exactly (`mul_add` gives e), so the
+/// large exponent is never rounded. The small factor exp(−x²/2) is returned apart so callers
+/// multiply it last and keep full precision down to f32's smallest normal results.
+#[inline(always)]
+fn normal_tail_parts(x: f32) -> (f32, f32, f32) {
+    let p = x * x;
+    let e = x.mul_add(x, -p);
+    let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let mut poly = ERFC_P[9];
+    for &c in ERFC_P[..9].iter().rev() {
+        poly = poly * t + c;
+    }
+    (
+        exp_approx(-0.5 * p),
+        0.5 * t * exp_approx(poly - 0.5 * e),
+        e,
+    )
+}
+
+/// GELU, exact erf form: x·Φ(x). Relative error ≤ 1e-6 against f64 wherever the result is a
+/// normal f32 (tested).
+#[inline(always)]
+fn gelu_scalar(x: f32) -> f32 {
+    // Beyond ±14 the lower tail is below f32's range; clamping keeps ±inf out of the tails.
+    let xc = x.clamp(-14.0, 14.0);
+    let (g, rest, _) = normal_tail_parts(xc);
+    if x >= 0.0 {
+        x * (1.0 - rest * g)
+    } else {
+        (x * rest) * g
+    }
+}
+
+/// d/dx GELU(x) = Φ(x) + x·φ(x).
+#[inline(always)]
+fn gelu_grad_scalar(x: f32) -> f32 {
+    let xc = x.clamp(-14.0, 14.0);
+    let (g, rest, e) = normal_tail_parts(xc);
+    let tail = rest * g;
+    let cdf = if x >= 0.0 { 1.0 - tail } else { tail };
+    let pdf = INV_SQRT_2PI * g * (1.0 - 0.5 * e);
+    cdf + xc * pdf
+}
+
+#[inline(always)]
+fn bias_gelu_impl(x: &[f32], bias: &[f32], out: &mut [f32]) {
+    let n = bias.len().max(1);
+    for (xr, or) in x.chunks(n).zip(out.chunks_mut(n)) {
+        for ((o, &xi), &b) in or.iter_mut().zip(xr).zip(bias) {
+            *o = gelu_scalar(xi + b);
+        }
+    }
+}
+
+#[inline(always)]
+fn bias_gelu_grad_impl(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) {
+    let n = bias.len().max(1);
+    for ((xr, gr), or) in x.chunks(n).zip(grad.chunks(n)).zip(out.chunks_mut(n)) {
+        for (((o, &xi), &g), &b) in or.iter_mut().zip(xr).zip(gr).zip(bias) {
+            *o = g * gelu_grad_scalar(xi + b);
+        }
+    }
+}
+
+/// `z = x + bias (+ residual)` into `z`, then z ← (z − μ)/√(σ² + eps) in place (two-pass
+/// mean and variance through 16 fixed lanes); returns 1/√(σ² + eps).
+#[inline(always)]
+fn add_normalize(x: &[f32], residual: &[f32], bias: &[f32], eps: f32, z: &mut [f32]) -> f32 {
+    let h = z.len();
+    if residual.is_empty() {
+        for ((o, &xi), &b) in z.iter_mut().zip(x).zip(bias) {
+            *o = xi + b;
+        }
+    } else {
+        for (((o, &xi), &r), &b) in z.iter_mut().zip(x).zip(residual).zip(bias) {
+            *o = xi + b + r;
+        }
+    }
+    let mean = sum_impl(z) / h as f32;
+    let mut acc = [0.0f32; LANES];
+    let mut chunks = z.chunks_exact_mut(LANES);
+    for c in &mut chunks {
+        for l in 0..LANES {
+            c[l] -= mean;
+            acc[l] += c[l] * c[l];
+        }
+    }
+    for (l, v) in chunks.into_remainder().iter_mut().enumerate() {
+        *v -= mean;
+        acc[l] += *v * *v;
+    }
+    let var = acc.iter().sum::<f32>() / h as f32;
+    let rstd = 1.0 / (var + eps).sqrt();
+    for v in z.iter_mut() {
+        *v *= rstd;
+    }
+    rstd
+}
+
+/// Rows of residual + LayerNorm: for each row of width `h = out.len() / rows`,
+/// `out = γ·(z − μ)/√(σ² + eps) + β` with `z = x + bias + residual` (`residual` may be
+/// empty). `params` is `[bias; γ; β]`, 3·h values.
+#[inline(always)]
+fn add_layer_norm_impl(x: &[f32], residual: &[f32], params: &[f32], eps: f32, out: &mut [f32]) {
+    let h = params.len() / 3;
+    if h == 0 {
+        return;
+    }
+    let (bias, rest) = params.split_at(h);
+    let (gamma, beta) = rest.split_at(h);
+    for (r, o) in out.chunks_exact_mut(h).enumerate() {
+        let res = if residual.is_empty() {
+            &[][..]
+        } else {
+            &residual[r * h..(r + 1) * h]
+        };
+        add_normalize(&x[r * h..(r + 1) * h], res, bias, eps, o);
+        for ((v, &g), &b) in o.iter_mut().zip(gamma).zip(beta) {
+            *v = *v * g + b;
+        }
+    }
+}
+
+/// Backward of [`add_layer_norm`] over rows: writes dL/dz into `dz` and adds the rows'
+/// contributions to `dparams` = [Σ dz; Σ g·x̂; Σ g] (the bias, γ and β gradients).
+#[inline(always)]
+fn add_layer_norm_grad_impl(
+    x: &[f32],
+    residual: &[f32],
+    params: &[f32],
+    eps: f32,
+    grad: &[f32],
+    dz: &mut [f32],
+    dparams: &mut [f32],
+) {
+    let h = params.len() / 3;
+    if h == 0 {
+        return;
+    }
+    let (bias, rest) = params.split_at(h);
+    let gamma = &rest[..h];
+    let (db, rest) = dparams.split_at_mut(h);
+    let (dgamma, dbeta) = rest.split_at_mut(h);
+    for (r, d) in dz.chunks_exact_mut(h).enumerate() {
+        let res = if residual.is_empty() {
+            &[][..]
+        } else {
+            &residual[r * h..(r + 1) * h]
+        };
+        let rstd = add_normalize(&x[r * h..(r + 1) * h], res, bias, eps, d);
+        let g = &grad[r * h..(r + 1) * h];
+        let mut s1 = [0.0f32; LANES];
+        let mut s2 = [0.0f32; LANES];
+        for (((cx, cg), cm), (cdg, cdb)) in d
+            .chunks(LANES)
+            .zip(g.chunks(LANES))
+            .zip(gamma.chunks(LANES))
+            .zip(dgamma.chunks_mut(LANES).zip(dbeta.chunks_mut(LANES)))
+        {
+            for l in 0..cx.len() {
+                let gg = cg[l] * cm[l];
+                s1[l] += gg;
+                s2[l] += gg * cx[l];
+                cdg[l] += cg[l] * cx[l];
+                cdb[l] += cg[l];
+            }
+        }
+        let m1 = s1.iter().sum::<f32>() / h as f32;
+        let m2 = s2.iter().sum::<f32>() / h as f32;
+        for (((v, &gi), &gm), dbi) in d.iter_mut().zip(g).zip(gamma).zip(db.iter_mut()) {
+            let out = rstd * (gi * gm - m1 - *v * m2);
+            *v = out;
+            *dbi += out;
+        }
+    }
+}
+
 macro_rules! dispatch {
     ($(#[$doc:meta])* $vis:vis fn $name:ident($($arg:ident : $ty:ty),*) -> $ret:ty => $imp:ident) => {
         $(#[$doc])*
@@ -155,6 +357,25 @@ dispatch!(
     /// `y += alpha * x`.
     pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) -> () => axpy_impl
 );
+dispatch!(
+    /// `out = gelu(x + bias)` row by row (`bias.len()` is the row width), exact erf form.
+    pub(crate) fn bias_gelu(x: &[f32], bias: &[f32], out: &mut [f32]) -> () => bias_gelu_impl
+);
+dispatch!(
+    /// `out = grad · gelu'(x + bias)` row by row.
+    pub(crate) fn bias_gelu_grad(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) -> ()
+        => bias_gelu_grad_impl
+);
+dispatch!(
+    /// Rows of `LayerNorm(x + bias + residual)`; `params` = [bias; γ; β].
+    pub(crate) fn add_layer_norm(x: &[f32], residual: &[f32], params: &[f32], eps: f32,
+        out: &mut [f32]) -> () => add_layer_norm_impl
+);
+dispatch!(
+    /// Backward of [`add_layer_norm`]: dL/dz into `dz`, parameter gradients added to `dparams`.
+    pub(crate) fn add_layer_norm_grad(x: &[f32], residual: &[f32], params: &[f32], eps: f32,
+        grad: &[f32], dz: &mut [f32], dparams: &mut [f32]) -> () => add_layer_norm_grad_impl
+);
 
 #[cfg(test)]
 mod tests {
@@ -192,6 +413,27 @@ mod tests {
             xs.iter().cloned().fold(f32::NEG_INFINITY, f32::max)
         );
         assert_eq!(max(&[]), f32::NEG_INFINITY);
+        // The fused encoder kernels: the dispatched (AVX-512F / AVX2+FMA) variants give the
+        // baseline build's bits.
+        let bias: Vec<f32> = (0..xs.len()).map(|i| i as f32 * 0.01 - 0.5).collect();
+        let grad: Vec<f32> = xs.iter().map(|x| x * 0.7 + 0.1).collect();
+        let (mut o1, mut o2) = (vec![0.0; xs.len()], vec![0.0; xs.len()]);
+        bias_gelu(&xs, &bias, &mut o1);
+        bias_gelu_impl(&xs, &bias, &mut o2);
+        assert_eq!(o1, o2);
+        bias_gelu_grad(&xs, &bias, &grad, &mut o1);
+        bias_gelu_grad_impl(&xs, &bias, &grad, &mut o2);
+        assert_eq!(o1, o2);
+        let params: Vec<f32> = (0..3 * 21).map(|i| (i % 7) as f32 * 0.3 - 0.4).collect();
+        let rows = &xs[..84];
+        let (mut n1, mut n2) = (vec![0.0; 84], vec![0.0; 84]);
+        add_layer_norm(rows, &grad[..84], &params, 1e-5, &mut n1);
+        add_layer_norm_impl(rows, &grad[..84], &params, 1e-5, &mut n2);
+        assert_eq!(n1, n2);
+        let (mut p1, mut p2) = (vec![0.0; 63], vec![0.0; 63]);
+        add_layer_norm_grad(rows, &[], &params, 1e-5, &grad[..84], &mut n1, &mut p1);
+        add_layer_norm_grad_impl(rows, &[], &params, 1e-5, &grad[..84], &mut n2, &mut p2);
+        assert_eq!((n1, p1), (n2, p2));
         let d: f32 = xs.iter().zip(&a).map(|(x, y)| x * y).sum();
         assert!((dot(&xs, &a) - d).abs() < 1e-3 * d.abs().max(1.0));
     }

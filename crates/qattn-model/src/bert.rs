@@ -99,6 +99,11 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        Ok(self.project(x)?.broadcast_add(&self.bias)?)
+    }
+
+    /// x Wᵀ without the bias (for the fused bias + activation / bias + residual + LayerNorm).
+    pub(crate) fn project(&self, x: &Tensor) -> Result<Tensor> {
         let dims = x.dims().to_vec();
         let (last, lead) = dims
             .split_last()
@@ -109,7 +114,6 @@ impl Linear {
             Some(r) => r.matmul_t(&x2)?,
             None => x2.matmul(&self.weight.t()?)?,
         };
-        let y = y.broadcast_add(&self.bias)?;
         let mut out = lead.to_vec();
         out.push(self.weight.dim(0)?);
         Ok(y.reshape(out)?)
@@ -132,12 +136,45 @@ impl LayerNorm {
         })
     }
 
-    fn forward(&self, x: &Tensor, mode: Mode) -> Result<Tensor> {
+    /// LayerNorm(x + bias + residual) (bias and residual optional). f32 on the CPU takes the
+    /// fused kernel (one pass, with its own backward); other dtypes and devices the candle ops.
+    fn forward(
+        &self,
+        x: &Tensor,
+        bias: Option<&Tensor>,
+        residual: Option<&Tensor>,
+        mode: Mode,
+    ) -> Result<Tensor> {
+        if qattn_kernels::fused::supported(x) {
+            let zeros;
+            let bias = match bias {
+                Some(b) => b,
+                None => {
+                    zeros = self.bias.zeros_like()?;
+                    &zeros
+                }
+            };
+            return Ok(qattn_kernels::fused::bias_residual_layer_norm(
+                x,
+                bias,
+                residual,
+                &self.weight,
+                &self.bias,
+                self.eps,
+            )?);
+        }
+        let mut z = match bias {
+            Some(b) => x.broadcast_add(b)?,
+            None => x.clone(),
+        };
+        if let Some(r) = residual {
+            z = (z + r)?;
+        }
         // candle-nn's fused kernel has no backward; training takes the composed form.
         let y = if mode.train {
-            candle_nn::ops::layer_norm_slow(x, &self.weight, &self.bias, self.eps as f32)?
+            candle_nn::ops::layer_norm_slow(&z, &self.weight, &self.bias, self.eps as f32)?
         } else {
-            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)?
+            candle_nn::ops::layer_norm(&z.contiguous()?, &self.weight, &self.bias, self.eps as f32)?
         };
         Ok(y)
     }
@@ -435,7 +472,7 @@ impl Bert {
             .reshape((b, l, cfg.hidden_size))?;
         let pos = e.position.narrow(0, 0, l)?.unsqueeze(0)?;
         let mut x = words.broadcast_add(&pos)?.add(&types)?;
-        x = e.norm.forward(&x, mode)?;
+        x = e.norm.forward(&x, None, None, mode)?;
         x = self.drop(&x, mode, 0)?;
 
         let mut hidden = Vec::new();
@@ -514,19 +551,46 @@ impl Bert {
         let cfg = &self.config;
         let (b, l, h) = x.dims3()?;
         let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((b, l, h))?;
-        let a = layer.attn_out.forward(&ctx)?;
-        let a = self.drop(&a, mode, 1 + 2 * index as u32)?;
-        let a = layer.attn_norm.forward(&(a + x)?, mode)?;
-        let f = layer.intermediate.forward(&a)?;
-        let f = match cfg.hidden_act {
-            Activation::Gelu => f.gelu_erf()?,
-            Activation::GeluTanh => f.gelu()?,
-            Activation::Relu => f.relu()?,
-            Activation::Silu => f.silu()?,
+        // Dropout acts between the dense bias and the residual: with it on, the bias is added
+        // first; without it, the bias folds into the fused residual + LayerNorm.
+        let dropout_on = mode.train && cfg.hidden_dropout_prob > 0.0;
+        let a = layer.attn_out.project(&ctx)?;
+        let a = if dropout_on {
+            let a = self.drop(
+                &a.broadcast_add(&layer.attn_out.bias)?,
+                mode,
+                1 + 2 * index as u32,
+            )?;
+            layer.attn_norm.forward(&a, None, Some(x), mode)?
+        } else {
+            layer
+                .attn_norm
+                .forward(&a, Some(&layer.attn_out.bias), Some(x), mode)?
         };
-        let f = layer.output.forward(&f)?;
-        let f = self.drop(&f, mode, 2 + 2 * index as u32)?;
-        layer.out_norm.forward(&(f + a)?, mode)
+        let f = layer.intermediate.project(&a)?;
+        let bias = &layer.intermediate.bias;
+        let f = match cfg.hidden_act {
+            Activation::Gelu if qattn_kernels::fused::supported(&f) => {
+                qattn_kernels::fused::bias_gelu(&f, bias)?
+            }
+            Activation::Gelu => f.broadcast_add(bias)?.gelu_erf()?,
+            Activation::GeluTanh => f.broadcast_add(bias)?.gelu()?,
+            Activation::Relu => f.broadcast_add(bias)?.relu()?,
+            Activation::Silu => f.broadcast_add(bias)?.silu()?,
+        };
+        let f = layer.output.project(&f)?;
+        if dropout_on {
+            let f = self.drop(
+                &f.broadcast_add(&layer.output.bias)?,
+                mode,
+                2 + 2 * index as u32,
+            )?;
+            layer.out_norm.forward(&f, None, Some(&a), mode)
+        } else {
+            layer
+                .out_norm
+                .forward(&f, Some(&layer.output.bias), Some(&a), mode)
+        }
     }
 
     /// Self-attention of one layer: one kernel call per group of heads sharing an estimator.

@@ -5,6 +5,7 @@
 mod common;
 mod estimators;
 mod exact;
+mod fused;
 mod grads;
 mod noise;
 mod props;

@@ -1,0 +1,421 @@
+//! Fused element-wise operations of the BERT encoder, with autograd backward: bias + GELU
+//! (exact erf form) and bias + residual + LayerNorm.
+//!
+//! Each replaces a chain of candle ops (and the buffers each of them allocates) by one pass
+//! over contiguous f32 rows, vectorised through the run-time dispatched kernels of `math`
+//! (AVX-512F, AVX2+FMA or baseline x86-64) and split over rayon in fixed blocks of rows, so a
+//! result never depends on the thread count. Only f32 tensors on the CPU take these paths;
+//! callers keep the unfused ops for other dtypes and devices ([`supported`]).
+//!
+//! Accuracy (tested against f64): GELU relative error ≤ 1e-6 wherever the result is a normal
+//! f32; LayerNorm matches the two-pass f64 computation to ~1e-6 relative.
+
+use crate::math;
+use candle_core::backend::BackendStorage;
+use candle_core::{CpuStorage, DType, Device, Layout, Shape, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Elements per rayon task (rounded to whole rows): large enough to amortise scheduling, small
+/// enough to give two or more cores work on a [32·128, 384] activation.
+const BLOCK_ELEMS: usize = 32 * 1024;
+
+/// Whether the fused ops handle `t`: f32 on the CPU.
+pub fn supported(t: &Tensor) -> bool {
+    t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu)
+}
+
+fn err(msg: String) -> candle_core::Error {
+    candle_core::Error::Msg(msg)
+}
+
+/// The f32 data of a CPU storage under a contiguous layout.
+fn contiguous_f32<'a>(
+    s: &'a CpuStorage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    let data = match s {
+        CpuStorage::F32(v) => v.as_slice(),
+        other => {
+            return Err(err(format!(
+                "{op}: {what} must be f32, got {:?}",
+                other.dtype()
+            )));
+        }
+    };
+    match l.contiguous_offsets() {
+        Some((a, b)) => Ok(&data[a..b]),
+        None => Err(err(format!("{op}: {what} must be contiguous"))),
+    }
+}
+
+/// Runs `f` on the contiguous f32 data of `t` (made contiguous first when it is not).
+fn with_slice<R>(
+    t: &Tensor,
+    op: &str,
+    what: &str,
+    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
+) -> candle_core::Result<R> {
+    let t = t.contiguous()?;
+    let (s, l) = t.storage_and_layout();
+    match &*s {
+        Storage::Cpu(cpu) => f(contiguous_f32(cpu, l, op, what)?),
+        _ => Err(err(format!("{op}: {what} must be on the CPU"))),
+    }
+}
+
+/// Rows per rayon task for rows of width `h`.
+fn rows_per_block(h: usize) -> usize {
+    (BLOCK_ELEMS / h.max(1)).max(1)
+}
+
+/// `gelu(x + bias)` with `bias` broadcast over the last dimension of `x`; GELU in its exact
+/// erf form, x·Φ(x), as BERT uses. Differentiable in both arguments.
+///
+/// Errors when `bias` is not 1-D of the size of `x`'s last dimension, or the tensors are not
+/// f32 on the CPU (see [`supported`]).
+pub fn bias_gelu(x: &Tensor, bias: &Tensor) -> candle_core::Result<Tensor> {
+    let n = x.dims().last().copied().unwrap_or(1);
+    if bias.dims() != [n] {
+        return Err(err(format!(
+            "bias_gelu: bias has shape {:?}, expected [{n}] (the last dimension of x {:?})",
+            bias.dims(),
+            x.dims()
+        )));
+    }
+    x.contiguous()?.apply_op2(bias, BiasGelu)
+}
+
+/// `gelu(x)`, exact erf form, through the same vectorised kernel as [`bias_gelu`].
+pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
+    let n = x.dims().last().copied().unwrap_or(1);
+    bias_gelu(x, &Tensor::zeros(n, DType::F32, x.device())?)
+}
+
+struct BiasGelu;
+
+impl candle_core::CustomOp2 for BiasGelu {
+    fn name(&self) -> &'static str {
+        "qattn-bias-gelu"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name(), "x")?;
+        let bias = contiguous_f32(s2, l2, self.name(), "bias")?;
+        let n = bias.len().max(1);
+        let mut out = vec![0.0f32; x.len()];
+        let block = rows_per_block(n) * n;
+        out.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .for_each(|(o, xs)| math::bias_gelu(xs, bias, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        bias: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>)> {
+        let n = bias.elem_count().max(1);
+        let dx = x.apply_op3_no_bwd(bias, grad, &BiasGeluGrad)?;
+        let rows = dx.elem_count() / n;
+        let dbias = dx.reshape((rows, n))?.sum(0)?;
+        Ok((Some(dx), Some(dbias)))
+    }
+}
+
+/// grad · gelu'(x + bias), the backward of [`BiasGelu`].
+struct BiasGeluGrad;
+
+impl candle_core::CustomOp3 for BiasGeluGrad {
+    fn name(&self) -> &'static str {
+        "qattn-bias-gelu-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let x = contiguous_f32(s1, l1, self.name(), "x")?;
+        let bias = contiguous_f32(s2, l2, self.name(), "bias")?;
+        let grad = contiguous_f32(s3, l3, self.name(), "grad")?;
+        if grad.len() != x.len() {
+            return Err(err(format!(
+                "{}: grad has {} elements, x {}",
+                self.name(),
+                grad.len(),
+                x.len()
+            )));
+        }
+        let n = bias.len().max(1);
+        let mut out = vec![0.0f32; x.len()];
+        let block = rows_per_block(n) * n;
+        out.par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(grad.par_chunks(block)))
+            .for_each(|(o, (xs, gs))| math::bias_gelu_grad(xs, bias, gs, o));
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+}
+
+/// `LayerNorm(x + bias + residual)` over the last dimension:
+/// `γ·(z − μ)/√(σ² + eps) + β` with `z = x + bias + residual`. `bias`, `gamma` and `beta` are
+/// 1-D of the last dimension's size; `residual`, when given, has `x`'s shape. Differentiable in
+/// every tensor argument.
+///
+/// This is BERT's "dense output + dropout + residual + LayerNorm" with the dense bias folded in
+/// (pass a zero bias when dropout must act between the bias and the residual).
+pub fn bias_residual_layer_norm(
+    x: &Tensor,
+    bias: &Tensor,
+    residual: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> candle_core::Result<Tensor> {
+    let h = x.dims().last().copied().unwrap_or(1);
+    for (name, t) in [("bias", bias), ("gamma", gamma), ("beta", beta)] {
+        if t.dims() != [h] {
+            return Err(err(format!(
+                "bias_residual_layer_norm: {name} has shape {:?}, expected [{h}] (the last \
+                 dimension of x {:?})",
+                t.dims(),
+                x.dims()
+            )));
+        }
+    }
+    if let Some(r) = residual
+        && r.dims() != x.dims()
+    {
+        return Err(err(format!(
+            "bias_residual_layer_norm: residual has shape {:?}, x {:?}",
+            r.dims(),
+            x.dims()
+        )));
+    }
+    if !(eps.is_finite() && eps > 0.0) {
+        return Err(err(format!(
+            "bias_residual_layer_norm: eps must be a finite number > 0, got {eps}"
+        )));
+    }
+    let params = Tensor::stack(&[bias, gamma, beta], 0)?;
+    let op = AddLayerNorm {
+        eps: eps as f32,
+        residual: residual.is_some(),
+    };
+    let x = x.contiguous()?;
+    let r = match residual {
+        Some(r) => r.contiguous()?,
+        // A placeholder the op ignores (not `x` itself: one storage locked twice by one op).
+        None => Tensor::zeros(1, DType::F32, x.device())?,
+    };
+    x.apply_op3(&r, &params, op)
+}
+
+struct AddLayerNorm {
+    eps: f32,
+    residual: bool,
+}
+
+/// The checked inputs of [`AddLayerNorm`] and its backward.
+struct LnInputs<'a> {
+    x: &'a [f32],
+    /// Empty when there is no residual.
+    residual: &'a [f32],
+    /// [bias; γ; β].
+    params: &'a [f32],
+    /// The row width.
+    h: usize,
+}
+
+impl AddLayerNorm {
+    fn inputs<'a>(
+        &self,
+        (s1, l1): (&'a CpuStorage, &Layout),
+        (s2, l2): (&'a CpuStorage, &Layout),
+        (s3, l3): (&'a CpuStorage, &Layout),
+        name: &str,
+    ) -> candle_core::Result<LnInputs<'a>> {
+        let x = contiguous_f32(s1, l1, name, "x")?;
+        let r = if self.residual {
+            contiguous_f32(s2, l2, name, "residual")?
+        } else {
+            &[][..]
+        };
+        let params = contiguous_f32(s3, l3, name, "params")?;
+        let h = params.len() / 3;
+        if h == 0 || params.len() != 3 * h || x.len() % h != 0 {
+            return Err(err(format!(
+                "{name}: {} parameters do not make rows of the {} inputs",
+                params.len(),
+                x.len()
+            )));
+        }
+        if self.residual && r.len() != x.len() {
+            return Err(err(format!(
+                "{name}: residual has {} elements, x {}",
+                r.len(),
+                x.len()
+            )));
+        }
+        Ok(LnInputs {
+            x,
+            residual: r,
+            params,
+            h,
+        })
+    }
+}
+
+/// The residual slice of a block of rows (empty when there is none).
+fn block_of(r: &[f32], i: usize, block: usize) -> &[f32] {
+    if r.is_empty() {
+        r
+    } else {
+        &r[i * block..((i + 1) * block).min(r.len())]
+    }
+}
+
+impl candle_core::CustomOp3 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "qattn-add-layer-norm"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let LnInputs {
+            x,
+            residual: r,
+            params,
+            h,
+        } = self.inputs((s1, l1), (s2, l2), (s3, l3), self.name())?;
+        let mut out = vec![0.0f32; x.len()];
+        let block = rows_per_block(h) * h;
+        out.par_chunks_mut(block)
+            .zip(x.par_chunks(block))
+            .enumerate()
+            .for_each(|(i, (o, xs))| {
+                math::add_layer_norm(xs, block_of(r, i, block), params, self.eps, o)
+            });
+        Ok((CpuStorage::F32(out), l1.shape().clone()))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        residual: &Tensor,
+        params: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let h = params.elem_count() / 3;
+        let grad = grad.contiguous()?;
+        // One output: [dz (x's elements) | d params (3·h)], split below.
+        let packed = with_slice(&grad, self.name(), "grad", |g| {
+            let op = AddLayerNormGrad {
+                eps: self.eps,
+                residual: self.residual,
+                grad: g,
+            };
+            x.apply_op3_no_bwd(residual, params, &op)
+        })?;
+        let n = x.elem_count();
+        let dz = packed.narrow(0, 0, n)?.reshape(x.shape())?;
+        let dparams = packed.narrow(0, n, 3 * h)?.reshape((3, h))?;
+        let dres = self.residual.then(|| dz.clone());
+        Ok((Some(dz), dres, Some(dparams)))
+    }
+}
+
+/// The backward of [`AddLayerNorm`] (the upstream gradient travels in the op itself, since a
+/// custom op has at most three tensor arguments).
+struct AddLayerNormGrad<'g> {
+    eps: f32,
+    residual: bool,
+    grad: &'g [f32],
+}
+
+impl candle_core::CustomOp3 for AddLayerNormGrad<'_> {
+    fn name(&self) -> &'static str {
+        "qattn-add-layer-norm-grad"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(CpuStorage, Shape)> {
+        let fwd = AddLayerNorm {
+            eps: self.eps,
+            residual: self.residual,
+        };
+        let LnInputs {
+            x,
+            residual: r,
+            params,
+            h,
+        } = fwd.inputs((s1, l1), (s2, l2), (s3, l3), self.name())?;
+        if self.grad.len() != x.len() {
+            return Err(err(format!(
+                "{}: grad has {} elements, x {}",
+                self.name(),
+                self.grad.len(),
+                x.len()
+            )));
+        }
+        let n = x.len();
+        let block = rows_per_block(h) * h;
+        let mut out = vec![0.0f32; n + 3 * h];
+        let (dz, dparams) = out.split_at_mut(n);
+        // Per-block parameter gradients, summed in block order: deterministic for any thread
+        // count.
+        let partial: Vec<Vec<f32>> = dz
+            .par_chunks_mut(block)
+            .zip(x.par_chunks(block).zip(self.grad.par_chunks(block)))
+            .enumerate()
+            .map(|(i, (d, (xs, gs)))| {
+                let mut dp = vec![0.0f32; 3 * h];
+                math::add_layer_norm_grad(
+                    xs,
+                    block_of(r, i, block),
+                    params,
+                    self.eps,
+                    gs,
+                    d,
+                    &mut dp,
+                );
+                dp
+            })
+            .collect();
+        for p in &partial {
+            for (a, b) in dparams.iter_mut().zip(p) {
+                *a += b;
+            }
+        }
+        Ok((CpuStorage::F32(out), Shape::from(n + 3 * h)))
+    }
+}
