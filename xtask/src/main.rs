@@ -32,6 +32,7 @@ mod cuda;
 mod deploy;
 mod gpu_bundle;
 mod image;
+mod isa;
 mod layering;
 mod machete;
 mod pyenv;
@@ -288,6 +289,12 @@ fn ci(opts: &CiOptions) -> Result<()> {
             }
             run(&mut cmd)
         })?;
+        let env = shared_data_env(&root, |k| std::env::var_os(k));
+        pyenv::step_or_skip(
+            &mut skips,
+            "AVX2 fallback of the matmuls (ISA tests under valgrind on an AVX-512 CPU)",
+            || isa::fallback_check(&root, &env),
+        )?;
     }
     let skipped = match (opts.skip_clippy, opts.skip_tests) {
         (false, false) => "",

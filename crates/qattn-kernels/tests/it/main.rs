@@ -7,5 +7,6 @@ mod estimators;
 mod exact;
 mod fused;
 mod grads;
+mod isa;
 mod noise;
 mod props;
