@@ -10,8 +10,12 @@ shapes as crates/qattn-kernels/benches/kernels.rs: B=2, H=8 (B*H=16), D=64, Lq=L
 Each size is warmed up, then timed with time.perf_counter() one call at a time until about
 1 s (0.3 s with --quick) and at least 3 calls have run; the median is reported.
 
+It also times one f32 matrix multiply, torch.mm of [M, K] x [K, N] with the shape of
+crates/qattn-kernels/examples/gemm_peak.rs (4096 x 384 x 1536), for the GEMM row.
+
 Usage: torch_sdpa.py --json PATH [--quick]
-Writes {"torch_version", "threads", "b", "h", "d", "rows": [{"mode", "lk", "time_ms", ...}]}.
+Writes {"torch_version", "threads", "b", "h", "d", "rows": [{"mode", "lk", "time_ms", ...}],
+"gemm": {"m", "k", "n", "time_ms", "gflops"}}.
 `cargo xtask bench kernels` runs this script with benchmarks/.venv/bin/python.
 """
 
@@ -85,6 +89,25 @@ def bench(lk, budget_s):
     return rows
 
 
+GEMM_M, GEMM_K, GEMM_N = 4096, 384, 1536
+
+
+def bench_gemm(budget_s):
+    """Median time of torch.mm on the GEMM row's shape."""
+    g = torch.Generator().manual_seed(1)
+    a = torch.randn((GEMM_M, GEMM_K), generator=g, dtype=torch.float32)
+    b = torch.randn((GEMM_K, GEMM_N), generator=g, dtype=torch.float32)
+
+    def mm():
+        with torch.no_grad():
+            torch.mm(a, b)
+
+    t = statistics.median(time_calls(mm, budget_s))
+    gflops = 2.0 * GEMM_M * GEMM_K * GEMM_N / t / 1e9
+    print(f"torch mm {GEMM_M}x{GEMM_K}x{GEMM_N}: median {1e3 * t:.3f} ms, {gflops:.0f} GFLOP/s")
+    return {"m": GEMM_M, "k": GEMM_K, "n": GEMM_N, "time_ms": 1e3 * t, "gflops": gflops}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", metavar="PATH", required=True, help="where to write results")
@@ -116,6 +139,7 @@ def main():
         "quick": args.quick,
         "statistic": "median of single-call wall times (time.perf_counter)",
         "rows": rows,
+        "gemm": bench_gemm(budget_s),
     }
     write_atomic(args.json, json.dumps(result, indent=2) + "\n")
 

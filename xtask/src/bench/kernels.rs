@@ -88,12 +88,93 @@ struct Report {
     notes: Vec<String>,
     targets: Vec<Target>,
     rows: Vec<Row>,
+    /// The f32 GEMM row (the `gemm_peak` example and PyTorch's `torch.mm`).
+    gemm: Option<Gemm>,
 }
 
 #[derive(Serialize, Clone)]
 struct TorchInfo {
     version: String,
     threads: Option<u64>,
+    /// `torch.mm` on the GEMM row's shape, GFLOP/s.
+    gemm_gflops: Option<f64>,
+}
+
+/// The f32 GEMM row: candle's matmul against the machine's peak (from the measured clock and
+/// FMA width) and against PyTorch in the same run.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+struct Gemm {
+    isa: String,
+    lanes: u64,
+    threads: u64,
+    clock_ghz: f64,
+    peak_gflops: f64,
+    fma_gflops: f64,
+    m: u64,
+    k: u64,
+    n: u64,
+    gflops: f64,
+    fraction_of_peak: f64,
+    torch_gflops: Option<f64>,
+}
+
+/// Parses the `gemm_peak` example's JSON.
+fn parse_gemm(v: &Value, torch_gflops: Option<f64>) -> Result<Gemm> {
+    let num = |x: &Value, key: &str| -> Result<f64> {
+        x[key]
+            .as_f64()
+            .with_context(|| format!("gemm_peak output: no number `{key}`"))
+    };
+    let g = &v["gemm"];
+    Ok(Gemm {
+        isa: v["isa"]
+            .as_str()
+            .context("gemm_peak output: no isa")?
+            .to_owned(),
+        lanes: num(v, "lanes")? as u64,
+        threads: num(v, "threads")? as u64,
+        clock_ghz: num(v, "clock_ghz")?,
+        peak_gflops: num(v, "peak_gflops")?,
+        fma_gflops: num(v, "fma_gflops")?,
+        m: num(g, "m")? as u64,
+        k: num(g, "k")? as u64,
+        n: num(g, "n")? as u64,
+        gflops: num(g, "gflops")?,
+        fraction_of_peak: num(g, "fraction_of_peak")?,
+        torch_gflops,
+    })
+}
+
+/// The GEMM section of the Markdown report.
+fn gemm_markdown(g: &Gemm) -> String {
+    let torch = g.torch_gflops.map_or("—".to_owned(), |t| format!("{t:.0}"));
+    let ratio = g
+        .torch_gflops
+        .map_or("—".to_owned(), |t| format!("{:.2}", g.gflops / t));
+    format!(
+        "\n## f32 GEMM ({m} × {k} × {n}, {threads} threads)\n\n\
+         Peak = measured clock {clock:.2} GHz × {lanes} f32 lanes ({isa}) × 2 FLOP per FMA × 2 \
+         FMA pipes × {threads} cores = {peak:.0} GFLOP/s; 12 independent FMA chains per core \
+         sustained {fma:.0} GFLOP/s (the `gemm_peak` example).\n\n\
+         | matmul | GFLOP/s | of peak | × PyTorch |\n|---|---:|---:|---:|\n\
+         | qattn (candle → gemm) | {ours:.0} | {pct:.0}% | {ratio} |\n\
+         | PyTorch `torch.mm` | {torch} | {tpct} | 1.00 |\n",
+        m = g.m,
+        k = g.k,
+        n = g.n,
+        threads = g.threads,
+        clock = g.clock_ghz,
+        lanes = g.lanes,
+        isa = g.isa,
+        peak = g.peak_gflops,
+        fma = g.fma_gflops,
+        ours = g.gflops,
+        pct = 100.0 * g.fraction_of_peak,
+        tpct = g.torch_gflops.map_or("—".to_owned(), |t| format!(
+            "{:.0}%",
+            100.0 * t / g.peak_gflops
+        )),
+    )
 }
 
 #[derive(Serialize)]
@@ -278,9 +359,52 @@ pub(crate) fn kernels(root: &Path, opts: &BenchOptions) -> Result<()> {
         }
     };
 
-    // (f) Assemble, write, print.
+    // (f) The f32 GEMM row.
+    println!("\n==> cargo run --release -p qattn-kernels --example gemm_peak");
+    let gemm_path = raw_dir.join("gemm_peak.json");
+    let _ = fs::remove_file(&gemm_path);
+    let mut cmd = cargo();
+    cmd.current_dir(root)
+        .args([
+            "run",
+            "--release",
+            "-p",
+            "qattn-kernels",
+            "--example",
+            "gemm_peak",
+            "--",
+            "--json",
+        ])
+        .arg(&gemm_path);
+    if opts.quick {
+        cmd.arg("--quick");
+    }
+    let torch_gemm = torch_info.as_ref().and_then(|t| t.gemm_gflops);
+    let gemm = match run(&mut cmd)
+        .and_then(|()| read_json(&gemm_path))
+        .and_then(|v| parse_gemm(&v, torch_gemm))
+    {
+        Ok(g) => Some(g),
+        Err(e) => {
+            println!("GEMM row unavailable: {e:#}");
+            notes.push(format!("GEMM row unavailable: {e:#}"));
+            None
+        }
+    };
+
+    // (g) Assemble, write, print.
     let rows = build_rows(&ours, &torch_rows, &errors);
-    let targets = evaluate_targets(&rows);
+    let mut targets = evaluate_targets(&rows);
+    let seen: Vec<(String, f64)> = gemm
+        .iter()
+        .map(|g| (g.isa.clone(), g.fraction_of_peak))
+        .collect();
+    targets.push(threshold_target(
+        "f32 GEMM (4096×384×1536) ≥ 0.90 of the f32 peak".to_owned(),
+        &seen,
+        0.9,
+        " of peak",
+    ));
     let report = Report {
         command,
         provenance: Provenance::collect(root),
@@ -296,6 +420,7 @@ pub(crate) fn kernels(root: &Path, opts: &BenchOptions) -> Result<()> {
         notes,
         targets,
         rows,
+        gemm,
     };
     write_results(root, "kernels", &report, &markdown(&report))
 }
@@ -402,6 +527,7 @@ fn parse_torch(v: &Value) -> Result<(TorchInfo, Vec<Timing>)> {
         TorchInfo {
             version,
             threads: v["threads"].as_u64(),
+            gemm_gflops: v["gemm"]["gflops"].as_f64(),
         },
         rows,
     ))
@@ -605,12 +731,37 @@ fn markdown(r: &Report) -> String {
             cell(row.rel_error, error_cell),
         ));
     }
+    if let Some(g) = &r.gemm {
+        s.push_str(&gemm_markdown(g));
+    }
     s
 }
 
 #[cfg(test)]
 mod tests {
     use super::super::Status;
+
+    #[test]
+    fn gemm_row_parses_and_renders() {
+        let v = json!({"isa": "AVX2+FMA", "lanes": 8, "threads": 2, "clock_ghz": 3.19,
+                       "peak_gflops": 204.2, "fma_gflops": 203.9,
+                       "gemm": {"m": 4096, "k": 384, "n": 1536, "median_s": 0.029,
+                                "gflops": 166.0, "fraction_of_peak": 0.813}});
+        let g = parse_gemm(&v, Some(135.0)).unwrap();
+        assert_eq!((g.lanes, g.threads, g.m, g.k, g.n), (8, 2, 4096, 384, 1536));
+        let md = gemm_markdown(&g);
+        assert!(
+            md.contains("| qattn (candle → gemm) | 166 | 81% | 1.23 |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| PyTorch `torch.mm` | 135 | 66% | 1.00 |"),
+            "{md}"
+        );
+        assert!(md.contains("3.19 GHz × 8 f32 lanes (AVX2+FMA)"), "{md}");
+        let err = parse_gemm(&json!({"isa": "AVX2+FMA"}), None).unwrap_err();
+        assert!(format!("{err:#}").contains("lanes"), "{err:#}");
+    }
     use super::*;
     use serde_json::json;
 
@@ -708,6 +859,7 @@ mod tests {
             notes: vec![],
             targets,
             rows: rows.clone(),
+            gemm: None,
         });
         assert!(
             md.contains("| fwd | multinomial:8 | — | 512 | — | — | — | — | 0.2000 |"),
@@ -732,6 +884,7 @@ mod tests {
         assert_eq!(rows, [t("fwd", TORCH, 512, 3.0)]);
         let wrong = json!({"torch_version": "2", "d": 128, "rows": []});
         assert!(parse_torch(&wrong).is_err());
+        assert_eq!(info.gemm_gflops, None);
         let e = json!({"rows": [{"estimator": "stratified:32", "lk": 512, "rel_error": 0.05}]});
         assert_eq!(
             parse_errors(&e).unwrap()[&("stratified:32".to_owned(), 512)],
