@@ -105,6 +105,13 @@ fn dot_impl(a: &[f32], b: &[f32]) -> f32 {
 }
 
 #[inline(always)]
+fn add_assign_impl(y: &mut [f32], x: &[f32]) {
+    for (yi, xi) in y.iter_mut().zip(x) {
+        *yi += xi;
+    }
+}
+
+#[inline(always)]
 fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
     for (yi, xi) in y.iter_mut().zip(x) {
         *yi += alpha * xi;
@@ -356,6 +363,10 @@ dispatch!(
 dispatch!(
     /// `y += alpha * x`.
     pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) -> () => axpy_impl
+);
+dispatch!(
+    /// `y += x` over the common length.
+    pub(crate) fn add_assign(y: &mut [f32], x: &[f32]) -> () => add_assign_impl
 );
 dispatch!(
     /// `out = gelu(x + bias)` row by row (`bias.len()` is the row width), exact erf form.

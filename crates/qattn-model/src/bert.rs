@@ -99,7 +99,7 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        Ok(self.project(x)?.broadcast_add(&self.bias)?)
+        add_bias(&self.project(x)?, &self.bias)
     }
 
     /// x Wᵀ without the bias (for the fused bias + activation / bias + residual + LayerNorm).
@@ -117,6 +117,16 @@ impl Linear {
         let mut out = lead.to_vec();
         out.push(self.weight.dim(0)?);
         Ok(y.reshape(out)?)
+    }
+}
+
+/// `y + bias` over the last dimension: the fused op (parallel bias gradient) for f32 on the
+/// CPU, candle's broadcast add otherwise.
+fn add_bias(y: &Tensor, bias: &Tensor) -> Result<Tensor> {
+    if qattn_kernels::fused::supported(y) && qattn_kernels::fused::supported(bias) {
+        Ok(qattn_kernels::fused::bias_add(y, bias)?)
+    } else {
+        Ok(y.broadcast_add(bias)?)
     }
 }
 
@@ -557,7 +567,7 @@ impl Bert {
         let a = layer.attn_out.project(&ctx)?;
         let a = if dropout_on {
             let a = self.drop(
-                &a.broadcast_add(&layer.attn_out.bias)?,
+                &add_bias(&a, &layer.attn_out.bias)?,
                 mode,
                 1 + 2 * index as u32,
             )?;
@@ -573,15 +583,15 @@ impl Bert {
             Activation::Gelu if qattn_kernels::fused::supported(&f) => {
                 qattn_kernels::fused::bias_gelu(&f, bias)?
             }
-            Activation::Gelu => f.broadcast_add(bias)?.gelu_erf()?,
-            Activation::GeluTanh => f.broadcast_add(bias)?.gelu()?,
-            Activation::Relu => f.broadcast_add(bias)?.relu()?,
-            Activation::Silu => f.broadcast_add(bias)?.silu()?,
+            Activation::Gelu => add_bias(&f, bias)?.gelu_erf()?,
+            Activation::GeluTanh => add_bias(&f, bias)?.gelu()?,
+            Activation::Relu => add_bias(&f, bias)?.relu()?,
+            Activation::Silu => add_bias(&f, bias)?.silu()?,
         };
         let f = layer.output.project(&f)?;
         if dropout_on {
             let f = self.drop(
-                &f.broadcast_add(&layer.output.bias)?,
+                &add_bias(&f, &layer.output.bias)?,
                 mode,
                 2 + 2 * index as u32,
             )?;

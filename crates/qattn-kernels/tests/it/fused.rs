@@ -233,3 +233,33 @@ fn layer_norm_rejects_mismatched_shapes_and_eps() {
         .to_string();
     assert!(e.contains("eps"), "{e}");
 }
+
+#[test]
+fn bias_add_matches_the_unfused_op_forward_and_backward() {
+    let (rows, n) = (301, 97);
+    let x = var(&[rows, n], 21, 2.0);
+    let b = var(&[n], 22, 1.0);
+    let w = Tensor::from_vec(data(rows * n, 23, 1.0), (rows, n), &Device::Cpu).unwrap();
+    let fused = qattn_kernels::fused::bias_add(x.as_tensor(), b.as_tensor()).unwrap();
+    let unfused = x.as_tensor().broadcast_add(b.as_tensor()).unwrap();
+    assert_close("forward", &fused, &unfused, 0.0);
+    let gf = (fused * &w).unwrap().sum_all().unwrap().backward().unwrap();
+    let gu = (unfused * &w)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, v) in [("dx", &x), ("dbias", &b)] {
+        assert_close(
+            name,
+            gf.get(v.as_tensor()).unwrap(),
+            gu.get(v.as_tensor()).unwrap(),
+            1e-5,
+        );
+    }
+    let e = qattn_kernels::fused::bias_add(x.as_tensor(), w.as_ref())
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bias_add") && e.contains("[97]"), "{e}");
+}
