@@ -175,6 +175,68 @@ pub fn gelu_erf(x: &Tensor) -> candle_core::Result<Tensor> {
     bias_gelu(x, &Tensor::zeros(n, DType::F32, x.device())?)
 }
 
+/// [`bias_gelu`] written over `x`, for inference: no new buffer (no allocation, zeroing or
+/// page faults for a fresh [tokens, intermediate] activation). `x` must be contiguous and not
+/// tracked by autograd, and every other tensor sharing its storage sees the change, so pass
+/// only a fresh result nobody else reads (the output of a matmul).
+pub fn bias_gelu_(x: &Tensor, bias: &Tensor) -> candle_core::Result<()> {
+    check_bias(x, bias, "bias_gelu_")?;
+    check_inplace(x, "bias_gelu_")?;
+    x.inplace_op2(&bias.contiguous()?, &BiasGeluInplace)
+}
+
+/// Errors unless `x` can be overwritten: contiguous and outside autograd.
+fn check_inplace(x: &Tensor, op: &str) -> candle_core::Result<()> {
+    if x.track_op() {
+        return Err(err(format!(
+            "{op}: x is tracked by autograd; use the out-of-place op"
+        )));
+    }
+    if !x.is_contiguous() {
+        return Err(err(format!("{op}: x must be contiguous")));
+    }
+    Ok(())
+}
+
+/// The contiguous f32 data of a mutable CPU storage.
+fn contiguous_f32_mut<'a>(
+    s: &'a mut CpuStorage,
+    l: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a mut [f32]> {
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| err(format!("{op}: x must be contiguous")))?;
+    match s {
+        CpuStorage::F32(v) => Ok(&mut v[a..b]),
+        other => Err(err(format!("{op}: x must be f32, got {:?}", other.dtype()))),
+    }
+}
+
+struct BiasGeluInplace;
+
+impl candle_core::InplaceOp2 for BiasGeluInplace {
+    fn name(&self) -> &'static str {
+        "qattn-bias-gelu-inplace"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> candle_core::Result<()> {
+        let bias = contiguous_f32(s2, l2, self.name(), "bias")?;
+        let x = contiguous_f32_mut(s1, l1, self.name())?;
+        let n = bias.len().max(1);
+        let block = rows_per_block(n) * n;
+        x.par_chunks_mut(block)
+            .for_each(|xs| math::bias_gelu_inplace(xs, bias));
+        Ok(())
+    }
+}
+
 struct BiasGelu;
 
 impl candle_core::CustomOp2 for BiasGelu {
@@ -267,6 +329,35 @@ pub fn bias_residual_layer_norm(
     beta: &Tensor,
     eps: f64,
 ) -> candle_core::Result<Tensor> {
+    let (r, params, op) = layer_norm_args(x, bias, residual, gamma, beta, eps)?;
+    x.contiguous()?.apply_op3(&r, &params, op)
+}
+
+/// [`bias_residual_layer_norm`] written over `x`, for inference (no new buffer). The same
+/// conditions as [`bias_gelu_`]: `x` contiguous, outside autograd, and read by nobody else.
+pub fn bias_residual_layer_norm_(
+    x: &Tensor,
+    bias: &Tensor,
+    residual: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> candle_core::Result<()> {
+    let (r, params, op) = layer_norm_args(x, bias, residual, gamma, beta, eps)?;
+    check_inplace(x, "bias_residual_layer_norm_")?;
+    x.inplace_op3(&r, &params, &op)
+}
+
+/// The checked arguments of the LayerNorm ops: the residual (or a placeholder), the stacked
+/// parameters and the op.
+fn layer_norm_args(
+    x: &Tensor,
+    bias: &Tensor,
+    residual: Option<&Tensor>,
+    gamma: &Tensor,
+    beta: &Tensor,
+    eps: f64,
+) -> candle_core::Result<(Tensor, Tensor, AddLayerNorm)> {
     let h = x.dims().last().copied().unwrap_or(1);
     for (name, t) in [("bias", bias), ("gamma", gamma), ("beta", beta)] {
         if t.dims() != [h] {
@@ -297,18 +388,62 @@ pub fn bias_residual_layer_norm(
         eps: eps as f32,
         residual: residual.is_some(),
     };
-    let x = x.contiguous()?;
     let r = match residual {
         Some(r) => r.contiguous()?,
         // A placeholder the op ignores (not `x` itself: one storage locked twice by one op).
         None => Tensor::zeros(1, DType::F32, x.device())?,
     };
-    x.apply_op3(&r, &params, op)
+    Ok((r, params, op))
 }
 
 struct AddLayerNorm {
     eps: f32,
     residual: bool,
+}
+
+impl candle_core::InplaceOp3 for AddLayerNorm {
+    fn name(&self) -> &'static str {
+        "qattn-add-layer-norm-inplace"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &mut CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+        s3: &CpuStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<()> {
+        let name = candle_core::InplaceOp3::name(self);
+        let r = if self.residual {
+            contiguous_f32(s2, l2, name, "residual")?
+        } else {
+            &[][..]
+        };
+        let params = contiguous_f32(s3, l3, name, "params")?;
+        let x = contiguous_f32_mut(s1, l1, name)?;
+        let h = params.len() / 3;
+        if h == 0 || params.len() != 3 * h || x.len() % h != 0 {
+            return Err(err(format!(
+                "{name}: {} parameters do not make rows of the {} inputs",
+                params.len(),
+                x.len()
+            )));
+        }
+        if self.residual && r.len() != x.len() {
+            return Err(err(format!(
+                "{name}: residual has {} elements, x {}",
+                r.len(),
+                x.len()
+            )));
+        }
+        let block = rows_per_block(h) * h;
+        x.par_chunks_mut(block).enumerate().for_each(|(i, xs)| {
+            math::add_layer_norm_inplace(xs, block_of(r, i, block), params, self.eps)
+        });
+        Ok(())
+    }
 }
 
 /// The checked inputs of [`AddLayerNorm`] and its backward.

@@ -197,6 +197,16 @@ fn bias_gelu_impl(x: &[f32], bias: &[f32], out: &mut [f32]) {
 }
 
 #[inline(always)]
+fn bias_gelu_inplace_impl(x: &mut [f32], bias: &[f32]) {
+    let n = bias.len().max(1);
+    for xr in x.chunks_mut(n) {
+        for (xi, &b) in xr.iter_mut().zip(bias) {
+            *xi = gelu_scalar(*xi + b);
+        }
+    }
+}
+
+#[inline(always)]
 fn bias_gelu_grad_impl(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) {
     let n = bias.len().max(1);
     for ((xr, gr), or) in x.chunks(n).zip(grad.chunks(n)).zip(out.chunks_mut(n)) {
@@ -206,11 +216,10 @@ fn bias_gelu_grad_impl(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) {
     }
 }
 
-/// `z = x + bias (+ residual)` into `z`, then z ← (z − μ)/√(σ² + eps) in place (two-pass
-/// mean and variance through 16 fixed lanes); returns 1/√(σ² + eps).
+/// `z = x + bias (+ residual)` into `z`, then z ← (z − μ)/√(σ² + eps) in place; returns
+/// 1/√(σ² + eps).
 #[inline(always)]
 fn add_normalize(x: &[f32], residual: &[f32], bias: &[f32], eps: f32, z: &mut [f32]) -> f32 {
-    let h = z.len();
     if residual.is_empty() {
         for ((o, &xi), &b) in z.iter_mut().zip(x).zip(bias) {
             *o = xi + b;
@@ -220,6 +229,14 @@ fn add_normalize(x: &[f32], residual: &[f32], bias: &[f32], eps: f32, z: &mut [f
             *o = xi + b + r;
         }
     }
+    normalize(z, eps)
+}
+
+/// z ← (z − μ)/√(σ² + eps) in place (two-pass mean and variance through 16 fixed lanes);
+/// returns 1/√(σ² + eps).
+#[inline(always)]
+fn normalize(z: &mut [f32], eps: f32) -> f32 {
+    let h = z.len();
     let mean = sum_impl(z) / h as f32;
     let mut acc = [0.0f32; LANES];
     let mut chunks = z.chunks_exact_mut(LANES);
@@ -239,6 +256,32 @@ fn add_normalize(x: &[f32], residual: &[f32], bias: &[f32], eps: f32, z: &mut [f
         *v *= rstd;
     }
     rstd
+}
+
+/// [`add_layer_norm`] with the output written over `x`.
+#[inline(always)]
+fn add_layer_norm_inplace_impl(x: &mut [f32], residual: &[f32], params: &[f32], eps: f32) {
+    let h = params.len() / 3;
+    if h == 0 {
+        return;
+    }
+    let (bias, rest) = params.split_at(h);
+    let (gamma, beta) = rest.split_at(h);
+    for (r, z) in x.chunks_exact_mut(h).enumerate() {
+        if residual.is_empty() {
+            for (v, &b) in z.iter_mut().zip(bias) {
+                *v += b;
+            }
+        } else {
+            for ((v, &res), &b) in z.iter_mut().zip(&residual[r * h..(r + 1) * h]).zip(bias) {
+                *v = *v + b + res;
+            }
+        }
+        normalize(z, eps);
+        for ((v, &g), &b) in z.iter_mut().zip(gamma).zip(beta) {
+            *v = *v * g + b;
+        }
+    }
 }
 
 /// Rows of residual + LayerNorm: for each row of width `h = out.len() / rows`,
@@ -373,6 +416,15 @@ dispatch!(
     pub(crate) fn bias_gelu(x: &[f32], bias: &[f32], out: &mut [f32]) -> () => bias_gelu_impl
 );
 dispatch!(
+    /// `x = gelu(x + bias)` row by row, in place.
+    pub(crate) fn bias_gelu_inplace(x: &mut [f32], bias: &[f32]) -> () => bias_gelu_inplace_impl
+);
+dispatch!(
+    /// [`add_layer_norm`] written over `x`.
+    pub(crate) fn add_layer_norm_inplace(x: &mut [f32], residual: &[f32], params: &[f32],
+        eps: f32) -> () => add_layer_norm_inplace_impl
+);
+dispatch!(
     /// `out = grad · gelu'(x + bias)` row by row.
     pub(crate) fn bias_gelu_grad(x: &[f32], bias: &[f32], grad: &[f32], out: &mut [f32]) -> ()
         => bias_gelu_grad_impl
@@ -432,6 +484,9 @@ mod tests {
         bias_gelu(&xs, &bias, &mut o1);
         bias_gelu_impl(&xs, &bias, &mut o2);
         assert_eq!(o1, o2);
+        let mut inplace = xs.clone();
+        bias_gelu_inplace(&mut inplace, &bias);
+        assert_eq!(inplace, o1);
         bias_gelu_grad(&xs, &bias, &grad, &mut o1);
         bias_gelu_grad_impl(&xs, &bias, &grad, &mut o2);
         assert_eq!(o1, o2);
@@ -441,6 +496,9 @@ mod tests {
         add_layer_norm(rows, &grad[..84], &params, 1e-5, &mut n1);
         add_layer_norm_impl(rows, &grad[..84], &params, 1e-5, &mut n2);
         assert_eq!(n1, n2);
+        let mut inplace = rows.to_vec();
+        add_layer_norm_inplace(&mut inplace, &grad[..84], &params, 1e-5);
+        assert_eq!(inplace, n1);
         let (mut p1, mut p2) = (vec![0.0; 63], vec![0.0; 63]);
         add_layer_norm_grad(rows, &[], &params, 1e-5, &grad[..84], &mut n1, &mut p1);
         add_layer_norm_grad_impl(rows, &[], &params, 1e-5, &grad[..84], &mut n2, &mut p2);

@@ -147,15 +147,17 @@ impl LayerNorm {
     }
 
     /// LayerNorm(x + bias + residual) (bias and residual optional). f32 on the CPU takes the
-    /// fused kernel (one pass, with its own backward); other dtypes and devices the candle ops.
+    /// fused kernel (one pass, with its own backward), written over `x` at inference (`x` is
+    /// taken by value: callers pass a fresh result nobody else reads); other dtypes and devices
+    /// the candle ops.
     fn forward(
         &self,
-        x: &Tensor,
+        x: Tensor,
         bias: Option<&Tensor>,
         residual: Option<&Tensor>,
         mode: Mode,
     ) -> Result<Tensor> {
-        if qattn_kernels::fused::supported(x) {
+        if qattn_kernels::fused::supported(&x) {
             let zeros;
             let bias = match bias {
                 Some(b) => b,
@@ -164,8 +166,19 @@ impl LayerNorm {
                     &zeros
                 }
             };
+            if !mode.train && !x.track_op() && x.is_contiguous() {
+                qattn_kernels::fused::bias_residual_layer_norm_(
+                    &x,
+                    bias,
+                    residual,
+                    &self.weight,
+                    &self.bias,
+                    self.eps,
+                )?;
+                return Ok(x);
+            }
             return Ok(qattn_kernels::fused::bias_residual_layer_norm(
-                x,
+                &x,
                 bias,
                 residual,
                 &self.weight,
@@ -175,7 +188,7 @@ impl LayerNorm {
         }
         let mut z = match bias {
             Some(b) => x.broadcast_add(b)?,
-            None => x.clone(),
+            None => x,
         };
         if let Some(r) = residual {
             z = (z + r)?;
@@ -482,7 +495,7 @@ impl Bert {
             .reshape((b, l, cfg.hidden_size))?;
         let pos = e.position.narrow(0, 0, l)?.unsqueeze(0)?;
         let mut x = words.broadcast_add(&pos)?.add(&types)?;
-        x = e.norm.forward(&x, None, None, mode)?;
+        x = e.norm.forward(x, None, None, mode)?;
         x = self.drop(&x, mode, 0)?;
 
         let mut hidden = Vec::new();
@@ -571,17 +584,23 @@ impl Bert {
                 mode,
                 1 + 2 * index as u32,
             )?;
-            layer.attn_norm.forward(&a, None, Some(x), mode)?
+            layer.attn_norm.forward(a, None, Some(x), mode)?
         } else {
             layer
                 .attn_norm
-                .forward(&a, Some(&layer.attn_out.bias), Some(x), mode)?
+                .forward(a, Some(&layer.attn_out.bias), Some(x), mode)?
         };
         let f = layer.intermediate.project(&a)?;
         let bias = &layer.intermediate.bias;
         let f = match cfg.hidden_act {
             Activation::Gelu if qattn_kernels::fused::supported(&f) => {
-                qattn_kernels::fused::bias_gelu(&f, bias)?
+                if !mode.train && !f.track_op() && f.is_contiguous() {
+                    // `f` is the fresh matmul result: GELU over it, no new buffer.
+                    qattn_kernels::fused::bias_gelu_(&f, bias)?;
+                    f
+                } else {
+                    qattn_kernels::fused::bias_gelu(&f, bias)?
+                }
             }
             Activation::Gelu => add_bias(&f, bias)?.gelu_erf()?,
             Activation::GeluTanh => add_bias(&f, bias)?.gelu()?,
@@ -595,11 +614,11 @@ impl Bert {
                 mode,
                 2 + 2 * index as u32,
             )?;
-            layer.out_norm.forward(&f, None, Some(&a), mode)
+            layer.out_norm.forward(f, None, Some(&a), mode)
         } else {
             layer
                 .out_norm
-                .forward(&f, Some(&layer.output.bias), Some(&a), mode)
+                .forward(f, Some(&layer.output.bias), Some(&a), mode)
         }
     }
 

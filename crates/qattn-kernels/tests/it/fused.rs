@@ -263,3 +263,31 @@ fn bias_add_matches_the_unfused_op_forward_and_backward() {
         .to_string();
     assert!(e.contains("bias_add") && e.contains("[97]"), "{e}");
 }
+
+#[test]
+fn in_place_forms_equal_the_out_of_place_ops_and_refuse_autograd_tensors() {
+    use qattn_kernels::fused::{bias_gelu_, bias_residual_layer_norm_};
+    let (rows, h) = (70, 384);
+    let x = Tensor::from_vec(data(rows * h, 31, 3.0), (rows, h), &Device::Cpu).unwrap();
+    let r = Tensor::from_vec(data(rows * h, 32, 3.0), (rows, h), &Device::Cpu).unwrap();
+    let p: Vec<Tensor> = (0..3)
+        .map(|i| Tensor::from_vec(data(h, 33 + i, 1.0), h, &Device::Cpu).unwrap())
+        .collect();
+    let want = bias_gelu(&x, &p[0]).unwrap();
+    let y = x.copy().unwrap();
+    bias_gelu_(&y, &p[0]).unwrap();
+    assert_close("gelu in place", &y, &want, 0.0);
+    for res in [Some(&r), None] {
+        let want = bias_residual_layer_norm(&x, &p[0], res, &p[1], &p[2], 1e-12).unwrap();
+        let y = x.copy().unwrap();
+        bias_residual_layer_norm_(&y, &p[0], res, &p[1], &p[2], 1e-12).unwrap();
+        assert_close("layer norm in place", &y, &want, 0.0);
+    }
+    let v = var(&[rows, h], 34, 1.0);
+    let e = bias_gelu_(v.as_tensor(), &p[0]).unwrap_err().to_string();
+    assert!(e.contains("autograd"), "{e}");
+    let e = bias_residual_layer_norm_(v.as_tensor(), &p[0], None, &p[1], &p[2], 1e-12)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("autograd"), "{e}");
+}
