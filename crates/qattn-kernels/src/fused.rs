@@ -423,21 +423,7 @@ impl candle_core::InplaceOp3 for AddLayerNorm {
         };
         let params = contiguous_f32(s3, l3, name, "params")?;
         let x = contiguous_f32_mut(s1, l1, name)?;
-        let h = params.len() / 3;
-        if h == 0 || params.len() != 3 * h || x.len() % h != 0 {
-            return Err(err(format!(
-                "{name}: {} parameters do not make rows of the {} inputs",
-                params.len(),
-                x.len()
-            )));
-        }
-        if self.residual && r.len() != x.len() {
-            return Err(err(format!(
-                "{name}: residual has {} elements, x {}",
-                r.len(),
-                x.len()
-            )));
-        }
+        let h = self.row_width(x.len(), r, params, name)?;
         let block = rows_per_block(h) * h;
         x.par_chunks_mut(block).enumerate().for_each(|(i, xs)| {
             math::add_layer_norm_inplace(xs, block_of(r, i, block), params, self.eps)
@@ -458,6 +444,31 @@ struct LnInputs<'a> {
 }
 
 impl AddLayerNorm {
+    /// The row width `params.len() / 3`, after checking that the inputs make whole rows and
+    /// the residual (when there is one) matches `x`.
+    fn row_width(
+        &self,
+        x_len: usize,
+        r: &[f32],
+        params: &[f32],
+        name: &str,
+    ) -> candle_core::Result<usize> {
+        let h = params.len() / 3;
+        if h == 0 || params.len() != 3 * h || !x_len.is_multiple_of(h) {
+            return Err(err(format!(
+                "{name}: {} parameters do not make rows of the {x_len} inputs",
+                params.len()
+            )));
+        }
+        if self.residual && r.len() != x_len {
+            return Err(err(format!(
+                "{name}: residual has {} elements, x {x_len}",
+                r.len()
+            )));
+        }
+        Ok(h)
+    }
+
     fn inputs<'a>(
         &self,
         (s1, l1): (&'a CpuStorage, &Layout),
@@ -472,21 +483,7 @@ impl AddLayerNorm {
             &[][..]
         };
         let params = contiguous_f32(s3, l3, name, "params")?;
-        let h = params.len() / 3;
-        if h == 0 || params.len() != 3 * h || x.len() % h != 0 {
-            return Err(err(format!(
-                "{name}: {} parameters do not make rows of the {} inputs",
-                params.len(),
-                x.len()
-            )));
-        }
-        if self.residual && r.len() != x.len() {
-            return Err(err(format!(
-                "{name}: residual has {} elements, x {}",
-                r.len(),
-                x.len()
-            )));
-        }
+        let h = self.row_width(x.len(), r, params, name)?;
         Ok(LnInputs {
             x,
             residual: r,
