@@ -11,7 +11,9 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qattn_glue::tasks::{self, Task};
 use qattn_train::records::RunRecord;
 use qattn_verify::claims::{self, ClaimsFile};
-use qattn_verify::compare::{CompareOptions, CompareProgress, TaskSource, run_compare};
+use qattn_verify::compare::{
+    CompareOptions, CompareProgress, SyntheticPreset, TaskSource, run_compare,
+};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -21,16 +23,22 @@ pub(crate) struct Args {
     /// The baseline attention.
     #[arg(long, default_value = "exact")]
     baseline: String,
-    /// Comma-separated Monte-Carlo attention specs compared against the baseline.
-    #[arg(long, value_delimiter = ',', default_value = "stratified:32")]
+    /// Comma-separated Monte-Carlo attention specs compared against the baseline (default:
+    /// stratified:32, multinomial:8, and stratified:32 with readout noise, without and with
+    /// mitigation).
+    #[arg(long, value_delimiter = ',', default_values_t = qattn_verify::compare::DEFAULT_MC_SYSTEMS.map(String::from))]
     systems: Vec<String>,
     /// Comma-separated seeds: one fine-tuning run per system and seed.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
     seeds: Vec<u64>,
-    /// A small preset for smoke tests (synthetic: 64 tokens, 60 steps; GLUE: 1 epoch on at
-    /// most 1000 train / 500 dev examples).
+    /// A small preset for smoke tests (synthetic: the majority task at 32 words only, 100
+    /// steps; GLUE: 1 epoch on at most 1000 train / 500 dev examples).
     #[arg(long)]
     quick: bool,
+    /// Comma-separated sequence lengths (words) of the synthetic majority task, one comparison
+    /// each (default: 64,128; --quick: 32).
+    #[arg(long, value_delimiter = ',', conflicts_with = "task")]
+    lengths: Vec<usize>,
     /// A GLUE/SuperGLUE task instead of the embedded synthetic one (needs --model).
     #[arg(long, requires = "model")]
     task: Option<String>,
@@ -72,6 +80,10 @@ pub(crate) struct Args {
     /// work, 1 is often faster: the workers spin while waiting for each other.
     #[arg(long)]
     threads: Option<usize>,
+    /// Synthetic runs trained at the same time, the threads shared among them (default: one
+    /// per thread). Results do not depend on it.
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    jobs: usize,
     /// Hub cache directory.
     #[arg(long)]
     cache_dir: Option<PathBuf>,
@@ -144,7 +156,22 @@ pub(crate) fn run(a: Args) -> Result<()> {
                 metric,
             )
         }
-        _ => (TaskSource::default(), qattn_glue::metrics::ACCURACY),
+        _ => {
+            let tasks = if a.lengths.is_empty() {
+                None
+            } else {
+                let preset = if a.quick {
+                    SyntheticPreset::quick_preset()
+                } else {
+                    SyntheticPreset::default_preset()
+                };
+                Some(preset.tasks_at(&a.lengths)?)
+            };
+            (
+                TaskSource::Synthetic { tasks, model: None },
+                qattn_glue::metrics::ACCURACY,
+            )
+        }
     };
     let opts = CompareOptions {
         systems: systems.clone(),
@@ -157,10 +184,12 @@ pub(crate) fn run(a: Args) -> Result<()> {
         batch_size: a.batch_size,
         set: a.set.clone(),
         output_dir: Some(a.output_dir.join("runs")),
+        jobs: a.jobs,
     };
-    let task_name = opts.task_name()?;
+    let task_names = opts.task_names()?;
     eprintln!(
-        "qattn compare: {task_name} — {} vs {} × seeds {:?}{}",
+        "qattn compare: {} — {} vs {} × seeds {:?}{}",
+        task_names.join(", "),
         a.baseline,
         a.systems.join(", "),
         a.seeds,
@@ -179,7 +208,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     bar.finish_and_clear();
     let records = records?;
 
-    let mut file = ClaimsFile::beats(task_name, metric, &a.baseline, &a.systems);
+    let mut file = ClaimsFile::beats_on(&task_names, metric, &a.baseline, &a.systems);
     anyhow::ensure!(
         a.resamples >= 100,
         "--resamples {}: at least 100",
@@ -193,30 +222,45 @@ pub(crate) fn run(a: Args) -> Result<()> {
         .join(" ");
     let written = claims::write_report(&report, &a.output_dir, &command)?;
 
-    println!();
-    println!(
-        "{:<18} {:>6} {:>16} {:>10}",
-        "attention", "seeds", metric, "train s"
-    );
-    for s in &systems {
-        let runs: Vec<&RunRecord> = records.iter().filter(|r| &r.attention == s).collect();
-        let scores: Vec<f64> = runs
-            .iter()
-            .filter_map(|r| r.dev_metrics.get(metric).copied())
-            .collect();
-        let (m, sd) = crate::glue::mean_sd(&scores);
-        let train: f64 = runs
-            .iter()
-            .filter_map(|r| r.wall_seconds.get("train"))
-            .sum::<f64>()
-            / runs.len().max(1) as f64;
+    let width = systems.iter().map(|s| s.len()).max().unwrap_or(9).max(9);
+    for task in &task_names {
+        println!();
+        println!("{task}");
         println!(
-            "{:<18} {:>6} {:>16} {:>10.1}",
-            s,
-            runs.len(),
-            format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * sd),
-            train
+            "  {:<width$} {:>6} {:>16} {:>10}  flags",
+            "attention", "seeds", metric, "train s"
         );
+        for s in &systems {
+            let runs: Vec<&RunRecord> = records
+                .iter()
+                .filter(|r| &r.attention == s && &r.task == task)
+                .collect();
+            let scores: Vec<f64> = runs
+                .iter()
+                .filter_map(|r| r.dev_metrics.get(metric).copied())
+                .collect();
+            let (m, sd) = crate::glue::mean_sd(&scores);
+            let train: f64 = runs
+                .iter()
+                .filter_map(|r| r.wall_seconds.get("train"))
+                .sum::<f64>()
+                / runs.len().max(1) as f64;
+            let flag = report
+                .results
+                .iter()
+                .filter(|r| &r.claim.task == task)
+                .flat_map(|r| [&r.system, &r.baseline])
+                .find(|x| &x.attention == s)
+                .and_then(|x| x.bound.clone())
+                .unwrap_or_default();
+            println!(
+                "  {:<width$} {:>6} {:>16} {:>10.1}  {flag}",
+                s,
+                runs.len(),
+                format!("{:.2} ± {:.2}", 100.0 * m, 100.0 * sd),
+                train
+            );
+        }
     }
     println!();
     for r in &report.results {
@@ -224,13 +268,16 @@ pub(crate) fn run(a: Args) -> Result<()> {
             (Some(l), Some(h)) => format!("[{:+.2}, {:+.2}]", 100.0 * l, 100.0 * h),
             _ => "–".into(),
         };
+        println!("{}: {}", r.claim.id, r.verdict);
         println!(
-            "{:<32} δ = {:>7} points  95% CI {:<18} p = {:<8} {}",
-            r.claim.id,
+            "    δ = {} points, {:.0}% CI {ci}, adjusted p = {}, detectable advantage (MDE, {:.0}% \
+             power) {}",
             r.delta.map_or("–".into(), |d| format!("{:+.2}", 100.0 * d)),
-            ci,
+            100.0 * r.ci_level,
             r.p_adjusted.map_or("–".into(), |p| format!("{p:.4}")),
-            r.verdict
+            100.0 * report.defaults.power,
+            r.mde
+                .map_or("–".into(), |m| format!("{:+.2} points", 100.0 * m)),
         );
         println!("    {}", r.reason);
     }

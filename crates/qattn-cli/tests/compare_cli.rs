@@ -24,9 +24,9 @@ fn quick_compare_prints_a_verdict_and_writes_the_report() {
         stdout.contains("stratified:32 beats exact") && verdicts.iter().any(|v| stdout.contains(v)),
         "{stdout}"
     );
-    // One record per system × seed, all on the same dev examples.
+    // One record per system × seed (5 default systems, 3 seeds), all on the same dev examples.
     let runs = qattn_glue_runs(&out.join("runs"));
-    assert_eq!(runs.len(), 6, "{runs:?}");
+    assert_eq!(runs.len(), 15, "{runs:?}");
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(out.join("claims-report.json")).unwrap())
             .unwrap();
@@ -59,6 +59,59 @@ fn quick_compare_prints_a_verdict_and_writes_the_report() {
 }
 
 #[test]
+fn a_clearly_weaker_system_is_reported_worse_at_every_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let o = Command::new(env!("CARGO_BIN_EXE_qattn"))
+        .args([
+            "compare",
+            "--quick",
+            "--systems",
+            "multinomial:2",
+            "--lengths",
+            "32,48",
+            "--resamples",
+            "1000",
+            "--output-dir",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("claims-report.json")).unwrap())
+            .unwrap();
+    let results = report["results"].as_array().unwrap();
+    let tasks: Vec<&str> = results
+        .iter()
+        .map(|r| r["claim"]["task"].as_str().unwrap())
+        .collect();
+    assert_eq!(tasks, ["synthetic-majority-32", "synthetic-majority-48"]);
+    for r in results {
+        assert_eq!(r["verdict"], "REFUTED", "{r}");
+        let (lo, hi) = (
+            r["ci_low"].as_f64().unwrap(),
+            r["ci_high"].as_f64().unwrap(),
+        );
+        assert!(lo < hi && hi < 0.0, "{r}");
+        assert!(r["mde"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(
+            stdout.contains(&format!(
+                "multinomial:2 beats exact on {}: REFUTED",
+                r["claim"]["task"].as_str().unwrap()
+            )),
+            "{stdout}"
+        );
+    }
+    assert_eq!(qattn_glue_runs(&out.join("runs")).len(), 12);
+}
+
+#[test]
 fn compare_rejects_the_baseline_as_a_system_and_bad_specs() {
     let run = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_qattn"))
@@ -74,6 +127,18 @@ fn compare_rejects_the_baseline_as_a_system_and_bad_specs() {
     assert!(e.contains("stratified:zero"), "{e}");
     let e = run(&["compare", "--task", "rte"]);
     assert!(e.contains("--model"), "{e}");
+    let e = run(&["compare", "--quick", "--lengths", "0"]);
+    assert!(e.contains("length 0"), "{e}");
+    let e = run(&[
+        "compare",
+        "--lengths",
+        "64",
+        "--task",
+        "rte",
+        "--model",
+        "m",
+    ]);
+    assert!(e.contains("--lengths") && e.contains("--task"), "{e}");
 }
 
 fn qattn_glue_runs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

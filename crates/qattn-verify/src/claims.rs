@@ -209,6 +209,28 @@ impl ClaimsFile {
         }
     }
 
+    /// "`s` beats `baseline`" on each of `tasks` for every `s` in `systems` (tasks outer). With
+    /// one task the ids are those of [`ClaimsFile::beats`]; with several each id ends in
+    /// " on TASK".
+    pub fn beats_on(tasks: &[String], metric: &str, baseline: &str, systems: &[String]) -> Self {
+        let mut file = ClaimsFile::beats("", metric, baseline, systems);
+        file.claims = tasks
+            .iter()
+            .flat_map(|t| {
+                ClaimsFile::beats(t, metric, baseline, systems)
+                    .claims
+                    .into_iter()
+                    .map(move |mut c| {
+                        if tasks.len() > 1 {
+                            c.id = format!("{} on {t}", c.id);
+                        }
+                        c
+                    })
+            })
+            .collect();
+        file
+    }
+
     /// Parses TOML text; `source` names the file in errors.
     pub fn parse(text: &str, source: &str) -> Result<Self> {
         let file: ClaimsFile =
@@ -297,6 +319,10 @@ pub struct SystemSummary {
     /// tested.
     #[serde(default)]
     pub learned: Option<bool>,
+    /// `"ceiling"` / `"floor"` when every run scored the metric's largest / smallest value: a
+    /// bound hides differences, so it is flagged instead of being read as evidence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bound: Option<String>,
 }
 
 /// The outcome of one claim.
@@ -544,8 +570,17 @@ fn aligned(runs: &[(&str, u64, &RunRecord)], task: &str, metric: Metric) -> Resu
     Ok(outs)
 }
 
-fn summary(attention: &str, runs: &Runs<'_>, scores: Vec<f64>) -> SystemSummary {
+fn summary(attention: &str, runs: &Runs<'_>, scores: Vec<f64>, metric: Metric) -> SystemSummary {
     let n = scores.len() as f64;
+    let (lo, hi) = metric.bounds();
+    let all = |b: f64| !scores.is_empty() && scores.iter().all(|x| (x - b).abs() <= 1e-12);
+    let bound = if all(hi) {
+        Some("ceiling".to_string())
+    } else if all(lo) {
+        Some("floor".to_string())
+    } else {
+        None
+    };
     let mean = (!scores.is_empty()).then(|| scores.iter().sum::<f64>() / n);
     let sd = mean
         .filter(|_| scores.len() >= 2)
@@ -557,6 +592,7 @@ fn summary(attention: &str, runs: &Runs<'_>, scores: Vec<f64>) -> SystemSummary 
         mean,
         sd,
         learned: None,
+        bound,
     }
 }
 
@@ -661,8 +697,8 @@ pub fn evaluate(file: &ClaimsFile, records: &[RunRecord]) -> Result<ClaimsReport
         let mut res = ClaimResult {
             claim: claim.clone(),
             margin,
-            system: summary(&sys_name, &sys_runs, Vec::new()),
-            baseline: summary(&base_name, &base_runs, Vec::new()),
+            system: summary(&sys_name, &sys_runs, Vec::new(), metric),
+            baseline: summary(&base_name, &base_runs, Vec::new(), metric),
             dev_examples: 0,
             test: match d.test {
                 ClaimTest::Bootstrap => {
@@ -722,9 +758,9 @@ pub fn evaluate(file: &ClaimsFile, records: &[RunRecord]) -> Result<ClaimsReport
             let sys_scores = outs[..k].iter().map(score).collect::<Result<Vec<_>>>()?;
             let base_scores = outs[k..].iter().map(score).collect::<Result<Vec<_>>>()?;
             let paired_runs: Runs<'_> = paired.iter().map(|&s| (s, sys_runs[&s])).collect();
-            res.system = summary(&sys_name, &paired_runs, sys_scores);
+            res.system = summary(&sys_name, &paired_runs, sys_scores, metric);
             let paired_runs: Runs<'_> = paired.iter().map(|&s| (s, base_runs[&s])).collect();
-            res.baseline = summary(&base_name, &paired_runs, base_scores);
+            res.baseline = summary(&base_name, &paired_runs, base_scores, metric);
             res.dev_examples = identity.len();
             let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
             res.delta = Some(mean(&res.system.scores) - mean(&res.baseline.scores));
@@ -804,8 +840,29 @@ fn pts(x: f64) -> String {
     format!("{:+.2}", 100.0 * x)
 }
 
-/// Applies the verdict rule of the module docs.
+/// Applies the verdict rule of the module docs, then flags systems whose every run sits at
+/// the metric's bound.
 fn decide(r: &mut ClaimResult, d: &Defaults) {
+    decide_rule(r, d);
+    let at_bound: Vec<String> = [&r.system, &r.baseline]
+        .iter()
+        .filter_map(|s| {
+            s.bound
+                .as_ref()
+                .map(|b| format!("every run of {} is at the metric's {b}", s.attention))
+        })
+        .collect();
+    if !at_bound.is_empty() {
+        r.reason.push_str(&format!(
+            "; note: {}: a bound hides how much better a system could be, so it is flagged, \
+             not read as evidence (make the task harder or the budget smaller)",
+            at_bound.join(" and ")
+        ));
+    }
+}
+
+/// The verdict rule of the module docs.
+fn decide_rule(r: &mut ClaimResult, d: &Defaults) {
     let alpha = d.alpha;
     let (Some(delta), Some(lo), Some(hi), Some(p)) = (r.delta, r.ci_low, r.ci_high, r.p_adjusted)
     else {

@@ -59,6 +59,10 @@
 //! a fine-tuning run does not change the data — only initialisation, data order, dropout
 //! and attention draws — so runs with different attention or seeds see the same examples.
 
+pub mod majority;
+
+pub use majority::{MajorityExample, MajorityTask, TASK_MAJORITY};
+
 use crate::error::{Result, invalid};
 use qattn_kernels::philox::philox4x32_10;
 use qattn_model::Tokenizer;
@@ -232,41 +236,14 @@ impl SyntheticTask {
 
     /// The `tokenizer.json` text of the word-level tokenizer (see the module docs).
     pub fn tokenizer_json(&self) -> String {
-        let vocab: serde_json::Map<String, serde_json::Value> = self
-            .vocab()
-            .into_iter()
-            .enumerate()
-            .map(|(i, w)| (w, serde_json::json!(i)))
-            .collect();
-        let added: Vec<serde_json::Value> = SPECIAL_TOKENS
-            .iter()
-            .enumerate()
-            .map(|(i, t)| {
-                serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false,
-                    "rstrip": false, "normalized": false, "special": true})
-            })
-            .collect();
-        serde_json::json!({
-            "version": "1.0",
-            "truncation": null,
-            "padding": null,
-            "added_tokens": added,
-            "normalizer": null,
-            "pre_tokenizer": {"type": "WhitespaceSplit"},
-            "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
-            "decoder": null,
-            "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-        })
-        .to_string()
+        word_level_tokenizer_json(&self.vocab())
     }
 
     /// The word-level tokenizer, truncating at [`SyntheticTask::encoded_len`] (a no-op for
     /// generated texts, which have exactly that many tokens).
     pub fn tokenizer(&self) -> Result<Tokenizer> {
         self.validate()?;
-        let mut tok = Tokenizer::from_bytes(self.tokenizer_json().as_bytes())?;
-        tok.set_max_length(Some(self.encoded_len()));
-        Ok(tok)
+        word_level_tokenizer(&self.vocab(), self.encoded_len())
     }
 
     /// The label space (class names `"0"…"V-1"`).
@@ -375,6 +352,166 @@ impl SyntheticTask {
             })
             .collect()
     }
+}
+
+/// One labelled text of any synthetic task, as the compare engine uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskExample {
+    /// `train-N` / `dev-N`: stable across runs, so predictions pair by id.
+    pub id: String,
+    /// The whitespace-separated words.
+    pub text: String,
+    /// The class id.
+    pub label: usize,
+}
+
+impl TaskExample {
+    /// The examples as training records (label = class id, idx = example id).
+    pub fn records(examples: &[TaskExample]) -> Vec<Record> {
+        examples
+            .iter()
+            .map(|e| Record {
+                text: e.text.clone(),
+                text_pair: None,
+                choices: None,
+                label: serde_json::json!(e.label),
+                idx: Some(serde_json::Value::String(e.id.clone())),
+            })
+            .collect()
+    }
+}
+
+/// Any of the embedded synthetic tasks.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum SyntheticSpec {
+    /// Majority vote over many markers ([`majority`]): the default of `qattn compare`.
+    Majority(MajorityTask),
+    /// Needle detection / key–value retrieval ([`SyntheticTask`]).
+    Retrieval(SyntheticTask),
+}
+
+impl SyntheticSpec {
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            SyntheticSpec::Majority(t) => t.validate(),
+            SyntheticSpec::Retrieval(t) => t.validate(),
+        }
+    }
+
+    /// The task name in run records.
+    pub fn name(&self) -> String {
+        match self {
+            SyntheticSpec::Majority(t) => t.name(),
+            SyntheticSpec::Retrieval(t) => t.name().to_string(),
+        }
+    }
+
+    /// Words per example.
+    pub fn seq_len(&self) -> usize {
+        match self {
+            SyntheticSpec::Majority(t) => t.seq_len,
+            SyntheticSpec::Retrieval(t) => t.seq_len,
+        }
+    }
+
+    /// Classes.
+    pub fn num_classes(&self) -> usize {
+        match self {
+            SyntheticSpec::Majority(_) => majority::NUM_CLASSES,
+            SyntheticSpec::Retrieval(t) => t.num_values,
+        }
+    }
+
+    /// The accuracy of a constant prediction on the balanced labels.
+    pub fn chance(&self) -> f64 {
+        1.0 / self.num_classes() as f64
+    }
+
+    /// Tokens of every encoding (L + 2).
+    pub fn encoded_len(&self) -> usize {
+        self.seq_len() + 2
+    }
+
+    /// The vocabulary in id order.
+    pub fn vocab(&self) -> Vec<String> {
+        match self {
+            SyntheticSpec::Majority(t) => t.vocab(),
+            SyntheticSpec::Retrieval(t) => t.vocab(),
+        }
+    }
+
+    /// The word-level tokenizer.
+    pub fn tokenizer(&self) -> Result<Tokenizer> {
+        match self {
+            SyntheticSpec::Majority(t) => t.tokenizer(),
+            SyntheticSpec::Retrieval(t) => t.tokenizer(),
+        }
+    }
+
+    /// The label space.
+    pub fn labels(&self) -> Labels {
+        match self {
+            SyntheticSpec::Majority(t) => t.labels(),
+            SyntheticSpec::Retrieval(t) => t.labels(),
+        }
+    }
+
+    /// The examples of `split`.
+    pub fn generate(&self, split: SyntheticSplit) -> Result<Vec<TaskExample>> {
+        Ok(match self {
+            SyntheticSpec::Majority(t) => {
+                t.generate(split)?.into_iter().map(|e| e.example).collect()
+            }
+            SyntheticSpec::Retrieval(t) => t
+                .generate(split)?
+                .into_iter()
+                .map(|e| TaskExample {
+                    id: e.id,
+                    text: e.text,
+                    label: e.label,
+                })
+                .collect(),
+        })
+    }
+}
+
+/// The `tokenizer.json` text of a word-level tokenizer over `vocab` (ids in order; the first
+/// four must be [`SPECIAL_TOKENS`]): whitespace pre-tokenizer, `[CLS] … [SEP]` post-processor.
+pub fn word_level_tokenizer_json(vocab: &[String]) -> String {
+    let vocab: serde_json::Map<String, serde_json::Value> = vocab
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), serde_json::json!(i)))
+        .collect();
+    let added: Vec<serde_json::Value> = SPECIAL_TOKENS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            serde_json::json!({"id": i, "content": t, "single_word": false, "lstrip": false,
+                "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    serde_json::json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": {"type": "BertProcessing", "sep": ["[SEP]", 3], "cls": ["[CLS]", 2]},
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    })
+    .to_string()
+}
+
+/// The word-level tokenizer over `vocab`, truncating at `max_len` tokens.
+pub fn word_level_tokenizer(vocab: &[String], max_len: usize) -> Result<Tokenizer> {
+    let mut tok = Tokenizer::from_bytes(word_level_tokenizer_json(vocab).as_bytes())?;
+    tok.set_max_length(Some(max_len));
+    Ok(tok)
 }
 
 /// The label of a text read back the way the task defines it: the value of the pair token

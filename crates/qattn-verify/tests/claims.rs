@@ -228,6 +228,54 @@ fn identical_outputs_are_inconclusive_not_refuted() {
 }
 
 #[test]
+fn runs_at_the_metrics_bound_are_flagged_not_read_as_evidence() {
+    // Both systems right on every example and seed: the old default's [0, 0] "verdict".
+    let all = vec![true; 200];
+    let mut recs = fixed("sst2", "stratified:32", 3, &all);
+    recs.extend(fixed("sst2", "exact", 3, &all));
+    let r = &evaluate(&claims(ONE), &recs).unwrap().results[0];
+    assert_eq!(r.verdict, Verdict::Inconclusive, "{}", r.reason);
+    assert_eq!(r.system.bound.as_deref(), Some("ceiling"));
+    assert_eq!(r.baseline.bound.as_deref(), Some("ceiling"));
+    assert!(
+        r.reason.contains("at the metric's ceiling") && r.reason.contains("not read as evidence"),
+        "{}",
+        r.reason
+    );
+    // Only the baseline at the ceiling, the system below it on varying examples: the verdict
+    // rule decides (the system is worse) and the bound is still flagged.
+    let mut recs = fixed("sst2", "exact", 3, &all);
+    for seed in 1..=3u64 {
+        let right: Vec<bool> = (0..200)
+            .map(|i| !(i + seed as usize).is_multiple_of(5))
+            .collect();
+        recs.extend(
+            fixed("sst2", "stratified:32", 1, &right)
+                .into_iter()
+                .map(|mut r| {
+                    r.seed = seed;
+                    r
+                }),
+        );
+    }
+    let r = &evaluate(&claims(ONE), &recs).unwrap().results[0];
+    assert_eq!(r.baseline.bound.as_deref(), Some("ceiling"));
+    assert_eq!(r.system.bound, None);
+    assert!(r.reason.contains("every run of exact"), "{}", r.reason);
+    // A floor: every prediction wrong.
+    let none = vec![false; 200];
+    let mut recs = fixed("sst2", "stratified:32", 3, &none);
+    recs.extend(fixed("sst2", "exact", 3, &right_80()));
+    let r = &evaluate(&claims(ONE), &recs).unwrap().results[0];
+    assert_eq!(r.system.bound.as_deref(), Some("floor"));
+    assert_eq!(r.baseline.bound, None);
+}
+
+fn right_80() -> Vec<bool> {
+    (0..200).map(|i| i % 10 < 8).collect()
+}
+
+#[test]
 fn one_seed_is_inconclusive_whatever_the_difference() {
     let recs: Vec<RunRecord> = vec![
         run("sst2", "stratified:32", 1, 2000, 0.95, 1),

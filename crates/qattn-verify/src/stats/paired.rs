@@ -61,6 +61,20 @@ pub enum Metric {
 }
 
 impl Metric {
+    /// The smallest and largest value the metric can take: [0, 1] for accuracy, the F1
+    /// variants, exact match and means of per-example scores; [−1, 1] for the correlations.
+    pub fn bounds(self) -> (f64, f64) {
+        match self {
+            Metric::Mcc | Metric::Pearson | Metric::Spearman => (-1.0, 1.0),
+            Metric::Accuracy
+            | Metric::F1
+            | Metric::F1Macro
+            | Metric::F1a
+            | Metric::Em
+            | Metric::Mean => (0.0, 1.0),
+        }
+    }
+
     /// Every metric, in the order of the `qattn_glue::metrics` name constants.
     pub const ALL: [Metric; 8] = [
         Metric::Accuracy,
