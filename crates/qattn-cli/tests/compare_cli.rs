@@ -4,21 +4,33 @@
 use serde_json::Value;
 use std::process::Command;
 
-#[test]
-fn quick_compare_prints_a_verdict_and_writes_the_report() {
-    let dir = tempfile::tempdir().unwrap();
-    let out = dir.path().join("cmp");
+/// Runs `qattn compare ARGS --resamples 1000 --output-dir OUT` and returns its stdout and
+/// claims-report.json, failing the test when the command fails.
+fn compare(args: &[&str], out: &std::path::Path) -> (String, Value) {
     let o = Command::new(env!("CARGO_BIN_EXE_qattn"))
-        .args(["compare", "--quick", "--resamples", "1000", "--output-dir"])
-        .arg(&out)
+        .arg("compare")
+        .args(args)
+        .args(["--resamples", "1000", "--output-dir"])
+        .arg(out)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stdout = String::from_utf8_lossy(&o.stdout).to_string();
     assert!(
         o.status.success(),
         "{stdout}\n{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    let report =
+        serde_json::from_str(&std::fs::read_to_string(out.join("claims-report.json")).unwrap())
+            .unwrap();
+    (stdout, report)
+}
+
+#[test]
+fn quick_compare_prints_a_verdict_and_writes_the_report() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let (stdout, report) = compare(&["--quick"], &out);
     let verdicts = ["VERIFIED", "REFUTED", "INCONCLUSIVE"];
     assert!(
         stdout.contains("stratified:32 beats exact") && verdicts.iter().any(|v| stdout.contains(v)),
@@ -27,9 +39,6 @@ fn quick_compare_prints_a_verdict_and_writes_the_report() {
     // One record per system × seed (5 default systems, 3 seeds), all on the same dev examples.
     let runs = qattn_glue_runs(&out.join("runs"));
     assert_eq!(runs.len(), 15, "{runs:?}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("claims-report.json")).unwrap())
-            .unwrap();
     let r = &report["results"][0];
     assert_eq!(r["system"]["scores"].as_array().unwrap().len(), 3);
     assert_eq!(r["baseline"]["scores"].as_array().unwrap().len(), 3);
@@ -62,30 +71,16 @@ fn quick_compare_prints_a_verdict_and_writes_the_report() {
 fn a_clearly_weaker_system_is_reported_worse_at_every_length() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("cmp");
-    let o = Command::new(env!("CARGO_BIN_EXE_qattn"))
-        .args([
-            "compare",
+    let (stdout, report) = compare(
+        &[
             "--quick",
             "--systems",
             "multinomial:2",
             "--lengths",
             "32,48",
-            "--resamples",
-            "1000",
-            "--output-dir",
-        ])
-        .arg(&out)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
-    assert!(
-        o.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&o.stderr)
+        ],
+        &out,
     );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("claims-report.json")).unwrap())
-            .unwrap();
     let results = report["results"].as_array().unwrap();
     let tasks: Vec<&str> = results
         .iter()

@@ -344,16 +344,18 @@ impl SyntheticTask {
 
     /// The examples as training records (label = class id, idx = example id).
     pub fn records(examples: &[SyntheticExample]) -> Vec<Record> {
-        examples
-            .iter()
-            .map(|e| Record {
-                text: e.text.clone(),
-                text_pair: None,
-                choices: None,
-                label: serde_json::json!(e.label),
-                idx: Some(serde_json::Value::String(e.id.clone())),
-            })
-            .collect()
+        let plain: Vec<TaskExample> = examples.iter().map(TaskExample::from).collect();
+        TaskExample::records(&plain)
+    }
+}
+
+impl From<&SyntheticExample> for TaskExample {
+    fn from(e: &SyntheticExample) -> Self {
+        TaskExample {
+            id: e.id.clone(),
+            text: e.text.clone(),
+            label: e.label,
+        }
     }
 }
 
@@ -467,15 +469,9 @@ impl SyntheticSpec {
             SyntheticSpec::Majority(t) => {
                 t.generate(split)?.into_iter().map(|e| e.example).collect()
             }
-            SyntheticSpec::Retrieval(t) => t
-                .generate(split)?
-                .into_iter()
-                .map(|e| TaskExample {
-                    id: e.id,
-                    text: e.text,
-                    label: e.label,
-                })
-                .collect(),
+            SyntheticSpec::Retrieval(t) => {
+                t.generate(split)?.iter().map(TaskExample::from).collect()
+            }
         })
     }
 }
