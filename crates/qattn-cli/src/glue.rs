@@ -33,34 +33,39 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// A recipe (TOML: task, model, attention, seeds, epochs, max_steps, lr, batch_size,
+    /// max_len, train_limit, eval_limit and a [training] table of TrainingArgs fields; see
+    /// benchmarks/recipes/). Flags given on the command line win over it.
+    #[arg(long)]
+    config: Option<PathBuf>,
     /// Task (cola, sst2, mrpc, stsb, qqp, mnli-m, mnli-mm, qnli, rte, wnli, boolq, cb, copa,
-    /// multirc, record, sg-rte, wic, wsc).
+    /// multirc, record, sg-rte, wic, wsc); may come from --config.
     #[arg(long)]
-    task: String,
-    /// Hub id or directory of the pretrained model.
+    task: Option<String>,
+    /// Hub id or directory of the pretrained model; may come from --config.
     #[arg(long)]
-    model: String,
-    /// Attention estimator spec.
-    #[arg(long, default_value = "exact")]
-    attention: String,
-    /// Comma-separated seeds, one fine-tuning run each.
-    #[arg(long, default_value = "1,2,3", value_delimiter = ',')]
-    seeds: Vec<u64>,
-    /// Epochs.
-    #[arg(long, default_value_t = 3)]
-    epochs: u64,
+    model: Option<String>,
+    /// Attention estimator spec [default: exact].
+    #[arg(long)]
+    attention: Option<String>,
+    /// Comma-separated seeds, one fine-tuning run each [default: 1,2,3].
+    #[arg(long, value_delimiter = ',')]
+    seeds: Option<Vec<u64>>,
+    /// Epochs [default: 3].
+    #[arg(long)]
+    epochs: Option<u64>,
     /// Stop after this many optimiser steps (overrides --epochs).
     #[arg(long)]
     max_steps: Option<u64>,
-    /// Learning rate.
-    #[arg(long, default_value_t = 2e-5)]
-    lr: f64,
-    /// Examples per batch.
-    #[arg(long, default_value_t = 32)]
-    batch_size: usize,
-    /// Truncate inputs to this many tokens.
-    #[arg(long, default_value_t = 128)]
-    max_len: usize,
+    /// Learning rate [default: 2e-5].
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Examples per batch [default: 32].
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Truncate inputs to this many tokens [default: 128].
+    #[arg(long)]
+    max_len: Option<usize>,
     /// Train on a seeded subset of this many examples (state it when reporting).
     #[arg(long)]
     train_limit: Option<usize>,
@@ -203,37 +208,57 @@ pub(crate) fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 fn run_task(a: RunArgs) -> Result<()> {
-    let task = Task::from_name(&a.task)?;
-    if a.seeds.is_empty() {
+    let recipe = match &a.config {
+        Some(p) => qattn_glue::recipe::Recipe::read(p)?,
+        None => qattn_glue::recipe::Recipe::default(),
+    };
+    let task = Task::from_name(&recipe.task_or(a.task.as_deref())?)?;
+    let model = a
+        .model
+        .clone()
+        .or_else(|| recipe.model.clone())
+        .context("no model: give --model or `model` in the --config recipe")?;
+    let attention = a
+        .attention
+        .clone()
+        .or_else(|| recipe.attention.clone())
+        .unwrap_or_else(|| "exact".into());
+    let seeds = a
+        .seeds
+        .clone()
+        .or_else(|| recipe.seeds.clone())
+        .unwrap_or_else(|| vec![1, 2, 3]);
+    if seeds.is_empty() {
         bail!("--seeds needs at least one seed");
     }
     let mut args = TrainingArgs {
-        num_train_epochs: a.epochs,
-        max_steps: a.max_steps,
-        learning_rate: a.lr,
-        per_device_train_batch_size: a.batch_size,
-        max_length: a.max_len,
+        num_train_epochs: a.epochs.or(recipe.epochs).unwrap_or(3),
+        max_steps: a.max_steps.or(recipe.max_steps),
+        learning_rate: a.lr.or(recipe.lr).unwrap_or(2e-5),
+        per_device_train_batch_size: a.batch_size.or(recipe.batch_size).unwrap_or(32),
+        max_length: a.max_len.or(recipe.max_len).unwrap_or(128),
         warmup_ratio: 0.1,
         logging_steps: 10,
         save_steps: 200,
         ..Default::default()
     };
+    recipe.apply_training(&mut args)?;
     for s in &a.sets {
         args.set(s)?;
     }
     let opts = RunOptions {
         task,
-        model: a.model.clone(),
-        attention: a.attention.clone(),
-        seeds: a.seeds.clone(),
+        model,
+        attention: attention.clone(),
+        seeds,
         args,
         data_dir: tasks::data_dir(a.data_dir.as_deref()),
         output_dir: a.output_dir.clone(),
         resume: a.resume,
         overwrite: a.overwrite,
         hub: hub(&a.cache_dir, a.offline),
-        train_limit: a.train_limit,
-        eval_limit: a.eval_limit,
+        train_limit: a.train_limit.or(recipe.train_limit),
+        eval_limit: a.eval_limit.or(recipe.eval_limit),
     };
     // A non-empty seed directory without --resume / --overwrite is a usage error (exit 2),
     // found before any run starts.
@@ -267,7 +292,7 @@ fn run_task(a: RunArgs) -> Result<()> {
     println!(
         "| {} | {} | {} | {} | {:.0} |",
         task.name(),
-        a.attention,
+        attention,
         records.len(),
         cells.join(" | "),
         mean_sd(&train_s).0
@@ -276,7 +301,7 @@ fn run_task(a: RunArgs) -> Result<()> {
         "run records: {}",
         a.output_dir
             .join(task.name())
-            .join(runner::slug(&a.attention))
+            .join(runner::slug(&attention))
             .display()
     );
     Ok(())

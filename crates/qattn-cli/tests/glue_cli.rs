@@ -202,3 +202,90 @@ fn score_superglue_jsonl() {
     assert_eq!(m["accuracy"], 1.0);
     assert_eq!(m["f1_macro"], 1.0);
 }
+
+#[test]
+fn run_reads_a_recipe_and_flags_win_over_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipe = dir.path().join("rte.toml");
+    std::fs::write(
+        &recipe,
+        r#"description = "a test recipe"
+task = "rte"
+model = "synthetic/bert-tiny-random-h32"
+seeds = [3]
+max_steps = 2
+lr = 7e-5
+batch_size = 8
+max_len = 48
+train_limit = 16
+eval_limit = 20
+
+[training]
+warmup_ratio = 0.0
+weight_decay = 0.02
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("runs");
+    ok(qattn(&[
+        "glue",
+        "run",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--eval-limit",
+        "24",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]));
+    let run = out.join("rte/exact/seed-3/run.json");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(&run).unwrap()).unwrap();
+    assert_eq!(r["train_examples"], 16);
+    assert_eq!(
+        r["predictions"].as_array().unwrap().len(),
+        24,
+        "the flag wins"
+    );
+    let a = &r["training_args"];
+    assert_eq!(a["learning_rate"], 7e-5);
+    assert_eq!(a["per_device_train_batch_size"], 8);
+    assert_eq!(a["max_length"], 48);
+    assert_eq!(a["max_steps"], 2);
+    assert_eq!(a["warmup_ratio"], 0.0);
+    assert_eq!(a["weight_decay"], 0.02);
+
+    // A task that disagrees with the recipe, and a misspelt key, are errors naming the file.
+    let o = qattn(&[
+        "glue",
+        "run",
+        "--config",
+        recipe.to_str().unwrap(),
+        "--task",
+        "cola",
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("rte.toml") && e.contains("cola"),
+        "{e}"
+    );
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "task = \"rte\"\nlearning_rate = 1e-5\n").unwrap();
+    let o = qattn(&[
+        "glue",
+        "run",
+        "--config",
+        bad.to_str().unwrap(),
+        "--output-dir",
+        out.to_str().unwrap(),
+    ]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && e.contains("bad.toml") && e.contains("learning_rate"),
+        "{e}"
+    );
+    // Without --task or a recipe's task: a clear error.
+    let o = qattn(&["glue", "run", "--model", "m", "--output-dir", "x"]);
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && e.contains("--task"), "{e}");
+}

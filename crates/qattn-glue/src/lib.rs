@@ -9,6 +9,7 @@ pub mod error;
 pub mod fetch;
 pub mod fetch_checksums;
 pub mod metrics;
+pub mod recipe;
 pub mod report;
 pub mod runner;
 pub mod submission;
