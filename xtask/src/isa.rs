@@ -33,49 +33,31 @@ fn host_has_avx512() -> bool {
 
 /// `valgrind` on PATH, or installed from Debian when running as root with apt-get; else why not.
 fn valgrind() -> std::result::Result<PathBuf, String> {
-    let find = || {
-        std::env::var_os("PATH").and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|d| d.join("valgrind"))
-                .find(|p| p.is_file())
-        })
-    };
+    let find = || crate::on_path("valgrind");
     if let Some(p) = find() {
         return Ok(p);
     }
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
-    if !root || !Path::new("/usr/bin/apt-get").is_file() {
-        return Err("valgrind is not installed (Debian: apt-get install valgrind)".into());
-    }
-    println!("installing valgrind from Debian");
-    let apt = |args: &[&str]| {
-        Command::new("apt-get")
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !apt(&["install", "-y", "--no-install-recommends", "valgrind"]) {
-        apt(&["update"]);
-        apt(&["install", "-y", "--no-install-recommends", "valgrind"]);
-    }
+    crate::apt_install(&["valgrind"])?;
     find().ok_or_else(|| "valgrind could not be installed with apt-get".into())
 }
 
-/// The path of `qattn-kernels`' `it` test binary (built in release mode if needed).
-fn kernels_test_binary(root: &Path) -> Result<PathBuf> {
-    let json = output(cargo().current_dir(root).args([
-        "test",
-        "--release",
-        "--workspace",
-        "--test",
-        "it",
-        "--no-run",
-        "--message-format=json",
-    ]))?;
+/// The path of `qattn-kernels`' `it` test binary (built in release mode if needed, with the
+/// test step's `features` so nothing is rebuilt).
+fn kernels_test_binary(root: &Path, features: &[String]) -> Result<PathBuf> {
+    let json = output(
+        cargo()
+            .current_dir(root)
+            .args([
+                "test",
+                "--release",
+                "--workspace",
+                "--test",
+                "it",
+                "--no-run",
+                "--message-format=json",
+            ])
+            .args(features),
+    )?;
     for line in json.lines() {
         let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -95,7 +77,11 @@ fn kernels_test_binary(root: &Path) -> Result<PathBuf> {
 }
 
 /// The step: the ISA-sensitive tests again under valgrind when this CPU has AVX-512.
-pub(crate) fn fallback_check(root: &Path, env: &[(&'static str, PathBuf)]) -> Result<Ran> {
+pub(crate) fn fallback_check(
+    root: &Path,
+    env: &[(&'static str, PathBuf)],
+    features: &[String],
+) -> Result<Ran> {
     if !host_has_avx512() {
         println!(
             "this CPU has no AVX-512: the test run above already took the AVX2 paths of every \
@@ -107,7 +93,7 @@ pub(crate) fn fallback_check(root: &Path, env: &[(&'static str, PathBuf)]) -> Re
         Ok(v) => v,
         Err(reason) => return Ok(Ran::Skipped(reason)),
     };
-    let exe = kernels_test_binary(root)?;
+    let exe = kernels_test_binary(root, features)?;
     let mut cmd = Command::new(valgrind);
     cmd.current_dir(root.join("crates/qattn-kernels"))
         .args(["--tool=none", "--error-exitcode=1", "-q"])

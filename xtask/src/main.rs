@@ -35,6 +35,7 @@ mod image;
 mod isa;
 mod layering;
 mod machete;
+mod mpi;
 mod pyenv;
 
 use std::ffi::OsStr;
@@ -251,20 +252,36 @@ fn ci(opts: &CiOptions) -> Result<()> {
         "cuda-check (nvcc PTX + ptxas sm_90 + cargo check --features cuda)",
         || cuda::cuda_check(&root, py.as_ref().ok()),
     )?;
+    // With the MPI toolchain, clippy and the tests run with the `mpi` feature on, so the MPI
+    // backend is linted and the multi-process tests (qattn-cli/tests/mpi_cli.rs) run.
+    let mut features: Vec<String> = Vec::new();
+    pyenv::step_or_skip(
+        &mut skips,
+        "MPI toolchain for the `mpi` feature (Open MPI, libclang)",
+        || {
+            let ran = mpi::ensure()?;
+            if matches!(ran, pyenv::Ran::Done) {
+                features = vec!["--features".into(), mpi::FEATURE.into()];
+            }
+            Ok(ran)
+        },
+    )?;
+    let with = if features.is_empty() {
+        String::new()
+    } else {
+        format!(" {}", features.join(" "))
+    };
     if opts.skip_clippy {
         println!("\n==> clippy skipped (--skip-clippy)");
     } else {
         step(
-            "cargo clippy --workspace --all-targets -- -D warnings",
+            &format!("cargo clippy --workspace --all-targets{with} -- -D warnings"),
             || {
-                run(cargo().current_dir(&root).args([
-                    "clippy",
-                    "--workspace",
-                    "--all-targets",
-                    "--",
-                    "-D",
-                    "warnings",
-                ]))
+                run(cargo()
+                    .current_dir(&root)
+                    .args(["clippy", "--workspace", "--all-targets"])
+                    .args(&features)
+                    .args(["--", "-D", "warnings"]))
             },
         )?;
     }
@@ -276,10 +293,11 @@ fn ci(opts: &CiOptions) -> Result<()> {
         if let Err(reason) = &py {
             skips.unavailable("real-client tests (Python gRPC clients, MLflow)", reason)?;
         }
-        step("cargo test --workspace --release", || {
+        step(&format!("cargo test --workspace --release{with}"), || {
             let mut cmd = cargo();
             cmd.current_dir(&root)
-                .args(["test", "--workspace", "--release"]);
+                .args(["test", "--workspace", "--release"])
+                .args(&features);
             if let Ok(env) = &py {
                 cmd.env("QATTN_CI_PYTHON", env.python());
             }
@@ -293,7 +311,7 @@ fn ci(opts: &CiOptions) -> Result<()> {
         pyenv::step_or_skip(
             &mut skips,
             "AVX2 fallback of the matmuls (ISA tests under valgrind on an AVX-512 CPU)",
-            || isa::fallback_check(&root, &env),
+            || isa::fallback_check(&root, &env, &features),
         )?;
     }
     let skipped = match (opts.skip_clippy, opts.skip_tests) {
@@ -354,6 +372,49 @@ fn lint_deploy() -> Result<()> {
         ),
         || deploy::kubernetes_validate(&root, &py),
     )
+}
+
+/// The first `name` on `PATH`.
+pub(crate) fn on_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|d| d.join(name))
+            .find(|p| p.is_file())
+    })
+}
+
+/// Installs Debian `packages` with apt-get (refreshing the package lists once if the first
+/// attempt fails); an error says why it could not (not root, no apt-get, apt failed).
+pub(crate) fn apt_install(packages: &[&str]) -> std::result::Result<(), String> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    let list = packages.join(" ");
+    if !root || !Path::new("/usr/bin/apt-get").is_file() {
+        return Err(format!(
+            "not installed, and installing needs root and apt-get (Debian: apt-get install {list})"
+        ));
+    }
+    println!("installing {list} from Debian");
+    let apt = |args: &[&str]| {
+        Command::new("apt-get")
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    let install: Vec<&str> = ["install", "-y", "-q", "--no-install-recommends"]
+        .into_iter()
+        .chain(packages.iter().copied())
+        .collect();
+    if !apt(&install) {
+        apt(&["update", "-q"]);
+        if !apt(&install) {
+            return Err(format!("apt-get install {list} failed"));
+        }
+    }
+    Ok(())
 }
 
 /// Runs one named step, printing a header before and the elapsed time after.

@@ -70,6 +70,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         scale: a.scale,
         grad_mode,
         mask,
+        batch_offset: 0,
     };
 
     let mut tensors: HashMap<String, Tensor> = HashMap::new();

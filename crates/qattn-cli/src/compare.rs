@@ -127,7 +127,7 @@ impl CompareProgress for Bar {
 pub(crate) fn run(a: Args) -> Result<()> {
     if let Some(n) = a.threads {
         anyhow::ensure!(n >= 1, "--threads {n}: at least 1");
-        rayon_global(n)?;
+        crate::rayon_global(n)?;
     }
     let started = Instant::now();
     let mut systems = vec![a.baseline.clone()];
@@ -294,17 +294,4 @@ pub(crate) fn run(a: Args) -> Result<()> {
             .join(", ")
     );
     Ok(())
-}
-
-/// Sizes both pools the numerics use: candle reads `RAYON_NUM_THREADS` on every matmul, the
-/// kernels run on rayon's global pool.
-fn rayon_global(n: usize) -> Result<()> {
-    // SAFETY: called from `main`'s thread before this process starts any other thread (the
-    // progress bar's ticker and every worker pool start later), so no concurrent reader of the
-    // environment exists.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global()
-        .context("setting the number of worker threads")
 }

@@ -74,6 +74,19 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// Sizes both pools the numerics use: candle reads `RAYON_NUM_THREADS` on every matmul, the
+/// kernels run on rayon's global pool.
+pub(crate) fn rayon_global(n: usize) -> anyhow::Result<()> {
+    // SAFETY: called from `main`'s thread before this process starts any other thread (the
+    // progress bar's ticker and every worker pool start later), so no concurrent reader of the
+    // environment exists.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", n.to_string()) };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| anyhow::anyhow!("setting the number of worker threads: {e}"))
+}
+
 fn main() {
     let matches = Cli::command().version(VERSION.as_str()).get_matches();
     let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());

@@ -7,10 +7,16 @@ use qattn_model::{AttentionConfig, HubOptions, LoadOptions, Model};
 use qattn_train::output::OutputMode;
 use qattn_train::provenance::BUILD;
 use qattn_train::tracking::Mlflow;
-use qattn_train::{Dataset, Problem, Trainer, TrainingArgs, tokenizer_for};
+use qattn_train::{Collective, Dataset, Launch, Problem, Trainer, TrainingArgs, tokenizer_for};
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// The process group of a data-parallel run, kept outside the trainer so that a failing rank
+/// can exit without finalising MPI (which would wait for the other ranks); the launcher then
+/// ends the whole job. Taken and dropped (finalised) after a successful run.
+static GROUP: Mutex<Option<Arc<dyn Collective>>> = Mutex::new(None);
 
 /// Arguments of `qattn train`.
 #[derive(clap::Args)]
@@ -21,7 +27,11 @@ Outputs in --output-dir: checkpoint-STEP/ (model, optimizer, trainer state, sha2
 metrics.jsonl (one object per logged step: step, loss, lr, …), params.json, model/ (the final \
 model, loadable by transformers), train_summary.json.\n\
 Precedence: defaults < --config FILE < flags < --set KEY=VALUE (any TrainingArgs field).\n\
-MLflow: set MLFLOW_TRACKING_URI=http://… to also log the run there."
+MLflow: set MLFLOW_TRACKING_URI=http://… to also log the run there.\n\
+Data-parallel: `mpirun -np N qattn train …` (a build with `--features mpi`) trains on N \
+processes, each taking --batch-size examples of every step's global batch of N × --batch-size, \
+with a 1/N share of the cores; rank 0 writes the outputs. It follows the trajectory of one \
+process with --batch-size N × B, and resumes from a checkpoint on any N that keeps N × B."
 )]
 pub(crate) struct Args {
     /// Hugging Face Hub id or local directory of the model to fine-tune.
@@ -149,11 +159,43 @@ fn training_args(a: &Args) -> Result<TrainingArgs> {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
+    let launch = Launch::from_env()?;
+    if launch.world_size == 1 {
+        return train(a, &launch, Arc::new(qattn_train::SingleProcess));
+    }
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        crate::rayon_global(launch.threads(cores))?;
+    }
+    let group: Arc<dyn Collective> = Arc::from(launch.connect()?);
+    *GROUP.lock().unwrap_or_else(|p| p.into_inner()) = Some(group.clone());
+    match train(a, &launch, group) {
+        Ok(()) => {
+            // Finalise MPI (the last handle) only after a clean run.
+            GROUP.lock().unwrap_or_else(|p| p.into_inner()).take();
+            Ok(())
+        }
+        Err(e) => {
+            eprintln!(
+                "error (rank {} of {}): {e:#}",
+                launch.rank, launch.world_size
+            );
+            // Exit without finalising: the launcher sees the failure and stops the other ranks.
+            std::process::exit(1);
+        }
+    }
+}
+
+fn train(a: Args, launch: &Launch, group: Arc<dyn Collective>) -> Result<()> {
+    let main = launch.is_main();
     let args = training_args(&a)?;
     let mode = OutputMode::from_flags(a.resume, a.overwrite)?;
     // Refuse before any work; --overwrite removes the old outputs only once the model and data
-    // have loaded.
-    qattn_train::output::check(&args.output_dir, mode).map_err(|e| UsageError(e.to_string()))?;
+    // have loaded. Only rank 0 owns the output directory.
+    if main {
+        qattn_train::output::check(&args.output_dir, mode)
+            .map_err(|e| UsageError(e.to_string()))?;
+    }
     if !a.train.is_file() {
         bail!("training data {} does not exist", a.train.display());
     }
@@ -199,15 +241,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     if let Some(t) = model.tokenizer_mut() {
         t.set_max_length(Some(args.max_length));
     }
-    qattn_train::output::prepare(&args.output_dir, mode).map_err(|e| UsageError(e.to_string()))?;
-    std::fs::create_dir_all(&args.output_dir)
-        .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
-    let args_json = serde_json::to_string_pretty(&args)?;
-    qattn_model::io::write_atomic(
-        &args.output_dir.join("training_args.json"),
-        args_json.as_bytes(),
-    )?;
-    eprintln!(
+    let announce = format!(
         "training {} on {} ({} examples{}), {:?} labels, attention {}",
         a.model,
         a.train.display(),
@@ -222,6 +256,33 @@ pub(crate) fn run(a: Args) -> Result<()> {
             .unwrap_or_default()
     );
     let mut trainer = Trainer::new(args.clone(), model, train, eval)?;
+    trainer.set_collective(Box::new(group.clone()));
+    trainer.set_output(a.plain || !std::io::stderr().is_terminal(), !main);
+    if !main {
+        // The other ranks compute and exchange; rank 0 reports and writes.
+        trainer.train(a.resume)?;
+        return Ok(());
+    }
+    qattn_train::output::prepare(&args.output_dir, mode).map_err(|e| UsageError(e.to_string()))?;
+    std::fs::create_dir_all(&args.output_dir)
+        .with_context(|| format!("cannot create {}", args.output_dir.display()))?;
+    let args_json = serde_json::to_string_pretty(&args)?;
+    qattn_model::io::write_atomic(
+        &args.output_dir.join("training_args.json"),
+        args_json.as_bytes(),
+    )?;
+    if launch.world_size > 1 {
+        eprintln!(
+            "data-parallel: {} processes ({}), global batch {} = {} × {}, {} threads each",
+            launch.world_size,
+            group.describe(),
+            launch.world_size * args.per_device_train_batch_size,
+            launch.world_size,
+            args.per_device_train_batch_size,
+            rayon::current_num_threads()
+        );
+    }
+    eprintln!("{announce}");
     let mut tags = BTreeMap::new();
     // The commit this binary was built from, not the current directory's.
     if let Some(sha) = BUILD.commit {
@@ -235,7 +296,6 @@ pub(crate) fn run(a: Args) -> Result<()> {
         eprintln!("MLflow run {} at {}", m.run_id(), m.base_url());
         trainer.add_tracker(Box::new(m));
     }
-    trainer.set_output(a.plain || !std::io::stderr().is_terminal(), false);
     let summary = trainer.train(a.resume)?;
     let final_dir = args.output_dir.join("model");
     trainer.model().save_pretrained(&final_dir)?;

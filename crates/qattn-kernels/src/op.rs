@@ -23,6 +23,11 @@ pub struct AttentionOptions {
     pub grad_mode: GradMode,
     /// Key mask [B, Lk]; nonzero = keep. Any dtype.
     pub mask: Option<Tensor>,
+    /// Index of this call's first batch row in a larger logical batch (default 0). Sampled
+    /// draws of row b are keyed by `batch_offset + b`, so when a batch is split across
+    /// processes (data-parallel training), each shard draws exactly what the whole batch would
+    /// draw in one call. `batch_offset + B` must stay below 2^24.
+    pub batch_offset: usize,
 }
 
 impl AttentionOptions {
@@ -79,6 +84,7 @@ struct Dims {
 struct OpConfig {
     spec: EstimatorSpec,
     seed: u64,
+    batch_offset: usize,
     causal: bool,
     scale: f32,
     grad_mode: GradMode,
@@ -175,9 +181,10 @@ fn validate(
             });
         }
     }
-    if b >= 1 << 24 {
+    if b.saturating_add(opts.batch_offset) >= 1 << 24 {
         return Err(Error::Options(format!(
-            "batch size {b} exceeds the sampler's limit of 2^24"
+            "batch size {b} at batch offset {} exceeds the sampler's limit of 2^24",
+            opts.batch_offset
         )));
     }
     if let Some(s) = opts.scale.filter(|s| !s.is_finite()) {
@@ -272,7 +279,7 @@ impl candle_core::CustomOp3 for AttentionOp {
             let (o, l) = cpu::exact_forward(&p);
             (o, l, None)
         } else {
-            let f = mc::forward(&p, &cfg.spec, cfg.seed, cfg.record);
+            let f = mc::forward_at(&p, &cfg.spec, cfg.seed, cfg.batch_offset, cfg.record);
             (f.out, f.lse, f.rows)
         };
         let mut st = self
@@ -350,6 +357,7 @@ fn run(
     let cfg = Arc::new(OpConfig {
         spec: opts.estimator,
         seed: opts.seed,
+        batch_offset: opts.batch_offset,
         causal: opts.causal,
         scale,
         grad_mode: opts.grad_mode,

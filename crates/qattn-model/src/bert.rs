@@ -16,6 +16,10 @@ pub struct Mode {
     pub train: bool,
     /// The optimiser step (0 at inference); part of every seed.
     pub step: u64,
+    /// Index of this batch's first sequence in a larger logical batch (0 unless a batch is
+    /// split across processes). Dropout masks and attention draws are keyed per sequence by
+    /// `row_offset + b`, so each shard of a split batch draws what the whole batch would.
+    pub row_offset: u64,
 }
 
 impl Mode {
@@ -23,11 +27,21 @@ impl Mode {
     pub const EVAL: Mode = Mode {
         train: false,
         step: 0,
+        row_offset: 0,
     };
 
     /// Training at `step`.
     pub fn train(step: u64) -> Self {
-        Mode { train: true, step }
+        Mode {
+            train: true,
+            step,
+            row_offset: 0,
+        }
+    }
+
+    /// This mode for the rows starting at `row_offset` of a larger logical batch.
+    pub fn at_row(self, row_offset: u64) -> Self {
+        Mode { row_offset, ..self }
     }
 }
 
@@ -205,26 +219,45 @@ impl LayerNorm {
 
 /// Inverted dropout whose mask comes from a Philox stream of (seed, step, site), so a training
 /// run is reproducible from its seed (candle's CPU RNG cannot be seeded).
-pub(crate) fn dropout(x: &Tensor, p: f64, seed: u64, step: u64, site: u32) -> Result<Tensor> {
+pub(crate) fn dropout(x: &Tensor, p: f64, seed: u64, mode: Mode, site: u32) -> Result<Tensor> {
     if p <= 0.0 {
         return Ok(x.clone());
     }
     let n = x.elem_count();
-    let key = derive(seed, SeedStream::Dropout, step, site, 0);
-    let key = [key as u32, (key >> 32) as u32];
+    // One Philox key per sequence (dimension 0), keyed by its index in the logical batch, and
+    // the counter runs over the sequence's elements in row-major order: a sequence gets the
+    // same mask whichever shard of a split batch it is in, and however long the batch's
+    // padding is (the element at (t, h) of a [B, L, H] tensor is number t·H + h of its row).
+    let rows = if x.rank() == 0 { 1 } else { x.dim(0)? };
+    let per_row = n / rows.max(1);
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
     let threshold = (keep * 4_294_967_296.0) as u64;
-    let mut mask = Vec::with_capacity(n + 3);
-    let mut ctr = 0u64;
-    while mask.len() < n {
-        let r = qattn_kernels::philox::philox4x32_10([ctr as u32, (ctr >> 32) as u32, 0, 0], key);
-        ctr += 1;
-        for w in r {
-            mask.push(if u64::from(w) < threshold { scale } else { 0.0 });
+    let mut mask = Vec::with_capacity(n);
+    for r in 0..rows {
+        let row = mode.row_offset + r as u64;
+        let key = derive(
+            seed,
+            SeedStream::Dropout,
+            mode.step,
+            site,
+            (row & 0x00FF_FFFF) as u32,
+        );
+        let key = [key as u32, (key >> 32) as u32];
+        let start = mask.len();
+        let mut ctr = 0u64;
+        while mask.len() < start + per_row {
+            let w4 =
+                qattn_kernels::philox::philox4x32_10([ctr as u32, (ctr >> 32) as u32, 0, 0], key);
+            ctr += 1;
+            for w in w4 {
+                if mask.len() == start + per_row {
+                    break;
+                }
+                mask.push(if u64::from(w) < threshold { scale } else { 0.0 });
+            }
         }
     }
-    mask.truncate(n);
     let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
         .to_device(x.device())?
         .to_dtype(x.dtype())?;
@@ -527,7 +560,7 @@ impl Bert {
             x,
             self.config.hidden_dropout_prob,
             self.attention.seed,
-            mode.step,
+            mode,
             site,
         )
     }
@@ -641,6 +674,7 @@ impl Bert {
             scale: None,
             grad_mode: self.attention.grad_mode,
             mask: mask.cloned(),
+            batch_offset: mode.row_offset as usize,
         };
         if groups.len() == 1 {
             return Ok(attention(q, k, v, &opts(&groups[0].0, 0))?);

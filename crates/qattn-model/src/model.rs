@@ -504,7 +504,7 @@ impl Model {
                 &pooled,
                 self.config.head_dropout(),
                 self.attention().seed,
-                mode.step,
+                mode,
                 u32::MAX,
             )?
         } else {

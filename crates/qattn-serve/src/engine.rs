@@ -780,7 +780,11 @@ impl Worker {
     ) -> std::result::Result<(Vec<Vec<f32>>, String, bool, Option<FallbackReason>), String> {
         let batch = collate(encs, self.pad_id, self.mc.device()).map_err(|e| e.to_string())?;
         let inputs = Inputs::from(&batch);
-        let mode = Mode { train: false, step };
+        let mode = Mode {
+            train: false,
+            step,
+            row_offset: 0,
+        };
         let Some(exact) = &self.exact else {
             let rows = forward(&self.mc, task, &inputs, mode).map_err(|e| e.to_string())?;
             return Ok((rows, self.estimator.clone(), false, None));

@@ -6,8 +6,10 @@
 //! with the backward pass can start buckets as soon as they fill; the trait allows that
 //! because [`Collective::all_reduce_mean`] returns a handle instead of blocking.
 //!
-//! Only [`SingleProcess`] exists today: world size 1, the mean of one contribution is itself.
-//! NCCL and MPI backends implement the same trait.
+//! Backends: [`SingleProcess`] (world size 1, the mean of one contribution is itself) and,
+//! with the `mpi` feature, [`crate::mpi::MpiCollective`] over the system's MPI library (one
+//! communication thread per process, so reductions overlap the caller's work). How a process
+//! finds its group is [`crate::launch`]'s business.
 
 use crate::error::Result;
 
@@ -31,9 +33,39 @@ pub trait Collective: Send + Sync {
     fn all_reduce_mean(&self, bucket: Vec<f32>) -> Result<Box<dyn Pending>>;
     /// Blocks until every rank reaches this point.
     fn barrier(&self) -> Result<()>;
+    /// Sends rank 0's `bytes` to every rank and returns them (other ranks' `bytes` are
+    /// ignored; pass an empty vector). Every rank must call it at the same point.
+    fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>>;
+    /// A short description for logs, e.g. `single process` or `MPI rank 1 of 4`.
+    fn describe(&self) -> String {
+        format!("rank {} of {}", self.rank(), self.world_size())
+    }
     /// Whether this rank writes checkpoints and logs (rank 0).
     fn is_main(&self) -> bool {
         self.rank() == 0
+    }
+}
+
+/// A shared group is a group: lets a caller keep its own handle to the group it gives a
+/// trainer (for instance to decide how to exit when training fails).
+impl<C: Collective + ?Sized> Collective for std::sync::Arc<C> {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+    fn world_size(&self) -> usize {
+        (**self).world_size()
+    }
+    fn all_reduce_mean(&self, bucket: Vec<f32>) -> Result<Box<dyn Pending>> {
+        (**self).all_reduce_mean(bucket)
+    }
+    fn barrier(&self) -> Result<()> {
+        (**self).barrier()
+    }
+    fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        (**self).broadcast(bytes)
+    }
+    fn describe(&self) -> String {
+        (**self).describe()
     }
 }
 
@@ -62,6 +94,40 @@ impl Collective for SingleProcess {
     fn barrier(&self) -> Result<()> {
         Ok(())
     }
+    fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
+        Ok(bytes)
+    }
+    fn describe(&self) -> String {
+        "single process".into()
+    }
+}
+
+/// Rank 0's `values` on every rank (others pass anything, e.g. an empty slice).
+pub fn broadcast_f32(c: &dyn Collective, values: &[f32]) -> Result<Vec<f32>> {
+    let bytes = if c.is_main() {
+        values.iter().flat_map(|x| x.to_le_bytes()).collect()
+    } else {
+        Vec::new()
+    };
+    let got = c.broadcast(bytes)?;
+    if got.len() % 4 != 0 {
+        return Err(crate::error::Error::Training(format!(
+            "broadcast of f32 values delivered {} bytes, not a multiple of 4",
+            got.len()
+        )));
+    }
+    Ok(got
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect())
+}
+
+/// The contiguous share `lo..hi` of `n` items that `rank` of `world` takes: shares differ in
+/// size by at most one, and rank r's share precedes rank r+1's, so the shards of a batch,
+/// concatenated in rank order, are the batch.
+pub fn shard(n: usize, world: usize, rank: usize) -> std::ops::Range<usize> {
+    let world = world.max(1);
+    (n * rank / world)..(n * (rank + 1) / world)
 }
 
 /// Averages per-parameter gradients through `c`: packs them into buckets of at most
@@ -140,6 +206,33 @@ mod tests {
         fn barrier(&self) -> Result<()> {
             Ok(())
         }
+        fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
+            Ok(bytes)
+        }
+    }
+
+    #[test]
+    fn shards_cover_a_batch_in_rank_order() {
+        for n in 0..20 {
+            for world in 1..6 {
+                let parts: Vec<_> = (0..world).map(|r| shard(n, world, r)).collect();
+                assert_eq!(parts[0].start, 0);
+                assert_eq!(parts[world - 1].end, n);
+                for w in parts.windows(2) {
+                    assert_eq!(w[0].end, w[1].start);
+                }
+                let sizes: Vec<usize> = parts.iter().map(|p| p.len()).collect();
+                let (lo, hi) = (sizes.iter().min().unwrap(), sizes.iter().max().unwrap());
+                assert!(hi - lo <= 1, "n {n} world {world}: {sizes:?}");
+            }
+        }
+        assert_eq!(shard(16, 2, 1), 8..16);
+    }
+
+    #[test]
+    fn broadcast_f32_round_trips_through_bytes() {
+        let v = [1.5f32, -0.0, f32::MAX, 3.25e-7];
+        assert_eq!(broadcast_f32(&SingleProcess, &v).unwrap(), v.to_vec());
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub enum Error {
     /// Training diverged or produced non-finite values.
     #[error("training: {0}")]
     Training(String),
+    /// The process group could not be formed or a collective operation failed.
+    #[error("distributed training: {0}")]
+    Distributed(String),
     /// An I/O error with its path.
     #[error("{path}: {source}")]
     Io {

@@ -28,6 +28,9 @@ pub mod checkpoint;
 pub mod collective;
 pub mod data;
 pub mod error;
+pub mod launch;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod optim;
 pub mod output;
 pub mod provenance;
@@ -41,6 +44,7 @@ pub use collective::{Collective, SingleProcess};
 pub use data::Record;
 pub use data::{Dataset, Labels, Problem};
 pub use error::{Error, Result};
+pub use launch::{Launch, Launcher};
 pub use optim::{AdamW, Group};
 pub use schedule::{LrSchedule, SampleSchedule};
 pub use trainer::{TrainSummary, Trainer, TrainerState, evaluate, predict, run_fingerprint};

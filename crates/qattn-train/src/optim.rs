@@ -302,6 +302,41 @@ impl AdamW {
         Ok(())
     }
 
+    /// Every parameter's first moments, then every parameter's second moments, each in
+    /// parameter order: what a data-parallel run sends from rank 0 to the other ranks.
+    pub fn moments(&self) -> Vec<f32> {
+        let mut out = Vec::with_capacity(2 * self.slots.iter().map(|s| s.m.len()).sum::<usize>());
+        for s in &self.slots {
+            out.extend_from_slice(&s.m);
+        }
+        for s in &self.slots {
+            out.extend_from_slice(&s.v);
+        }
+        out
+    }
+
+    /// Restores moments laid out as by [`AdamW::moments`] and the step count.
+    pub fn set_moments(&mut self, flat: &[f32], steps: u64) -> Result<()> {
+        let n: usize = self.slots.iter().map(|s| s.m.len()).sum();
+        if flat.len() != 2 * n {
+            return Err(Error::Training(format!(
+                "optimizer moments have {} values, the parameters need {}",
+                flat.len(),
+                2 * n
+            )));
+        }
+        let (ms, vs) = flat.split_at(n);
+        let mut at = 0;
+        for s in &mut self.slots {
+            let len = s.m.len();
+            s.m.copy_from_slice(&ms[at..at + len]);
+            s.v.copy_from_slice(&vs[at..at + len]);
+            at += len;
+        }
+        self.steps = steps;
+        Ok(())
+    }
+
     /// The variables in parameter order.
     pub fn vars(&self) -> impl Iterator<Item = &Var> {
         self.slots.iter().map(|s| &s.var)

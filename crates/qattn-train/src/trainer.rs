@@ -18,13 +18,28 @@
 //! two passes are identical and the term is zero (the second pass is skipped).
 //!
 //! **Determinism.** Data order is a Philox permutation of (seed, epoch); dropout masks and
-//! attention draws are keyed by (seed, micro-batch counter); new weights by the seed. A run is
-//! a pure function of its arguments and data, and resuming from a checkpoint continues it
-//! bit-identically.
+//! attention draws are keyed by (seed, micro-batch counter, sequence within the batch); new
+//! weights by the seed. A run is a pure function of its arguments and data, and resuming from
+//! a checkpoint continues it bit-identically.
+//!
+//! **Data parallelism.** With a [`Collective`] of W processes, every step's batch is the
+//! *global* batch of W·`per_device_train_batch_size` examples that one process with that batch
+//! size would take; rank r computes the r-th contiguous shard of it (keyed by its offset in
+//! the global batch, so dropout and measurement draws are the ones the whole batch would
+//! draw), weights its loss by its share of the batch, and the gradients and losses are
+//! averaged in buckets. W processes with batch B therefore follow the trajectory of one
+//! process with batch W·B, up to floating-point summation order; the run fingerprint uses the
+//! global batch, so a checkpoint resumes on any number of processes with the same global
+//! batch. Rank 0 reads checkpoints and sends weights, optimizer moments and trainer state to
+//! the others (so they need no shared file system), evaluates, and alone writes checkpoints,
+//! metrics and tracking; the metrics of each evaluation are sent to every rank so early
+//! stopping ends all of them at the same step.
 
 use crate::args::TrainingArgs;
 use crate::checkpoint::CheckpointManager;
-use crate::collective::{BUCKET_ELEMS, Collective, SingleProcess, average_gradients};
+use crate::collective::{
+    BUCKET_ELEMS, Collective, SingleProcess, average_gradients, broadcast_f32, shard,
+};
 use crate::data::{Dataset, Labels, epoch_batches};
 use crate::error::{Error, Result};
 use crate::optim::{AdamW, Group};
@@ -211,10 +226,7 @@ impl Trainer {
 
     /// Optimiser steps per epoch.
     pub fn steps_per_epoch(&self) -> u64 {
-        let batches = self
-            .train
-            .len()
-            .div_ceil(self.args.per_device_train_batch_size) as u64;
+        let batches = self.train.len().div_ceil(self.global_batch_size()) as u64;
         batches.div_ceil(self.args.gradient_accumulation_steps as u64)
     }
 
@@ -223,6 +235,19 @@ impl Trainer {
         self.args
             .max_steps
             .unwrap_or(self.steps_per_epoch() * self.args.num_train_epochs)
+    }
+
+    /// Examples per micro-batch across all processes.
+    fn global_batch_size(&self) -> usize {
+        self.args.per_device_train_batch_size * self.collective.world_size()
+    }
+
+    /// Sequences per example (the choices of a multiple-choice example are one sequence each).
+    fn rows_per_example(&self) -> usize {
+        match &self.train.labels {
+            Labels::Choice { num_choices } => *num_choices,
+            _ => 1,
+        }
     }
 
     fn lengths(&self) -> Vec<usize> {
@@ -286,7 +311,9 @@ impl Trainer {
     }
 
     /// Accumulates the gradients of one optimiser step (all its micro-batches), advancing the
-    /// data position in `state`.
+    /// data position in `state`. Returns this process's gradients and, per micro-batch, its
+    /// weighted task loss: averaged over the processes (as the gradients are), the weighted
+    /// losses give the mean loss over the whole global batch.
     fn step_gradients(
         &mut self,
         params: &[(String, candle_core::Var)],
@@ -294,30 +321,46 @@ impl Trainer {
         order: &mut Vec<Vec<usize>>,
         lengths: &[usize],
         attention: &AttentionConfig,
-    ) -> Result<Vec<Vec<f32>>> {
+    ) -> Result<(Vec<Vec<f32>>, Vec<f64>)> {
         let accum = self.args.gradient_accumulation_steps;
-        let bs = self.args.per_device_train_batch_size;
+        let global_bs = self.global_batch_size();
+        let (world, rank) = (self.collective.world_size(), self.collective.rank());
+        let rows = self.rows_per_example();
         let step = state.step;
         let mut grads: Vec<Vec<f32>> = params
             .iter()
             .map(|(_, v)| vec![0.0f32; v.elem_count()])
             .collect();
+        let mut losses = Vec::with_capacity(accum);
         for micro in 0..accum {
             if state.batch_in_epoch >= order.len() {
                 state.epoch += 1;
                 state.batch_in_epoch = 0;
                 *order = epoch_batches(
                     lengths,
-                    bs,
+                    global_bs,
                     self.args.seed,
                     state.epoch,
                     self.args.mega_batch_factor,
                 );
             }
-            let idx = order[state.batch_in_epoch].clone();
+            let global = &order[state.batch_in_epoch];
+            let part = shard(global.len(), world, rank);
+            let idx = global[part.clone()].to_vec();
+            // This shard's weight: the mean over processes of weight × (mean loss of the
+            // shard) is the mean loss of the global batch; 1 when the shards are equal.
+            let weight = (idx.len() * world) as f64 / global.len() as f64;
             state.batch_in_epoch += 1;
-            let mode = Mode::train(step * accum as u64 + micro as u64);
-            let (loss, task_value) = self.micro_loss(&idx, mode, attention, accum as f64)?;
+            state.samples_seen += global.len() as u64;
+            if idx.is_empty() {
+                // More processes than examples in this (last) batch: contribute nothing.
+                losses.push(0.0);
+                continue;
+            }
+            let mode =
+                Mode::train(step * accum as u64 + micro as u64).at_row((part.start * rows) as u64);
+            let (loss, task_value) =
+                self.micro_loss(&idx, mode, attention, accum as f64 / weight)?;
             if !task_value.is_finite() {
                 return Err(Error::Training(format!(
                     "loss is {task_value} at step {step}; lower the learning rate"
@@ -330,11 +373,105 @@ impl Trainer {
                     acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
                 }
             }
-            state.running_loss += task_value;
-            state.running_count += 1;
-            state.samples_seen += idx.len() as u64;
+            losses.push(task_value * weight);
         }
-        Ok(grads)
+        Ok((grads, losses))
+    }
+
+    /// Averages `grads` and the per-micro-batch `losses` across the processes (the losses ride
+    /// in the last bucket); returns the averaged losses.
+    fn reduce_step(&self, grads: &mut Vec<Vec<f32>>, losses: Vec<f64>) -> Result<Vec<f64>> {
+        if self.collective.world_size() == 1 {
+            return Ok(losses);
+        }
+        grads.push(losses.iter().map(|&l| l as f32).collect());
+        average_gradients(self.collective.as_ref(), grads, BUCKET_ELEMS)?;
+        let reduced = grads.pop().unwrap_or_default();
+        Ok(reduced.into_iter().map(f64::from).collect())
+    }
+
+    /// Rank 0's weights, optimizer moments and trainer state on every rank: the same start
+    /// for all, whether fresh or resumed (only rank 0 reads checkpoints).
+    fn sync_from_main(
+        &mut self,
+        params: &[(String, candle_core::Var)],
+        opt: &mut AdamW,
+        state: &mut TrainerState,
+        summary: &mut TrainSummary,
+        fingerprint: &str,
+    ) -> Result<()> {
+        let c = self.collective.as_ref();
+        let main = c.is_main();
+        let mut flat = Vec::new();
+        if main {
+            for (_, var) in params {
+                flat.extend(
+                    var.as_tensor()
+                        .to_dtype(DType::F32)?
+                        .flatten_all()?
+                        .to_vec1::<f32>()?,
+                );
+            }
+        }
+        let flat = broadcast_f32(c, &flat)?;
+        let total: usize = params.iter().map(|(_, v)| v.elem_count()).sum();
+        if flat.len() != total {
+            return Err(Error::Distributed(format!(
+                "rank 0 sent {} weights, this model has {total}: were the ranks started with \
+                 different models?",
+                flat.len()
+            )));
+        }
+        let moments = broadcast_f32(c, &if main { opt.moments() } else { Vec::new() })?;
+        let bytes = if main {
+            serde_json::to_vec(&(&*state, summary.resumed_from))
+                .map_err(|e| Error::Training(format!("trainer state: {e}")))?
+        } else {
+            Vec::new()
+        };
+        let bytes = c.broadcast(bytes)?;
+        if main {
+            return Ok(());
+        }
+        let mut at = 0;
+        for (_, var) in params {
+            let n = var.elem_count();
+            let t = Tensor::from_slice(&flat[at..at + n], var.shape(), var.device())?
+                .to_dtype(var.dtype())?;
+            var.set(&t)?;
+            at += n;
+        }
+        let (theirs, resumed_from): (TrainerState, Option<u64>) = serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Distributed(format!("trainer state from rank 0: {e}")))?;
+        if theirs.run_fingerprint.as_deref() != Some(fingerprint) {
+            return Err(Error::Distributed(format!(
+                "rank {} was started with different training arguments or data than rank 0 \
+                 (run fingerprint {fingerprint}, rank 0 {:?})",
+                c.rank(),
+                theirs.run_fingerprint
+            )));
+        }
+        opt.set_moments(&moments, theirs.step)?;
+        *state = theirs;
+        summary.resumed_from = resumed_from;
+        Ok(())
+    }
+
+    /// [`Trainer::evaluate`] on rank 0, its metrics sent to every rank.
+    fn evaluate_everywhere(&self) -> Result<BTreeMap<String, f64>> {
+        let c = self.collective.as_ref();
+        if c.world_size() == 1 {
+            return self.evaluate();
+        }
+        let bytes = if c.is_main() {
+            serde_json::to_vec(&self.evaluate()?)
+                .map_err(|e| Error::Training(format!("evaluation metrics: {e}")))?
+        } else {
+            Vec::new()
+        };
+        let bytes = c.broadcast(bytes)?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| Error::Distributed(format!("evaluation metrics from rank 0: {e}")))
     }
 
     /// The gradients (by parameter name) and mean task loss of the first optimiser step,
@@ -344,15 +481,17 @@ impl Trainer {
         let lengths = self.lengths();
         let mut order = epoch_batches(
             &lengths,
-            self.args.per_device_train_batch_size,
+            self.global_batch_size(),
             self.args.seed,
             0,
             self.args.mega_batch_factor,
         );
         let attention = self.model.attention().clone();
         let mut state = TrainerState::default();
-        let grads = self.step_gradients(&params, &mut state, &mut order, &lengths, &attention)?;
-        let loss = state.running_loss / state.running_count.max(1) as f64;
+        let (mut grads, losses) =
+            self.step_gradients(&params, &mut state, &mut order, &lengths, &attention)?;
+        let losses = self.reduce_step(&mut grads, losses)?;
+        let loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
         Ok((
             params.into_iter().map(|(n, _)| n).zip(grads).collect(),
             loss,
@@ -369,7 +508,10 @@ impl Trainer {
     /// interrupted there (no final checkpoint or evaluation beyond the regular intervals).
     pub fn train_until(&mut self, resume: bool, stop_at: Option<u64>) -> Result<TrainSummary> {
         let out_dir = self.args.output_dir.clone();
-        std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+        let main = self.collective.is_main();
+        if main {
+            std::fs::create_dir_all(&out_dir).map_err(|e| Error::io(&out_dir, e))?;
+        }
         let ckpts = CheckpointManager::new(&out_dir, self.args.save_total_limit);
         let mut summary = TrainSummary {
             git_commit: crate::provenance::BUILD.commit_string(),
@@ -380,14 +522,18 @@ impl Trainer {
         let params = self.param_list();
         let vars: BTreeMap<String, candle_core::Var> = params.iter().cloned().collect();
         let mut opt = AdamW::new(&vars, self.args.adam(), self.args.groups())?;
-        let fingerprint = run_fingerprint(&self.args, &self.train);
+        // The fingerprint sees the global batch, so a checkpoint resumes on any number of
+        // processes that keeps it (W processes × B ≡ one process × W·B).
+        let mut global_args = self.args.clone();
+        global_args.per_device_train_batch_size = self.global_batch_size();
+        let fingerprint = run_fingerprint(&global_args, &self.train);
         let mut state = TrainerState {
             attention: base_attention.clone(),
             labels: Some(self.train.labels.clone()),
             run_fingerprint: Some(fingerprint.clone()),
             ..Default::default()
         };
-        if resume {
+        if resume && main {
             let removed = ckpts.clean_temporaries()?;
             for r in removed {
                 self.note(&format!("removed an unfinished checkpoint {}", r.display()));
@@ -453,8 +599,11 @@ impl Trainer {
                 None => self.note("no checkpoint to resume from; starting from the beginning"),
             }
         }
+        if self.collective.world_size() > 1 {
+            self.sync_from_main(&params, &mut opt, &mut state, &mut summary, &fingerprint)?;
+        }
         let base_attention = state.attention.clone();
-        if self.collective.is_main() {
+        if main {
             // The JSONL log always exists; on resume it is cut back to the checkpoint's step so
             // it reads like an uninterrupted run.
             let log = JsonlLog::open(&out_dir.join("metrics.jsonl"), summary.resumed_from)?;
@@ -466,7 +615,7 @@ impl Trainer {
         }
         let total = self.total_steps();
         let warmup = self.args.warmup(total);
-        let bs = self.args.per_device_train_batch_size;
+        let bs = self.global_batch_size();
         let eval_every = self.args.eval_steps.unwrap_or(self.args.save_steps);
         let lengths = self.lengths();
         let mut order = epoch_batches(
@@ -494,9 +643,12 @@ impl Trainer {
                 o.estimator = sched.apply(&o.estimator, step);
             }
             self.model.set_attention(attention.clone())?;
-            let mut grads =
+            let (mut grads, losses) =
                 self.step_gradients(&params, &mut state, &mut order, &lengths, &attention)?;
-            average_gradients(self.collective.as_ref(), &mut grads, BUCKET_ELEMS)?;
+            for l in self.reduce_step(&mut grads, losses)? {
+                state.running_loss += l;
+                state.running_count += 1;
+            }
             let factor = self.args.lr_scheduler_type.factor(step, warmup, total);
             let report = opt.step(&mut grads, factor)?;
             state.step += 1;
@@ -539,7 +691,7 @@ impl Trainer {
             // Evaluate and save with the target estimator, not the annealed one.
             self.model.set_attention(base_attention.clone())?;
             if do_eval {
-                let metrics = self.evaluate()?;
+                let metrics = self.evaluate_everywhere()?;
                 self.log(now_step, &metrics)?;
                 summary.eval = metrics.clone();
                 if let Some(&v) = metrics.get(&self.args.metric_for_best_model) {

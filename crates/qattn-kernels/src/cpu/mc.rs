@@ -225,6 +225,8 @@ struct RowCtx<'a> {
     estimator: Estimator,
     channel: Option<Channel>,
     seed: u64,
+    /// Added to the batch index of the Philox streams (see [`forward_at`]).
+    batch_offset: usize,
     cv: Option<&'a CvContext>,
 }
 
@@ -500,7 +502,7 @@ impl RowCtx<'_> {
         };
         let lse = mx + sum.ln() as f32;
         let ess = (sum * sum / sumsq) as f32;
-        let stream = SampleStream::new(self.seed, h.batch, h.head, qi);
+        let stream = SampleStream::new(self.seed, self.batch_offset + h.batch, h.head, qi);
         let vrow = |j: u32| &h.v[j as usize * dv..(j as usize + 1) * dv];
 
         let mut exact_part: Vec<(u32, f32)> = Vec::new();
@@ -728,8 +730,22 @@ impl RowCtx<'_> {
     }
 }
 
-/// Sampling forward pass over all heads.
+/// Sampling forward pass over all heads (the CUDA emulation tests compare against it).
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn forward(p: &Problem<'_>, spec: &EstimatorSpec, seed: u64, record: bool) -> McForward {
+    forward_at(p, spec, seed, 0, record)
+}
+
+/// [`forward`] for a batch that is rows `batch_offset..batch_offset + B` of a larger logical
+/// batch: row b draws from the streams of batch index `batch_offset + b`, so a batch split
+/// across processes draws exactly what the whole batch draws in one call.
+pub(crate) fn forward_at(
+    p: &Problem<'_>,
+    spec: &EstimatorSpec,
+    seed: u64,
+    batch_offset: usize,
+    record: bool,
+) -> McForward {
     let (lq, lk, d, dv) = (p.lq, p.lk, p.d, p.dv);
     let heads = p.heads();
     let mut out = vec![0.0f32; heads * lq * dv];
@@ -759,6 +775,7 @@ pub(crate) fn forward(p: &Problem<'_>, spec: &EstimatorSpec, seed: u64, record: 
                 estimator: spec.estimator,
                 channel,
                 seed,
+                batch_offset,
                 cv: cv.as_ref(),
             };
             let task =
