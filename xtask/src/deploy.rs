@@ -1,5 +1,6 @@
-//! CI checks of `deploy/`: hadolint on the Dockerfiles and kubernetes-validate on the manifests,
-//! both run from the CI Python environment ([`crate::pyenv`]).
+//! CI checks of `deploy/`: hadolint on the Dockerfiles and kubernetes-validate on the manifests
+//! (plus [`crate::mpijob`]'s check of the MPIJob custom resources), run from the CI Python
+//! environment ([`crate::pyenv`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,8 +15,17 @@ use crate::{display, run};
 pub(crate) const K8S_VERSION: &str = "1.35";
 
 /// Kinds with no schema in kubernetes-validate (custom resources), `(kind, apiVersion)`: their
-/// files are still parsed, but the resources are reported as skipped rather than validated.
-const CUSTOM_RESOURCES: &[(&str, &str)] = &[("ServiceMonitor", "monitoring.coreos.com/v1")];
+/// files are still parsed, but the resources are reported as skipped rather than validated. The
+/// MPIJobs get their own check instead ([`crate::mpijob`]).
+const CUSTOM_RESOURCES: &[(&str, &str)] = &[
+    ("ServiceMonitor", "monitoring.coreos.com/v1"),
+    (crate::mpijob::KIND, crate::mpijob::API_VERSION),
+];
+
+/// The name of the CI step that runs [`kubernetes_validate`] (in `ci` and `lint-deploy`).
+pub(crate) fn k8s_step_name() -> String {
+    format!("kubernetes-validate deploy/k8s (K8s {K8S_VERSION}) + MPIJob check")
+}
 
 /// File names that are kustomize inputs, not cluster resources.
 const KUSTOMIZE_FILES: &[&str] = &["kustomization.yaml", "kustomization.yml", "Kustomization"];
@@ -60,8 +70,10 @@ pub(crate) fn hadolint(root: &Path, py: &std::result::Result<PyEnv, String>) -> 
 
 /// `kubernetes-validate --strict -k <K8S_VERSION>` on every manifest under `deploy/k8s/`
 /// (kustomization files excepted), failing on any error, and on any resource without a schema
-/// unless it is a known custom resource; then, when `kubectl` is on PATH, the same validation of
-/// each rendered kustomize variant (`kubectl kustomize deploy/k8s/<variant>`).
+/// unless it is a known custom resource; the structural check of every `kind: MPIJob`, whose pod
+/// templates go through kubernetes-validate as core/v1 PodTemplates ([`crate::mpijob::check`]);
+/// then, when `kubectl` is on PATH, the same validation of each rendered kustomize variant
+/// (`kubectl kustomize deploy/k8s/<variant>`).
 pub(crate) fn kubernetes_validate(
     root: &Path,
     py: &std::result::Result<PyEnv, String>,
@@ -101,6 +113,25 @@ pub(crate) fn kubernetes_validate(
     for skipped in &report.skipped_custom {
         println!("  not validated (custom resource, no schema in kubernetes-validate): {skipped}");
     }
+    let jobs = crate::mpijob::check(root, env, &validator, &rel)?;
+    for job in &jobs {
+        println!(
+            "  MPIJob {} in {}: structure checked (Launcher 1, Worker {} × {} slot(s)); its Launcher and \
+             Worker pod templates passed kubernetes-validate as core/v1 PodTemplates",
+            job.name, job.file, job.workers, job.slots_per_worker
+        );
+    }
+    let mpijobs_skipped = report
+        .skipped_custom
+        .iter()
+        .filter(|s| s.contains(&format!(": {} ", crate::mpijob::KIND)))
+        .count();
+    if mpijobs_skipped != jobs.len() {
+        bail!(
+            "kubernetes-validate skipped {mpijobs_skipped} MPIJob(s) but the MPIJob check found {}",
+            jobs.len()
+        );
+    }
     for dir in &kustomize_dirs {
         let shown = dir.strip_prefix(root).unwrap_or(dir).display().to_string();
         println!("  not validated as a resource (kustomize input): {shown}/kustomization.yaml");
@@ -131,11 +162,11 @@ pub(crate) fn kubernetes_validate(
 
 /// What one kubernetes-validate run reported.
 #[derive(Debug, Default, PartialEq)]
-struct Report {
+pub(crate) struct Report {
     /// Resources that passed.
-    passed: usize,
+    pub(crate) passed: usize,
     /// `file: Kind apiVersion` of custom resources without a schema.
-    skipped_custom: Vec<String>,
+    pub(crate) skipped_custom: Vec<String>,
 }
 
 /// Runs kubernetes-validate on `files` (or on `stdin` with file `-`) and checks its report.
@@ -145,6 +176,34 @@ fn validate(
     files: &[PathBuf],
     stdin: Option<&str>,
 ) -> Result<Report> {
+    let shown = display(
+        Command::new(validator)
+            .args(["--strict", "--kubernetes-version", K8S_VERSION])
+            .args(files),
+    );
+    let (status, stdout, stderr) = run_validator(validator, root, files, stdin)?;
+    let parsed = parse_report(&stdout);
+    match parsed {
+        Ok(report) if status.success() && report.passed > 0 => Ok(report),
+        Ok(_) if status.success() => {
+            bail!("`{shown}` validated no resource:\n{stdout}{stderr}")
+        }
+        Ok(_) => bail!("`{shown}` exited with {status}:\n{stdout}{stderr}"),
+        Err(problems) => bail!(
+            "`{shown}` reported problems (exit {status}):\n{}\n{stderr}",
+            problems.join("\n")
+        ),
+    }
+}
+
+/// Runs `kubernetes-validate --strict --kubernetes-version <K8S_VERSION>` on `files` (or on
+/// `stdin` with file `-`) in `root`: its exit status, stdout and stderr.
+pub(crate) fn run_validator(
+    validator: &Path,
+    root: &Path,
+    files: &[PathBuf],
+    stdin: Option<&str>,
+) -> Result<(std::process::ExitStatus, String, String)> {
     use std::io::Write;
     use std::process::Stdio;
 
@@ -170,27 +229,17 @@ fn validate(
     let out = child
         .wait_with_output()
         .with_context(|| format!("waiting for `{shown}`"))?;
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let parsed = parse_report(&stdout);
-    match parsed {
-        Ok(report) if out.status.success() && report.passed > 0 => Ok(report),
-        Ok(_) if out.status.success() => {
-            bail!("`{shown}` validated no resource:\n{stdout}{stderr}")
-        }
-        Ok(_) => bail!("`{shown}` exited with {}:\n{stdout}{stderr}", out.status),
-        Err(problems) => bail!(
-            "`{shown}` reported problems (exit {}):\n{}\n{stderr}",
-            out.status,
-            problems.join("\n")
-        ),
-    }
+    Ok((
+        out.status,
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    ))
 }
 
 /// Reads kubernetes-validate's lines: `INFO … passed`, `WARN … Couldn't find schema for kind K
 /// with api version A …`, `ERROR …`, `FATAL …`. Errors, fatal lines and missing schemas of kinds
 /// not in [`CUSTOM_RESOURCES`] (a typo in `apiVersion` looks exactly like that) are problems.
-fn parse_report(stdout: &str) -> std::result::Result<Report, Vec<String>> {
+pub(crate) fn parse_report(stdout: &str) -> std::result::Result<Report, Vec<String>> {
     let mut report = Report::default();
     let mut problems = Vec::new();
     for line in stdout.lines().map(str::trim).filter(|l| !l.is_empty()) {
@@ -389,6 +438,24 @@ INFO deploy/k8s/cpu/hpa.yaml passed for resource horizontalpodautoscaler/qattn-s
         assert_eq!(
             metric_names("sum(rate(qattn_a_total{x=\"1\"}[5m])) / qattn_b_bucket"),
             vec!["qattn_a_total", "qattn_b_bucket"]
+        );
+    }
+
+    /// deploy/k8s/train-mpi applies on its own, so it carries a copy of the common Namespace;
+    /// the two must not drift apart (comments aside).
+    #[test]
+    fn the_training_namespace_is_the_common_one() {
+        let read = |p: &str| {
+            fs::read_to_string(crate::repo_root().join(p))
+                .unwrap()
+                .lines()
+                .filter(|l| !l.trim_start().starts_with('#'))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            read("deploy/k8s/train-mpi/namespace.yaml"),
+            read("deploy/k8s/common/namespace.yaml")
         );
     }
 

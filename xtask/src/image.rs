@@ -1,6 +1,8 @@
-//! `cargo xtask image [--cuda] [--tag T] [--dry-run]`: builds the qattn-serve container image from
-//! `deploy/docker/Dockerfile.cpu` (or `Dockerfile.cuda`) with docker or podman, or, when no usable
-//! container engine is present (or with `--dry-run`), prints the exact commands to run elsewhere.
+//! `cargo xtask image [--cuda | --train-mpi] [--tag T] [--dry-run]`: builds the qattn-serve
+//! container image from `deploy/docker/Dockerfile.cpu` (or `Dockerfile.cuda`), or the
+//! distributed-training image for the Kubeflow MPI Operator from `Dockerfile.train-mpi`, with
+//! docker or podman, or, when no usable container engine is present (or with `--dry-run`), prints
+//! the exact commands to run elsewhere.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,12 +11,72 @@ use anyhow::Result;
 
 use crate::deploy::which;
 
+/// The images `cargo xtask image` builds, one per `deploy/docker/Dockerfile.*`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Variant {
+    /// qattn-serve on CPUs (the default).
+    Cpu,
+    /// qattn-serve built with CUDA (`--cuda`).
+    Cuda,
+    /// Data-parallel `qattn train` for the Kubeflow MPI Operator (`--train-mpi`).
+    TrainMpi,
+}
+
+impl Variant {
+    /// Every variant, in the order of the usage text.
+    #[cfg(test)]
+    pub(crate) const ALL: [Variant; 3] = [Variant::Cpu, Variant::Cuda, Variant::TrainMpi];
+
+    /// The Dockerfile, relative to the repository root.
+    pub(crate) fn dockerfile(self) -> &'static str {
+        match self {
+            Variant::Cpu => "deploy/docker/Dockerfile.cpu",
+            Variant::Cuda => "deploy/docker/Dockerfile.cuda",
+            Variant::TrainMpi => "deploy/docker/Dockerfile.train-mpi",
+        }
+    }
+
+    /// The tag when `--tag` is not given.
+    fn default_tag(self) -> &'static str {
+        match self {
+            Variant::Cpu => "qattn-serve:cpu",
+            Variant::Cuda => "qattn-serve:cuda",
+            Variant::TrainMpi => "qattn-train:mpi",
+        }
+    }
+
+    /// The option that selects it.
+    fn flag(self) -> &'static str {
+        match self {
+            Variant::Cpu => "(none)",
+            Variant::Cuda => "--cuda",
+            Variant::TrainMpi => "--train-mpi",
+        }
+    }
+
+    /// What to do with the built image `tag`, with engine `name`.
+    fn next_steps(self, name: &str, tag: &str) -> String {
+        match self {
+            Variant::Cpu => {
+                format!("{name} run --rm -p 50051:50051 -p 9000:9000 -v qattn-models:/models {tag}")
+            }
+            Variant::Cuda => format!(
+                "{name} run --rm --gpus all -p 50051:50051 -p 9000:9000 -v qattn-models:/models {tag}"
+            ),
+            Variant::TrainMpi => format!(
+                "{name} run --rm {tag}    # prints qattn --version\n  \
+                 {name} push {tag}        # then point deploy/k8s/train-mpi/kustomization.yaml (images:) at it"
+            ),
+        }
+    }
+}
+
 /// Parsed options of `cargo xtask image`.
 #[derive(Debug, PartialEq)]
 pub(crate) struct ImageOptions {
-    /// Build the CUDA image instead of the CPU one.
-    pub(crate) cuda: bool,
-    /// The image reference to tag (`-t`); default `qattn-serve:cpu` or `qattn-serve:cuda`.
+    /// Which image to build.
+    pub(crate) variant: Variant,
+    /// The image reference to tag (`-t`); default [`Variant::default_tag`].
     pub(crate) tag: Option<String>,
     /// Print the commands without running them.
     pub(crate) dry_run: bool,
@@ -23,14 +85,27 @@ pub(crate) struct ImageOptions {
 /// Parses the arguments after `image`.
 pub(crate) fn parse_options(args: &[&str]) -> std::result::Result<ImageOptions, String> {
     let mut opts = ImageOptions {
-        cuda: false,
+        variant: Variant::Cpu,
         tag: None,
         dry_run: false,
     };
+    /// Selects `v` unless another non-default variant was chosen already.
+    fn choose(v: Variant, opts: &mut ImageOptions) -> std::result::Result<(), String> {
+        if opts.variant != Variant::Cpu && opts.variant != v {
+            return Err(format!(
+                "`{}` and `{}` exclude each other: build one image at a time",
+                opts.variant.flag(),
+                v.flag()
+            ));
+        }
+        opts.variant = v;
+        Ok(())
+    }
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match *arg {
-            "--cuda" => opts.cuda = true,
+            "--cuda" => choose(Variant::Cuda, &mut opts)?,
+            "--train-mpi" => choose(Variant::TrainMpi, &mut opts)?,
             "--dry-run" => opts.dry_run = true,
             "--tag" => {
                 let tag = it
@@ -72,17 +147,16 @@ struct Engine {
 
 /// Builds the image, or prints how to.
 pub(crate) fn image(root: &Path, opts: &ImageOptions) -> Result<()> {
-    let variant = if opts.cuda { "cuda" } else { "cpu" };
-    let dockerfile = format!("deploy/docker/Dockerfile.{variant}");
+    let dockerfile = opts.variant.dockerfile();
     anyhow::ensure!(
-        root.join(&dockerfile).is_file(),
+        root.join(dockerfile).is_file(),
         "{} is missing",
-        root.join(&dockerfile).display()
+        root.join(dockerfile).display()
     );
     let tag = opts
         .tag
         .clone()
-        .unwrap_or_else(|| format!("qattn-serve:{variant}"));
+        .unwrap_or_else(|| opts.variant.default_tag().to_string());
 
     let (engine, why_not) = if opts.dry_run {
         (None, "--dry-run".to_string())
@@ -90,7 +164,7 @@ pub(crate) fn image(root: &Path, opts: &ImageOptions) -> Result<()> {
         find_engine()
     };
     let name = engine.as_ref().map_or("docker", |e| e.name);
-    let args = build_args(&dockerfile, &tag);
+    let args = build_args(dockerfile, &tag);
     let shown = format!(
         "cd {} && {}{name} {}",
         quote(&root.display().to_string()),
@@ -101,13 +175,7 @@ pub(crate) fn image(root: &Path, opts: &ImageOptions) -> Result<()> {
         },
         args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
     );
-    let run_hint = if opts.cuda {
-        format!(
-            "{name} run --rm --gpus all -p 50051:50051 -p 9000:9000 -v qattn-models:/models {tag}"
-        )
-    } else {
-        format!("{name} run --rm -p 50051:50051 -p 9000:9000 -v qattn-models:/models {tag}")
-    };
+    let run_hint = opts.variant.next_steps(name, &tag);
 
     let Some(engine) = engine else {
         println!("not building ({why_not}); the commands are:\n");
@@ -130,7 +198,7 @@ pub(crate) fn image(root: &Path, opts: &ImageOptions) -> Result<()> {
         cmd.env("DOCKER_BUILDKIT", "1");
     }
     crate::run(&mut cmd)?;
-    println!("\nbuilt {tag}; run it with:\n  {run_hint}");
+    println!("\nbuilt {tag}; next:\n  {run_hint}");
     Ok(())
 }
 
@@ -212,7 +280,7 @@ mod tests {
         assert_eq!(
             parse_options(&[]).unwrap(),
             ImageOptions {
-                cuda: false,
+                variant: Variant::Cpu,
                 tag: None,
                 dry_run: false
             }
@@ -224,7 +292,7 @@ mod tests {
             "--dry-run",
         ])
         .unwrap();
-        assert!(opts.cuda && opts.dry_run);
+        assert!(opts.variant == Variant::Cuda && opts.dry_run);
         assert_eq!(opts.tag.as_deref(), Some("reg.example:5000/q/serve:0.1.0"));
         assert_eq!(
             parse_options(&["--tag=a:b"]).unwrap().tag.as_deref(),
@@ -246,6 +314,49 @@ mod tests {
         );
         assert!(parse_options(&["--tag", "--cuda"]).is_err());
         assert!(parse_options(&["--gpu"]).unwrap_err().contains("--gpu"));
+        assert!(
+            parse_options(&["--cuda", "--train-mpi"])
+                .unwrap_err()
+                .contains("exclude each other")
+        );
+    }
+
+    #[test]
+    fn the_training_image_has_its_own_dockerfile_and_tag() {
+        let opts = parse_options(&["--train-mpi", "--dry-run"]).unwrap();
+        assert_eq!(opts.variant, Variant::TrainMpi);
+        assert_eq!(
+            opts.variant.dockerfile(),
+            "deploy/docker/Dockerfile.train-mpi"
+        );
+        assert_eq!(opts.variant.default_tag(), "qattn-train:mpi");
+        // Giving the same variant twice is fine.
+        assert_eq!(
+            parse_options(&["--train-mpi", "--train-mpi"])
+                .unwrap()
+                .variant,
+            Variant::TrainMpi
+        );
+    }
+
+    /// Every deploy/docker/Dockerfile.* is an image variant and every variant's Dockerfile
+    /// exists, so a new Dockerfile cannot be left out of `cargo xtask image`.
+    #[test]
+    fn variants_and_dockerfiles_match() {
+        let root = crate::repo_root();
+        let mut on_disk: Vec<String> = std::fs::read_dir(root.join("deploy/docker"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("Dockerfile"))
+            .map(|n| format!("deploy/docker/{n}"))
+            .collect();
+        on_disk.sort();
+        let mut known: Vec<String> = Variant::ALL
+            .iter()
+            .map(|v| v.dockerfile().to_string())
+            .collect();
+        known.sort();
+        assert_eq!(on_disk, known);
     }
 
     #[test]

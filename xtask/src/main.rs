@@ -21,8 +21,9 @@
 //!   them against PyTorch SDPA, written to `benchmarks/results/gpu.json`.
 //! * `cargo xtask gpu-bundle [--out DIR]`: builds the GPU binaries here and writes a folder with
 //!   them, the SDPA baseline and `run.sh` for a GPU machine without a Rust toolchain.
-//! * `cargo xtask image [--cuda] [--tag T] [--dry-run]`: the qattn-serve container image from
-//!   `deploy/docker/` with docker or podman, or the exact commands when no engine is usable.
+//! * `cargo xtask image [--cuda | --train-mpi] [--tag T] [--dry-run]`: the qattn-serve container
+//!   image (or the MPI training image) from `deploy/docker/` with docker or podman, or the exact
+//!   commands when no engine is usable.
 //!
 //! xtask depends on `anyhow`, `serde`, `serde_json` and the std-only `qattn-io` (for
 //! `write_atomic`), so it builds in seconds.
@@ -36,6 +37,7 @@ mod isa;
 mod layering;
 mod machete;
 mod mpi;
+mod mpijob;
 mod pyenv;
 
 use std::ffi::OsStr;
@@ -53,7 +55,8 @@ commands:
   ci [--skip-clippy] [--skip-tests]
         fmt check, layering check, unused dependencies (cargo-machete, installed into
         target/tools when missing), CI Python env (target/ci-venv from xtask/ci-requirements.txt),
-        hadolint deploy/docker, kubernetes-validate deploy/k8s, cuda-check, clippy -D warnings,
+        hadolint deploy/docker, kubernetes-validate deploy/k8s (MPIJobs: a structural check and
+        their pod templates as core/v1 PodTemplates), cuda-check, clippy -D warnings,
         tests (release; QATTN_DATA_DIR / QATTN_HF_CACHE default to ../shared/data(/hf) when
         that folder exists); stops at the first failure. A check whose tool is unavailable
         fails under CI=true and is skipped (and counted in the summary) elsewhere
@@ -101,14 +104,19 @@ commands:
         device script for a GPU machine with Python + torch and no Rust toolchain
         (./run.sh [OUT_DIR] writes env.txt, rust.log, gpu-rust.json, sdpa.log, gpu.json,
         gpu-tests.log)
-  image [--cuda] [--tag T] [--dry-run]
-        build the qattn-serve image from deploy/docker/Dockerfile.cpu (or .cuda) with docker
-        or podman (whichever answers `info`); without a usable engine, print the commands
-        --cuda     the CUDA image (Dockerfile.cuda)
-        --tag T    image reference (default qattn-serve:cpu or qattn-serve:cuda)
-        --dry-run  print the commands only
+  image [--cuda | --train-mpi] [--tag T] [--dry-run]
+        build the qattn-serve image from deploy/docker/Dockerfile.cpu (or .cuda, or the MPI
+        training image from .train-mpi) with docker or podman (whichever answers `info`);
+        without a usable engine, print the commands
+        --cuda       the CUDA image (Dockerfile.cuda)
+        --train-mpi  the distributed-training image for the Kubeflow MPI Operator
+                     (Dockerfile.train-mpi: qattn built with --features mpi, Open MPI, OpenSSH)
+        --tag T      image reference (default qattn-serve:cpu, qattn-serve:cuda or
+                     qattn-train:mpi)
+        --dry-run    print the commands only
   lint-deploy
-        only the deploy/ steps of `ci`: CI Python env, hadolint, kubernetes-validate
+        only the deploy/ steps of `ci`: CI Python env, hadolint, kubernetes-validate (with the
+        MPIJob check)
   help
         print this text
 ";
@@ -239,14 +247,9 @@ fn ci(opts: &CiOptions) -> Result<()> {
     pyenv::step_or_skip(&mut skips, "hadolint deploy/docker/*", || {
         deploy::hadolint(&root, &py)
     })?;
-    pyenv::step_or_skip(
-        &mut skips,
-        &format!(
-            "kubernetes-validate deploy/k8s (K8s {})",
-            deploy::K8S_VERSION
-        ),
-        || deploy::kubernetes_validate(&root, &py),
-    )?;
+    pyenv::step_or_skip(&mut skips, &deploy::k8s_step_name(), || {
+        deploy::kubernetes_validate(&root, &py)
+    })?;
     pyenv::step_or_skip(
         &mut skips,
         "cuda-check (nvcc PTX + ptxas sm_90 + cargo check --features cuda)",
@@ -364,14 +367,9 @@ fn lint_deploy() -> Result<()> {
     pyenv::step_or_skip(&mut policy, "hadolint deploy/docker/*", || {
         deploy::hadolint(&root, &py)
     })?;
-    pyenv::step_or_skip(
-        &mut policy,
-        &format!(
-            "kubernetes-validate deploy/k8s (K8s {})",
-            deploy::K8S_VERSION
-        ),
-        || deploy::kubernetes_validate(&root, &py),
-    )
+    pyenv::step_or_skip(&mut policy, &deploy::k8s_step_name(), || {
+        deploy::kubernetes_validate(&root, &py)
+    })
 }
 
 /// The first `name` on `PATH`.

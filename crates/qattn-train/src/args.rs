@@ -4,6 +4,7 @@
 use crate::data::Problem;
 use crate::error::{Error, Result};
 use crate::optim::{AdamConfig, Group, GroupConfig};
+use crate::reduce::GradientReduction;
 use crate::schedule::{LrSchedule, SampleSchedule};
 use qattn_model::GradMode;
 use serde::{Deserialize, Serialize};
@@ -100,6 +101,14 @@ pub struct TrainingArgs {
     pub problem: Problem,
     /// Numeric precision.
     pub precision: Precision,
+    /// How gradients are combined across processes: `f32`, `bf16` or `topk:F` (see
+    /// [`crate::reduce`]). Omitted from serialised arguments when `f32`.
+    #[serde(skip_serializing_if = "GradientReduction::is_default")]
+    pub gradient_reduction: GradientReduction,
+    /// Reduce inside each node before reducing across nodes (`f32` only). Omitted from
+    /// serialised arguments when off.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub hierarchical_allreduce: bool,
 }
 
 impl Default for TrainingArgs {
@@ -141,6 +150,8 @@ impl Default for TrainingArgs {
             consistency_weight: 0.0,
             problem: Problem::Auto,
             precision: Precision::F32,
+            gradient_reduction: GradientReduction::F32,
+            hierarchical_allreduce: false,
         }
     }
 }
@@ -191,6 +202,12 @@ impl TrainingArgs {
     /// Checks ranges and consistency; errors name the field.
     pub fn validate(&self) -> Result<()> {
         let bad = |m: String| Err(Error::Args(m));
+        if self.hierarchical_allreduce && !self.gradient_reduction.is_default() {
+            return bad(format!(
+                "hierarchical_allreduce works with gradient_reduction f32, not {}",
+                self.gradient_reduction
+            ));
+        }
         if self.per_device_train_batch_size == 0 {
             return bad("per_device_train_batch_size must be ≥ 1".into());
         }

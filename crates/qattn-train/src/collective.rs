@@ -36,6 +36,14 @@ pub trait Collective: Send + Sync {
     /// Sends rank 0's `bytes` to every rank and returns them (other ranks' `bytes` are
     /// ignored; pass an empty vector). Every rank must call it at the same point.
     fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>>;
+    /// Every rank's `bytes`, in rank order (lengths may differ). Blocking.
+    fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>>;
+    /// [`Collective::all_reduce_mean`] in two levels: reduce inside each node, all-reduce
+    /// across nodes, broadcast inside each node. Backends without a notion of nodes reduce
+    /// in one level.
+    fn all_reduce_mean_hierarchical(&self, bucket: Vec<f32>) -> Result<Box<dyn Pending>> {
+        self.all_reduce_mean(bucket)
+    }
     /// A short description for logs, e.g. `single process` or `MPI rank 1 of 4`.
     fn describe(&self) -> String {
         format!("rank {} of {}", self.rank(), self.world_size())
@@ -63,6 +71,12 @@ impl<C: Collective + ?Sized> Collective for std::sync::Arc<C> {
     }
     fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
         (**self).broadcast(bytes)
+    }
+    fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+        (**self).all_gather(bytes)
+    }
+    fn all_reduce_mean_hierarchical(&self, bucket: Vec<f32>) -> Result<Box<dyn Pending>> {
+        (**self).all_reduce_mean_hierarchical(bucket)
     }
     fn describe(&self) -> String {
         (**self).describe()
@@ -96,6 +110,9 @@ impl Collective for SingleProcess {
     }
     fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
         Ok(bytes)
+    }
+    fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+        Ok(vec![bytes])
     }
     fn describe(&self) -> String {
         "single process".into()
@@ -137,6 +154,17 @@ pub fn average_gradients(
     grads: &mut [Vec<f32>],
     bucket_elems: usize,
 ) -> Result<()> {
+    average_gradients_with(c, grads, bucket_elems, false)
+}
+
+/// [`average_gradients`], in two levels when `hierarchical`
+/// ([`Collective::all_reduce_mean_hierarchical`]).
+pub fn average_gradients_with(
+    c: &dyn Collective,
+    grads: &mut [Vec<f32>],
+    bucket_elems: usize,
+    hierarchical: bool,
+) -> Result<()> {
     if c.world_size() == 1 {
         return Ok(());
     }
@@ -163,7 +191,11 @@ pub fn average_gradients(
         for &(p, off, len) in plan {
             bucket.extend_from_slice(&grads[p][off..off + len]);
         }
-        pending.push(c.all_reduce_mean(bucket)?);
+        pending.push(if hierarchical {
+            c.all_reduce_mean_hierarchical(bucket)?
+        } else {
+            c.all_reduce_mean(bucket)?
+        });
     }
     for (plan, handle) in plans.iter().zip(pending) {
         let values = handle.wait()?;
@@ -208,6 +240,9 @@ mod tests {
         }
         fn broadcast(&self, bytes: Vec<u8>) -> Result<Vec<u8>> {
             Ok(bytes)
+        }
+        fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+            Ok(vec![bytes])
         }
     }
 

@@ -35,6 +35,7 @@ pub mod optim;
 pub mod output;
 pub mod provenance;
 pub mod records;
+pub mod reduce;
 pub mod schedule;
 pub mod tracking;
 pub mod trainer;
@@ -46,6 +47,7 @@ pub use data::{Dataset, Labels, Problem};
 pub use error::{Error, Result};
 pub use launch::{Launch, Launcher};
 pub use optim::{AdamW, Group};
+pub use reduce::{CommStats, GradientReduction, Reducer};
 pub use schedule::{LrSchedule, SampleSchedule};
 pub use trainer::{TrainSummary, Trainer, TrainerState, evaluate, predict, run_fingerprint};
 

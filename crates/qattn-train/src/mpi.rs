@@ -6,6 +6,12 @@
 //! channel and gets a [`Pending`] back at once, so a reduction runs while the trainer packs
 //! the next bucket or does other work; `wait` blocks for the result.
 //!
+//! **Nodes.** For hierarchical all-reduce the ranks are grouped by node with
+//! `MPI_Comm_split_type(MPI_COMM_TYPE_SHARED)` (ranks that share memory), or, when
+//! `QATTN_RANKS_PER_NODE=k` is set, as consecutive blocks of k ranks (to exercise and measure
+//! the two-level path on one machine). A bucket is reduced to each node's first rank, those
+//! ranks all-reduce it, and each broadcasts the result inside its node.
+//!
 //! **Failures.** A rank that dies takes the job down: `mpirun` kills the remaining ranks
 //! when one exits abnormally. Under a launcher that does not, a reduction that does not
 //! complete within `QATTN_COLLECTIVE_TIMEOUT_S` seconds (default 600) fails with an error
@@ -26,6 +32,8 @@ const MAX_COUNT: usize = 1 << 30;
 
 enum Request {
     AllReduce(Vec<f32>, Sender<Result<Vec<f32>>>),
+    AllReduceHierarchical(Vec<f32>, Sender<Result<Vec<f32>>>),
+    AllGather(Vec<u8>, Sender<Result<Vec<Vec<u8>>>>),
     Broadcast(Vec<u8>, Sender<Result<Vec<u8>>>),
     Barrier(Sender<Result<()>>),
 }
@@ -81,6 +89,55 @@ impl MpiCollective {
     }
 }
 
+/// `QATTN_RANKS_PER_NODE`, if set.
+fn ranks_per_node() -> Result<Option<i32>> {
+    match std::env::var("QATTN_RANKS_PER_NODE") {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<i32>() {
+            Ok(k) if k >= 1 => Ok(Some(k)),
+            _ => Err(Error::Distributed(format!(
+                "QATTN_RANKS_PER_NODE={v:?} is not a positive integer"
+            ))),
+        },
+    }
+}
+
+/// Every rank's bytes in rank order: the lengths first, then one variable-count all-gather.
+fn all_gather(world: &mpi::topology::SimpleCommunicator, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+    let size = world.size() as usize;
+    let too_big = |n: usize| {
+        Error::Distributed(format!(
+            "an all-gather of {n} bytes exceeds MPI's count limit of {} bytes",
+            i32::MAX
+        ))
+    };
+    let mine = i32::try_from(bytes.len()).map_err(|_| too_big(bytes.len()))?;
+    let mut counts = vec![0i32; size];
+    world.all_gather_into(&mine, &mut counts[..]);
+    let total: usize = counts.iter().map(|&c| c as usize).sum();
+    if total > i32::MAX as usize {
+        return Err(too_big(total));
+    }
+    let displs: Vec<i32> = counts
+        .iter()
+        .scan(0i32, |at, &c| {
+            let d = *at;
+            *at += c;
+            Some(d)
+        })
+        .collect();
+    let mut buf = vec![0u8; total];
+    {
+        let mut part = mpi::datatype::PartitionMut::new(&mut buf[..], &counts[..], &displs[..]);
+        world.all_gather_varcount_into(&bytes[..], &mut part);
+    }
+    Ok(counts
+        .iter()
+        .zip(&displs)
+        .map(|(&c, &d)| buf[d as usize..(d + c) as usize].to_vec())
+        .collect())
+}
+
 fn collective_timeout() -> Result<Duration> {
     match std::env::var("QATTN_COLLECTIVE_TIMEOUT_S") {
         Err(_) => Ok(Duration::from_secs(600)),
@@ -105,9 +162,58 @@ fn communicate(init: Sender<Result<(usize, usize)>>, requests: Receiver<Request>
     };
     let world = universe.world();
     let size = world.size() as usize;
-    let _ = init.send(Ok((world.rank() as usize, size)));
+    let rank = world.rank();
+    let node = match ranks_per_node() {
+        Ok(Some(k)) => world
+            .split_by_color(mpi::topology::Color::with_value(rank / k))
+            .expect("every rank has a color"),
+        Ok(None) => world.split_shared(rank),
+        Err(e) => {
+            let _ = init.send(Err(e));
+            return;
+        }
+    };
+    let leaders = world.split_by_color(if node.rank() == 0 {
+        mpi::topology::Color::with_value(0)
+    } else {
+        mpi::topology::Color::undefined()
+    });
+    let _ = init.send(Ok((rank as usize, size)));
     for r in requests {
         match r {
+            Request::AllReduceHierarchical(send, reply) => {
+                let n = send.len();
+                let node_root = node.process_at_rank(0);
+                let mut sum = vec![0.0f32; n];
+                for (i, s) in send.chunks(MAX_COUNT).enumerate() {
+                    let at = i * MAX_COUNT;
+                    if node.rank() == 0 {
+                        node_root.reduce_into_root(
+                            s,
+                            &mut sum[at..at + s.len()],
+                            SystemOperation::sum(),
+                        );
+                    } else {
+                        node_root.reduce_into(s, SystemOperation::sum());
+                    }
+                }
+                if let Some(l) = &leaders {
+                    let mut total = vec![0.0f32; n];
+                    for (s, t) in sum.chunks(MAX_COUNT).zip(total.chunks_mut(MAX_COUNT)) {
+                        l.all_reduce_into(s, t, SystemOperation::sum());
+                    }
+                    sum = total;
+                }
+                for chunk in sum.chunks_mut(MAX_COUNT) {
+                    node_root.broadcast_into(chunk);
+                }
+                let n = size as f32;
+                sum.iter_mut().for_each(|x| *x /= n);
+                let _ = reply.send(Ok(sum));
+            }
+            Request::AllGather(bytes, reply) => {
+                let _ = reply.send(all_gather(&world, bytes));
+            }
             Request::AllReduce(send, reply) => {
                 let mut recv = vec![0.0f32; send.len()];
                 for (s, r) in send.chunks(MAX_COUNT).zip(recv.chunks_mut(MAX_COUNT)) {
@@ -133,7 +239,10 @@ fn communicate(init: Sender<Result<(usize, usize)>>, requests: Receiver<Request>
             }
         }
     }
-    // Dropping the universe calls MPI_Finalize.
+    // Free the split communicators while MPI is alive; dropping the universe then calls
+    // MPI_Finalize.
+    drop(leaders);
+    drop(node);
     drop(universe);
 }
 
@@ -202,6 +311,25 @@ impl Collective for MpiCollective {
             timeout: self.timeout,
         }
         .get()
+    }
+    fn all_gather(&self, bytes: Vec<u8>) -> Result<Vec<Vec<u8>>> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::AllGather(bytes, tx))?;
+        Waiting {
+            rx,
+            what: "an all-gather",
+            timeout: self.timeout,
+        }
+        .get()
+    }
+    fn all_reduce_mean_hierarchical(&self, bucket: Vec<f32>) -> Result<Box<dyn Pending>> {
+        let (tx, rx) = mpsc::channel();
+        self.send(Request::AllReduceHierarchical(bucket, tx))?;
+        Ok(Box::new(Waiting {
+            rx,
+            what: "a hierarchical all-reduce of gradients",
+            timeout: self.timeout,
+        }))
     }
     fn describe(&self) -> String {
         format!("MPI rank {} of {}", self.rank, self.size)

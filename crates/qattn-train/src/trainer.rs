@@ -43,6 +43,7 @@ use crate::collective::{
 use crate::data::{Dataset, Labels, epoch_batches};
 use crate::error::{Error, Result};
 use crate::optim::{AdamW, Group};
+use crate::reduce::{CommStats, Reducer};
 use crate::tracking::{JsonlLog, Progress, RunStatus, Tracker};
 use candle_core::{D, DType, Tensor};
 use qattn_model::heads::{cross_entropy, mse};
@@ -378,16 +379,22 @@ impl Trainer {
         Ok((grads, losses))
     }
 
-    /// Averages `grads` and the per-micro-batch `losses` across the processes (the losses ride
-    /// in the last bucket); returns the averaged losses.
-    fn reduce_step(&self, grads: &mut Vec<Vec<f32>>, losses: Vec<f64>) -> Result<Vec<f64>> {
+    /// Averages `grads` across the processes with `reducer` and the per-micro-batch `losses`
+    /// with a small f32 all-reduce; returns the averaged losses and what the gradient
+    /// reduction cost.
+    fn reduce_step(
+        &self,
+        reducer: &mut Reducer,
+        grads: &mut [Vec<f32>],
+        losses: Vec<f64>,
+    ) -> Result<(Vec<f64>, CommStats)> {
         if self.collective.world_size() == 1 {
-            return Ok(losses);
+            return Ok((losses, CommStats::default()));
         }
-        grads.push(losses.iter().map(|&l| l as f32).collect());
-        average_gradients(self.collective.as_ref(), grads, BUCKET_ELEMS)?;
-        let reduced = grads.pop().unwrap_or_default();
-        Ok(reduced.into_iter().map(f64::from).collect())
+        let stats = reducer.reduce(self.collective.as_ref(), grads)?;
+        let mut l = vec![losses.iter().map(|&l| l as f32).collect::<Vec<f32>>()];
+        average_gradients(self.collective.as_ref(), &mut l, BUCKET_ELEMS)?;
+        Ok((l.remove(0).into_iter().map(f64::from).collect(), stats))
     }
 
     /// Rank 0's weights, optimizer moments and trainer state on every rank: the same start
@@ -490,7 +497,11 @@ impl Trainer {
         let mut state = TrainerState::default();
         let (mut grads, losses) =
             self.step_gradients(&params, &mut state, &mut order, &lengths, &attention)?;
-        let losses = self.reduce_step(&mut grads, losses)?;
+        let mut reducer = Reducer::new(
+            self.args.gradient_reduction,
+            self.args.hierarchical_allreduce,
+        );
+        let (losses, _) = self.reduce_step(&mut reducer, &mut grads, losses)?;
         let loss = losses.iter().sum::<f64>() / losses.len().max(1) as f64;
         Ok((
             params.into_iter().map(|(n, _)| n).zip(grads).collect(),
@@ -630,6 +641,13 @@ impl Trainer {
         let start_samples = state.samples_seen;
         let start_step = state.step;
         let mut last_log = (Instant::now(), state.samples_seen);
+        // Seconds and payload bytes of gradient reduction since the last log line.
+        let mut comm_window = (0.0f64, 0u64);
+        // The top-k residual starts at zero (it is not part of checkpoints).
+        let mut reducer = Reducer::new(
+            self.args.gradient_reduction,
+            self.args.hierarchical_allreduce,
+        );
         let mut stopped_early = false;
         while state.step < total && stop_at.is_none_or(|s| state.step < s) {
             let step = state.step;
@@ -645,10 +663,13 @@ impl Trainer {
             self.model.set_attention(attention.clone())?;
             let (mut grads, losses) =
                 self.step_gradients(&params, &mut state, &mut order, &lengths, &attention)?;
-            for l in self.reduce_step(&mut grads, losses)? {
+            let (losses, comm) = self.reduce_step(&mut reducer, &mut grads, losses)?;
+            for l in losses {
                 state.running_loss += l;
                 state.running_count += 1;
             }
+            comm_window.0 += comm.seconds;
+            comm_window.1 += comm.bytes;
             let factor = self.args.lr_scheduler_type.factor(step, warmup, total);
             let report = opt.step(&mut grads, factor)?;
             state.step += 1;
@@ -675,6 +696,18 @@ impl Trainer {
                     now_step as f64 / self.steps_per_epoch().max(1) as f64,
                 );
                 m.insert("samples_per_second".to_string(), sps);
+                if self.collective.world_size() > 1 {
+                    let steps_in_window = (state.running_count as f64
+                        / self.args.gradient_accumulation_steps as f64)
+                        .max(1.0);
+                    m.insert("comm_seconds".to_string(), comm_window.0 / steps_in_window);
+                    m.insert(
+                        "comm_bytes".to_string(),
+                        comm_window.1 as f64 / steps_in_window,
+                    );
+                    m.insert("comm_share".to_string(), comm_window.0 / elapsed);
+                    comm_window = (0.0, 0);
+                }
                 m.insert(
                     "mc_samples".to_string(),
                     attention.default.estimator.nominal_samples() as f64,
