@@ -13,8 +13,9 @@
 
 use crate::error::Result;
 
-/// Values per gradient bucket (25 M f32 = 100 MB, PyTorch DDP's default bucket size).
-pub const BUCKET_ELEMS: usize = 25 * 1024 * 1024;
+/// Values per gradient bucket: 25 MiB of f32, PyTorch DDP's default bucket size
+/// (`bucket_cap_mb = 25`), so a large model's reduction starts in pieces.
+pub const BUCKET_ELEMS: usize = 25 * 1024 * 1024 / 4;
 
 /// A pending all-reduce; `wait` returns the reduced bucket.
 pub trait Pending: Send {
