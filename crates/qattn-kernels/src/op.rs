@@ -229,6 +229,22 @@ fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&
 }
 
 impl OpConfig {
+    /// The `lsh` parameters, when this is the LSH estimator.
+    fn lsh(&self) -> Option<cpu::lsh::Lsh> {
+        match self.spec.estimator {
+            crate::spec::Estimator::Lsh {
+                bits,
+                block,
+                samples,
+            } => Some(cpu::lsh::Lsh {
+                bits,
+                block,
+                samples,
+            }),
+            _ => None,
+        }
+    }
+
     fn problem<'a>(&'a self, q: &'a [f32], k: &'a [f32], v: &'a [f32]) -> Problem<'a> {
         let Dims {
             b,
@@ -278,6 +294,9 @@ impl candle_core::CustomOp3 for AttentionOp {
         let (out, lse, rows) = if cfg.spec.is_exact() {
             let (o, l) = cpu::exact_forward(&p);
             (o, l, None)
+        } else if let Some(lsh) = cfg.lsh() {
+            let f = cpu::lsh::forward(&p, lsh, cfg.seed, cfg.batch_offset, cfg.record);
+            (f.out, f.lse, f.rows)
         } else {
             let f = mc::forward_at(&p, &cfg.spec, cfg.seed, cfg.batch_offset, cfg.record);
             (f.out, f.lse, f.rows)
@@ -320,6 +339,11 @@ impl candle_core::CustomOp3 for AttentionOp {
                     cpu::exact_backward(&p, &o, &l, &dout)
                 }
             }
+        } else if let (Some(lsh), GradMode::Sampled) = (cfg.lsh(), cfg.grad_mode) {
+            // The selection is recomputed from the same Philox streams, not stored.
+            let lse = st.lse.as_ref().expect("lse saved by forward");
+            let out = flat(res)?;
+            cpu::lsh::backward_sampled(&p, lsh, cfg.seed, cfg.batch_offset, &out, lse, &dout)
         } else if cfg.grad_mode == GradMode::Sampled {
             let rows = st.rows.as_ref().ok_or_else(|| {
                 candle_core::Error::Msg(
@@ -353,7 +377,9 @@ fn run(
     let (dims, mask) = validate(q, k, v, opts)?;
     let scale = opts.scale.unwrap_or(1.0 / (dims.d as f64).sqrt()) as f32;
     let tracking = q.track_op() || k.track_op() || v.track_op();
-    let record = diagnostics || (tracking && opts.grad_mode == GradMode::Sampled);
+    // The sampled backward of `lsh` recomputes its selection; the other samplers replay records.
+    let replays = !matches!(opts.estimator.estimator, crate::spec::Estimator::Lsh { .. });
+    let record = diagnostics || (tracking && opts.grad_mode == GradMode::Sampled && replays);
     let cfg = Arc::new(OpConfig {
         spec: opts.estimator,
         seed: opts.seed,

@@ -50,6 +50,8 @@ pub enum Stream {
     Draw = 0,
     /// Uniforms that drive the measurement-noise channels of each shot.
     Noise = 1,
+    /// Normal variates of the random hyperplanes of `lsh` (drawn with query index 0).
+    Hash = 2,
 }
 
 /// The random stream of one (seed, batch, head, query): `uniform(stream, i)` is the i-th uniform.

@@ -510,6 +510,7 @@ impl RowCtx<'_> {
         let mut mass = 1.0f64;
         let (n, placement, iid_kappa) = match self.estimator {
             Estimator::Exact => unreachable!("exact attention does not go through the sampler"),
+            Estimator::Lsh { .. } => unreachable!("lsh has its own kernel (cpu::lsh)"),
             Estimator::Multinomial { samples } => (samples, Placement::Iid, true),
             Estimator::Stratified { samples } => (samples, Placement::Stratified, false),
             Estimator::Adaptive { min, max } => {

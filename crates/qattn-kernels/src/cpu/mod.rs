@@ -3,6 +3,7 @@
 
 pub(crate) mod exact;
 pub(crate) mod gemm;
+pub(crate) mod lsh;
 pub(crate) mod mc;
 
 use rayon::prelude::*;

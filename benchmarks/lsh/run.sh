@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# The `lsh` estimator against our exact kernel as the sequence grows (issue: sub-quadratic
+# attention). Forward passes, B·H = 8, D = 64, clustered and diffuse inputs (see
+# crates/qattn-kernels/examples/lsh_scaling.rs), all cores of this machine.
+#
+#   benchmarks/lsh/run.sh [SPEC] [LENGTHS] [REPEATS]
+#   (defaults: lsh:8:256:256, 4096,8192,16384,32768,65536, 3)
+#
+# Writes benchmarks/results/lsh.{json,md}: per (L, inputs) the median seconds of both kernels,
+# the speed-up and the relative error, and the fitted time exponent of each kernel (least
+# squares of ln t on ln L over the lengths, with a 95 % t-interval). Refuses a dirty tree unless
+# ALLOW_DIRTY=1.
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+spec="${1:-lsh:8:256:256}"
+lengths="${2:-4096,8192,16384,32768,65536}"
+repeats="${3:-3}"
+if [ -n "$(git status --porcelain)" ] && [ "${ALLOW_DIRTY:-0}" != 1 ]; then
+    echo "the tree is dirty: commit first (or ALLOW_DIRTY=1 for a page marked dirty)" >&2
+    exit 2
+fi
+cargo build --release -p qattn-kernels --example lsh_scaling
+out="$(mktemp)"
+trap 'rm -f "$out"' EXIT
+"$root/target/release/examples/lsh_scaling" "$spec" "$lengths" "$repeats" | tee "$out"
+python3 - "$out" "$root/benchmarks/results" "$spec $lengths $repeats" <<'PY'
+import json, math, os, subprocess, sys, datetime
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+outdir, args = sys.argv[2], sys.argv[3]
+commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+dirty = bool(subprocess.run(["git", "status", "--porcelain"], capture_output=True, text=True).stdout.strip())
+cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306}
+def fit(points):
+    pts = [(math.log(l), math.log(t)) for l, t in points if t]
+    n = len(pts)
+    if n < 3:
+        return None
+    mx = sum(x for x, _ in pts) / n; my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    b = sum((x - mx) * (y - my) for x, y in pts) / sxx
+    a = my - b * mx
+    s2 = sum((y - a - b * x) ** 2 for x, y in pts) / (n - 2)
+    half = T975.get(n - 2, 2.0) * math.sqrt(s2 / sxx)
+    return {"exponent": b, "ci95": [b - half, b + half], "points": n}
+fits = {}
+for kind in ("clustered", "diffuse"):
+    sel = [r for r in rows if r["inputs"] == kind]
+    fits[kind] = {"lsh": fit([(r["length"], r["lsh_seconds"]) for r in sel]),
+                  "exact": fit([(r["length"], r["exact_seconds"]) for r in sel])}
+doc = {"benchmark": "lsh", "command": f"benchmarks/lsh/run.sh {args}",
+       "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+       "commit": commit, "tree": "dirty" if dirty else "clean", "machine": f"{cpu}, {os.cpu_count()} cores",
+       "rows": rows, "time_exponents": fits}
+os.makedirs(outdir, exist_ok=True)
+tmp = os.path.join(outdir, "lsh.json.tmp")
+with open(tmp, "w") as f:
+    json.dump(doc, f, indent=2); f.write("\n")
+os.replace(tmp, os.path.join(outdir, "lsh.json"))
+f3 = lambda v, p=3: "—" if v is None else f"{v:.{p}f}"
+md = ["# LSH attention against exact attention", "",
+      f"Produced by `{doc['command']}` on {doc['date']} at commit {commit[:12]} ({doc['tree']} tree).", "",
+      f"- Machine: {doc['machine']}; forward passes of `qattn_kernels::attention`, f32, B·H = 8, D = 64, median of the repeats (exact at L ≥ 32768: one run)",
+      "- clustered: queries and keys near 64 random directions (attention mass inside each query's cluster, which angular hashing finds); diffuse: i.i.d. N(0, 1.5²) entries (peaked attention without angular structure)",
+      "- relative error: ‖o_lsh − o_exact‖_F / ‖o_exact‖_F over the whole output; speed-up: exact seconds / lsh seconds", "",
+      f"| L | inputs | exact s | {rows[0]['spec'] if rows else 'lsh'} s | speed-up | relative error |", "|---:|---|---:|---:|---:|---:|"]
+for r in rows:
+    md.append(f"| {r['length']} | {r['inputs']} | {f3(r['exact_seconds'])} | {f3(r['lsh_seconds'])} | {f3(r['speedup'],2)} | {f3(r['relative_error'],4)} |")
+md += ["", "Fitted time exponents (ln t = a + b·ln L, 95 % t-interval):", "", "| inputs | kernel | b | 95 % CI |", "|---|---|---:|---|"]
+for kind, kf in fits.items():
+    for kern, fr in kf.items():
+        if fr:
+            md.append(f"| {kind} | {kern} | {fr['exponent']:.3f} | [{fr['ci95'][0]:.3f}, {fr['ci95'][1]:.3f}] |")
+tmp = os.path.join(outdir, "lsh.md.tmp")
+with open(tmp, "w") as f:
+    f.write("\n".join(md) + "\n")
+os.replace(tmp, os.path.join(outdir, "lsh.md"))
+print("\n".join(md))
+PY
