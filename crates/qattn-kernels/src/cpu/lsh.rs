@@ -194,6 +194,28 @@ fn counts(plan: &Plan, causal: bool, i: usize, j: u32, lo: usize, hi: usize) -> 
     (!causal || j as usize <= i) && !(lo..hi).contains(&(plan.k_pos[j as usize] as usize))
 }
 
+/// Query i's terms (key, weight): its block keys (sorted positions [lo, hi)) with weight 1, then
+/// the block's draws that count for it with the draw weight.
+fn terms<'a>(
+    plan: &'a Plan,
+    draws: &'a Draws,
+    causal: bool,
+    i: usize,
+    lo: usize,
+    hi: usize,
+) -> impl Iterator<Item = (u32, f32)> + 'a {
+    let block = plan.k_order[lo..hi]
+        .iter()
+        .filter(move |&&j| !causal || j as usize <= i)
+        .map(|&j| (j, 1.0f32));
+    let drawn = draws
+        .keys
+        .iter()
+        .filter(move |&&j| counts(plan, causal, i, j, lo, hi))
+        .map(|&j| (j, draws.weight));
+    block.chain(drawn)
+}
+
 /// Forward pass over all heads: output [B,H,Lq,Dv], the estimated log-normaliser ln D_i, and
 /// per-query records (draws and diagnostics) when `record`.
 pub(crate) fn forward(
@@ -454,16 +476,7 @@ pub(crate) fn backward_sampled(
                     let qi = &h.q[i * d..(i + 1) * d];
                     let doi = &dout[row * dv..(row + 1) * dv];
                     let delta = math::dot(doi, &out[row * dv..(row + 1) * dv]);
-                    let block = plan.k_order[lo..hi]
-                        .iter()
-                        .filter(|&&j| !h.causal || j as usize <= i)
-                        .map(|&j| (j, 1.0f32));
-                    let drawn = draws
-                        .keys
-                        .iter()
-                        .filter(|&&j| counts(&plan, h.causal, i, j, lo, hi))
-                        .map(|&j| (j, draws.weight));
-                    for (j, w) in block.chain(drawn) {
+                    for (j, w) in terms(&plan, &draws, h.causal, i, lo, hi) {
                         let j = j as usize;
                         let kj = &h.k[j * d..(j + 1) * d];
                         let vj = &h.v[j * dv..(j + 1) * dv];
@@ -571,16 +584,7 @@ mod tests {
         let (d, dv) = (h.d, h.dv);
         let mut num = vec![0.0f64; dv];
         let mut den = 0.0;
-        let block = plan.k_order[lo..hi]
-            .iter()
-            .filter(|&&j| !h.causal || j as usize <= i)
-            .map(|&j| (j, 1.0f32));
-        let drawn = draws
-            .keys
-            .iter()
-            .filter(|&&j| counts(&plan, h.causal, i, j, lo, hi))
-            .map(|&j| (j, draws.weight));
-        for (j, w) in block.chain(drawn) {
+        for (j, w) in terms(&plan, &draws, h.causal, i, lo, hi) {
             let j = j as usize;
             let l: f64 = (0..d)
                 .map(|c| f64::from(h.q[i * d + c]) * f64::from(h.k[j * d + c]))
