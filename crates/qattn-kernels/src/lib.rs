@@ -44,6 +44,7 @@ pub mod fused;
 mod math;
 pub mod noise;
 mod op;
+pub mod packed;
 pub mod philox;
 pub mod reference;
 mod spec;

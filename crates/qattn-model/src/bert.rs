@@ -7,7 +7,9 @@ use crate::error::{Error, Result};
 use crate::params::Params;
 use crate::precision::{Precision, ReducedWeight};
 use candle_core::{D, DType, Device, IndexOp, Tensor};
+use qattn_kernels::packed::PackedWeight;
 use qattn_kernels::{AttentionOptions, attention};
+use std::sync::{Arc, OnceLock};
 
 /// Training or inference, and the training step that seeds attention draws and dropout.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -95,6 +97,9 @@ pub(crate) struct Linear {
     pub(crate) bias: Tensor,
     /// The weight in reduced precision, used instead of `weight` when set.
     reduced: Option<ReducedWeight>,
+    /// The weight packed for small-batch inference ([`qattn_kernels::packed`]), built on the
+    /// first call that takes that path. Shared by clones of the layer.
+    packed: Arc<OnceLock<PackedWeight>>,
 }
 
 impl Linear {
@@ -103,6 +108,7 @@ impl Linear {
             weight: p.get(&format!("{name}.weight"), (out_dim, in_dim))?,
             bias: p.get(&format!("{name}.bias"), out_dim)?,
             reduced: None,
+            packed: Arc::default(),
         })
     }
 
@@ -126,11 +132,36 @@ impl Linear {
         let x2 = x.reshape((rows, *last))?;
         let y = match &self.reduced {
             Some(r) => r.matmul_t(&x2)?,
+            None if self.takes_packed(&x2, rows) => {
+                let packed = match self.packed.get() {
+                    Some(p) => p,
+                    None => {
+                        let p = PackedWeight::from_tensor(&self.weight)?;
+                        self.packed.get_or_init(|| p)
+                    }
+                };
+                packed.matmul_t(&x2)?
+            }
             None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out = lead.to_vec();
         out.push(self.weight.dim(0)?);
         Ok(y.reshape(out)?)
+    }
+}
+
+impl Linear {
+    /// Whether `x Wᵀ` takes the packed-weight kernel: inference (neither the input nor the
+    /// weight tracks gradients — a trainable weight changes between steps, and a packed copy
+    /// would go stale), f32 on the CPU, at most [`qattn_kernels::packed::MAX_ROWS`] rows.
+    fn takes_packed(&self, x: &Tensor, rows: usize) -> bool {
+        rows <= qattn_kernels::packed::MAX_ROWS
+            && !x.track_op()
+            && !self.weight.track_op()
+            && self.weight.dtype() == DType::F32
+            && qattn_kernels::fused::supported(x)
+            && matches!(self.weight.device(), Device::Cpu)
+            && qattn_kernels::packed::available()
     }
 }
 
@@ -751,6 +782,77 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::model::Model;
+
+    fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
+    /// At inference a dense layer takes the packed-weight kernel (when the CPU has one) and
+    /// agrees with candle's matmul; above `MAX_ROWS` rows it keeps candle's matmul.
+    #[test]
+    fn linear_packed_path_matches_matmul() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 0.1, (40, 24), &dev).unwrap();
+        let lin = Linear {
+            weight: w.clone(),
+            bias: Tensor::zeros(40, DType::F32, &dev).unwrap(),
+            reduced: None,
+            packed: Arc::default(),
+        };
+        let x = Tensor::randn(0f32, 1.0, (2, 5, 24), &dev).unwrap();
+        let got = lin.project(&x).unwrap();
+        assert_eq!(got.dims(), [2, 5, 40]);
+        let want = x
+            .reshape((10, 24))
+            .unwrap()
+            .matmul(&w.t().unwrap())
+            .unwrap()
+            .reshape((2, 5, 40))
+            .unwrap();
+        assert!(max_abs_diff(&got, &want) < 1e-5);
+        assert_eq!(
+            lin.packed.get().is_some(),
+            qattn_kernels::packed::available(),
+            "the packed copy is built exactly when the packed path is available"
+        );
+        let big =
+            Tensor::randn(0f32, 1.0, (qattn_kernels::packed::MAX_ROWS + 1, 24), &dev).unwrap();
+        assert!(!lin.takes_packed(&big, big.dim(0).unwrap()));
+    }
+
+    /// A trainable weight never takes the packed path: after the variable changes, the layer's
+    /// output follows it (a packed copy would be stale).
+    #[test]
+    fn trainable_linear_is_never_packed() {
+        let dev = Device::Cpu;
+        let var = candle_core::Var::from_tensor(&Tensor::randn(0f32, 0.1, (8, 6), &dev).unwrap())
+            .unwrap();
+        let lin = Linear {
+            weight: var.as_tensor().clone(),
+            bias: Tensor::zeros(8, DType::F32, &dev).unwrap(),
+            reduced: None,
+            packed: Arc::default(),
+        };
+        let x = Tensor::randn(0f32, 1.0, (3, 6), &dev).unwrap();
+        assert!(!lin.takes_packed(&x, 3));
+        let before = lin.project(&x).unwrap();
+        var.set(&Tensor::randn(0f32, 0.1, (8, 6), &dev).unwrap())
+            .unwrap();
+        let after = lin.project(&x).unwrap();
+        let want = x.matmul(&var.as_tensor().t().unwrap()).unwrap();
+        assert!(max_abs_diff(&after, &want) < 1e-6);
+        assert!(max_abs_diff(&after, &before) > 1e-3);
+        assert!(lin.packed.get().is_none());
+    }
 
     /// Exact attention on [`Bert::attention_inputs`], followed by the rest of the layer,
     /// reproduces the layer's output in a full forward pass, for every layer, with padding.

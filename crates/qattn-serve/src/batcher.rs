@@ -47,7 +47,8 @@ pub struct BatchConfig {
     /// Padded-token budget per batch: `batch_len * max(tokens)` must not exceed it (a single
     /// larger request still runs alone).
     pub max_batch_tokens: usize,
-    /// Longest time the oldest queued request waits for a batch to fill.
+    /// Longest time the oldest queued request waits for a batch to fill (default 0: batches
+    /// form only from requests that queued while the previous batch ran).
     pub max_wait: Duration,
     /// Most requests waiting in the queue; more are refused with [`BatchError::QueueFull`]
     /// (values below 1 act as 1).
@@ -59,7 +60,7 @@ impl Default for BatchConfig {
         BatchConfig {
             max_batch_size: 32,
             max_batch_tokens: 8192,
-            max_wait: Duration::from_millis(2),
+            max_wait: Duration::ZERO,
             queue_capacity: 1024,
         }
     }

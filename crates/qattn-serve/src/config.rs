@@ -121,7 +121,10 @@ pub struct BatchingConfig {
     pub max_batch_size: usize,
     /// Padded-token budget per batch.
     pub max_batch_tokens: usize,
-    /// Longest wait for a batch to fill, in milliseconds.
+    /// Longest wait for a batch to fill, in milliseconds. The default 0 runs a request as soon
+    /// as the worker is free: batches still form from the requests that queue while a batch
+    /// runs, and a lone request pays no wait (measured with `qattn-load`: concurrency 1 p50
+    /// 9.9 → 7.8 ms with the same throughput at concurrency 16).
     pub max_wait_ms: u64,
     /// Most queued requests per version; more get `RESOURCE_EXHAUSTED`.
     pub queue_capacity: usize,
@@ -132,7 +135,7 @@ impl Default for BatchingConfig {
         BatchingConfig {
             max_batch_size: 32,
             max_batch_tokens: 8192,
-            max_wait_ms: 2,
+            max_wait_ms: 0,
             queue_capacity: 1024,
         }
     }

@@ -74,3 +74,32 @@ fn matmul_matches_f64_on_this_cpus_path() {
         );
     }
 }
+
+/// The packed-weight small-batch matmul (`qattn_kernels::packed`, the inference path of the
+/// model's dense layers) on this CPU's path, against f64: row counts around its register block
+/// and row block, widths not a multiple of its panel.
+#[test]
+fn packed_matmul_matches_f64_on_this_cpus_path() {
+    use qattn_kernels::packed::PackedWeight;
+    let path = isa();
+    for (m, k, n) in [(1, 384, 40), (2, 3, 17), (20, 257, 190), (200, 64, 33)] {
+        let x = det(m * k, 3);
+        let w = det(n * k, 4);
+        let p = PackedWeight::pack(&w, n, k).unwrap();
+        let mut got = vec![0.0f32; m * n];
+        p.matmul_into(&x, m, &mut got).unwrap();
+        let mut worst = 0.0f64;
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|l| f64::from(x[i * k + l]) * f64::from(w[j * k + l]));
+                let want: f64 = terms.clone().sum();
+                let scale = terms.map(f64::abs).sum::<f64>().max(1e-30);
+                worst = worst.max((f64::from(got[i * n + j]) - want).abs() / scale);
+            }
+        }
+        assert!(
+            worst < 1e-5,
+            "packed {m}x{k}x{n} on {path}: error {worst:.2e} relative to Σ|xᵢwᵢ|"
+        );
+    }
+}

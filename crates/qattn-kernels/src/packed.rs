@@ -1,0 +1,489 @@
+//! Dense layers at small batch: `y = x Wᵀ` against a weight packed once into column panels.
+//!
+//! A general GEMM (the `gemm` crate behind candle's matmul) packs both operands on every
+//! call. For the many-row matmuls of a batch that cost is spread over many rows; for the few
+//! rows of a single short sequence it is not: packing the weight reads and writes as much
+//! memory as the multiply itself reads, and at inference the weight of every layer streams
+//! from main memory on each call. [`PackedWeight`] stores the weight of a `Linear` layer once
+//! in the layout the micro-kernel reads (panels of [`NR`] output columns, the reduction
+//! dimension contiguous inside a panel), so a small-`M` matmul reads each weight element
+//! exactly once from memory and does no packing at all.
+//!
+//! The micro-kernel keeps an `MR × NR` block of outputs in registers and walks the reduction
+//! dimension: per step one panel row of `NR` weights and `MR` broadcast inputs feed `MR·NR`
+//! fused multiply-adds. It is plain Rust over fixed-size arrays, compiled three times (AVX-512F,
+//! AVX2+FMA, baseline) and chosen at run time like the other kernels of this crate; the
+//! baseline build is only used where no FMA unit is detected ([`available`] says whether the
+//! packed path is worth taking). Panels are split over rayon in fixed chunks, and every output
+//! element is one sequential sum over the reduction dimension, so results do not depend on
+//! the thread count.
+//!
+//! Accuracy: each output is an f32 fused multiply-add chain in the natural order, so it
+//! differs from gemm's blocked sums by rounding only (tested against an f64 reference at
+//! 1e-5 relative to the row's ℓ1 mass).
+//!
+//! Set `QATTN_PACKED_MATMUL=0` to turn the packed path off (every dense layer then goes
+//! through candle's matmul); the tests use it to check both paths agree.
+
+use candle_core::{DType, Device, Storage, Tensor};
+use rayon::prelude::*;
+
+/// Output columns per panel (one AVX-512 register, two AVX2 registers).
+pub const NR: usize = 16;
+/// Rows per register block of the micro-kernel.
+const MR: usize = 6;
+/// Panels per rayon task: enough work per task to amortise scheduling on small matmuls.
+const PANELS_PER_TASK: usize = 4;
+/// Rows per rayon task: a block of `x` that stays in cache while the task walks its panels.
+const MC: usize = 192;
+/// Largest row count [`PackedWeight::matmul_t`] is meant for: above it gemm's blocked kernel,
+/// whose packing cost is spread over many rows, is as fast or faster (measured with the
+/// `packed_matmul` example).
+pub const MAX_ROWS: usize = 256;
+
+/// A weight `W` of shape `[n, k]` (a `Linear` layer's `out × in`), stored for `x Wᵀ` in
+/// panels of [`NR`] output columns: panel `p` holds `W[p·NR + j, kk]` at `(kk·NR + j)`,
+/// zero-padded past `n`.
+#[derive(Debug, Clone)]
+pub struct PackedWeight {
+    n: usize,
+    k: usize,
+    panels: Vec<f32>,
+}
+
+fn err(msg: String) -> candle_core::Error {
+    candle_core::Error::Msg(msg)
+}
+
+/// Whether the packed path is on: a CPU with FMA (AVX2+FMA or AVX-512F on x86-64, any aarch64)
+/// and `QATTN_PACKED_MATMUL` not set to `0`. Without FMA the portable kernel would be slower
+/// than gemm, so callers keep candle's matmul there.
+pub fn available() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| {
+        if std::env::var("QATTN_PACKED_MATMUL").is_ok_and(|v| v.trim() == "0") {
+            return false;
+        }
+        #[cfg(target_arch = "x86_64")]
+        {
+            std::is_x86_feature_detected!("avx512f")
+                || (std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma"))
+        }
+        #[cfg(target_arch = "aarch64")]
+        {
+            true
+        }
+        #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+        {
+            false
+        }
+    })
+}
+
+impl PackedWeight {
+    /// Packs a row-major `[n, k]` weight.
+    ///
+    /// # Errors
+    /// When `w.len() != n·k`.
+    pub fn pack(w: &[f32], n: usize, k: usize) -> candle_core::Result<Self> {
+        if w.len() != n * k {
+            return Err(err(format!(
+                "packing a weight of shape [{n}, {k}]: got {} values",
+                w.len()
+            )));
+        }
+        let panels_n = n.div_ceil(NR);
+        let mut panels = vec![0.0f32; panels_n * k * NR];
+        for (p, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
+            for j in 0..NR.min(n - p * NR) {
+                let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                for (kk, &v) in row.iter().enumerate() {
+                    panel[kk * NR + j] = v;
+                }
+            }
+        }
+        Ok(PackedWeight { n, k, panels })
+    }
+
+    /// Packs a 2-D f32 CPU tensor of shape `[n, k]`.
+    ///
+    /// # Errors
+    /// When `w` is not a 2-D f32 tensor on the CPU.
+    pub fn from_tensor(w: &Tensor) -> candle_core::Result<Self> {
+        let (n, k) = w.dims2()?;
+        if w.dtype() != DType::F32 || !matches!(w.device(), Device::Cpu) {
+            return Err(err(format!(
+                "packing a weight: needs f32 on the CPU, got {:?} on {:?}",
+                w.dtype(),
+                w.device()
+            )));
+        }
+        let data = w.flatten_all()?.to_vec1::<f32>()?;
+        Self::pack(&data, n, k)
+    }
+
+    /// Output columns `n` (the weight's first dimension).
+    pub fn out_dim(&self) -> usize {
+        self.n
+    }
+
+    /// Reduction length `k` (the weight's second dimension).
+    pub fn in_dim(&self) -> usize {
+        self.k
+    }
+
+    /// Bytes held by the packed copy.
+    pub fn bytes(&self) -> usize {
+        self.panels.len() * std::mem::size_of::<f32>()
+    }
+
+    /// `out = x Wᵀ` for a row-major `x` of `m` rows of length `k`; `out` is `m` rows of `n`.
+    ///
+    /// # Errors
+    /// When the slice lengths do not match `m`, `k` and `n`.
+    pub fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        let (n, k) = (self.n, self.k);
+        if x.len() != m * k || out.len() != m * n {
+            return Err(err(format!(
+                "packed matmul: x has {} values and out {} for m = {m}, k = {k}, n = {n}",
+                x.len(),
+                out.len()
+            )));
+        }
+        if m == 0 || n == 0 {
+            return Ok(());
+        }
+        if k == 0 {
+            out.fill(0.0);
+            return Ok(());
+        }
+        let out_ptr = SyncPtr(out.as_mut_ptr());
+        let panels_n = n.div_ceil(NR);
+        let groups = panels_n.div_ceil(PANELS_PER_TASK);
+        let row_blocks = m.div_ceil(MC);
+        (0..row_blocks * groups).into_par_iter().for_each(|task| {
+            // Row blocks outermost: consecutive tasks share a block of x (in cache) and walk
+            // the weight's panels.
+            let (rb, g) = (task / groups, task % groups);
+            let r0 = rb * MC;
+            let rows = MC.min(m - r0);
+            let x = &x[r0 * k..(r0 + rows) * k];
+            for p in g * PANELS_PER_TASK..((g + 1) * PANELS_PER_TASK).min(panels_n) {
+                let panel = &self.panels[p * k * NR..(p + 1) * k * NR];
+                let col = p * NR;
+                let width = NR.min(n - col);
+                // SAFETY: this task writes only rows r0..r0 + rows and columns col..col + width
+                // of `out`, disjoint from every other task's block; `out` holds m·n values
+                // (checked above) and outlives the parallel loop.
+                unsafe {
+                    panel_rows(
+                        x,
+                        rows,
+                        k,
+                        panel,
+                        SyncPtr(out_ptr.get().add(r0 * n)),
+                        n,
+                        col,
+                        width,
+                    )
+                };
+            }
+        });
+        Ok(())
+    }
+
+    /// `x Wᵀ` for a 2-D f32 CPU tensor `x` of shape `[m, k]`; returns `[m, n]`.
+    ///
+    /// # Errors
+    /// When `x` is not a 2-D f32 CPU tensor with `k` columns.
+    pub fn matmul_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        let (m, k) = x.dims2()?;
+        if k != self.k {
+            return Err(err(format!(
+                "packed matmul: x has {k} columns, the weight {}",
+                self.k
+            )));
+        }
+        let x = x.contiguous()?;
+        let mut out = vec![0.0f32; m * self.n];
+        {
+            let (s, l) = x.storage_and_layout();
+            let data = match &*s {
+                Storage::Cpu(candle_core::CpuStorage::F32(v)) => v.as_slice(),
+                _ => {
+                    return Err(err(format!(
+                        "packed matmul: x must be f32 on the CPU, got {:?} on {:?}",
+                        x.dtype(),
+                        x.device()
+                    )));
+                }
+            };
+            let (a, b) = l
+                .contiguous_offsets()
+                .ok_or_else(|| err("packed matmul: x must be contiguous".into()))?;
+            self.matmul_into(&data[a..b], m, &mut out)?;
+        }
+        Tensor::from_vec(out, (m, self.n), &Device::Cpu)
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SyncPtr(*mut f32);
+// SAFETY: the pointer is only written through at disjoint positions by the parallel tasks of
+// `matmul_into` (see the comment there).
+unsafe impl Send for SyncPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SyncPtr {}
+
+impl SyncPtr {
+    /// The pointer (a method, so closures capture the `Sync` wrapper, not the raw field).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// All `m` rows of `x` against one panel, in register blocks of [`MR`] rows.
+///
+/// # Safety
+/// `out.0` points to `m·n` values; `col + width ≤ n`; nothing else writes these columns.
+#[allow(clippy::too_many_arguments)]
+unsafe fn panel_rows(
+    x: &[f32],
+    m: usize,
+    k: usize,
+    panel: &[f32],
+    out: SyncPtr,
+    n: usize,
+    col: usize,
+    width: usize,
+) {
+    let mut r = 0;
+    while r < m {
+        let rows = MR.min(m - r);
+        let mut acc = [[0.0f32; NR]; MR];
+        micro(&x[r * k..(r + rows) * k], rows, k, panel, &mut acc);
+        for (i, a) in acc.iter().take(rows).enumerate() {
+            // SAFETY: row r + i < m and columns col..col + width < n, per the contract.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(out.0.add((r + i) * n + col), width) };
+            dst.copy_from_slice(&a[..width]);
+        }
+        r += rows;
+    }
+}
+
+/// `acc[i][j] = Σ_kk x[i·k + kk] · panel[kk·NR + j]` for `i < rows ≤ MR`.
+fn micro(x: &[f32], rows: usize, k: usize, panel: &[f32], acc: &mut [[f32; NR]; MR]) {
+    match rows {
+        6 => micro_dispatch::<6>(x, k, panel, acc),
+        5 => micro_dispatch::<5>(x, k, panel, acc),
+        4 => micro_dispatch::<4>(x, k, panel, acc),
+        3 => micro_dispatch::<3>(x, k, panel, acc),
+        2 => micro_dispatch::<2>(x, k, panel, acc),
+        _ => micro_dispatch::<1>(x, k, panel, acc),
+    }
+}
+
+/// `a[i] += x[i·k + kk] · w` for every row `i < R`.
+#[inline(always)]
+fn fma_rows<const R: usize>(a: &mut [[f32; NR]; R], x: &[f32], k: usize, kk: usize, w: &[f32]) {
+    let w: &[f32; NR] = w.try_into().expect("a panel row holds NR values");
+    for (i, ai) in a.iter_mut().enumerate() {
+        debug_assert!(i * k + kk < x.len());
+        // SAFETY: callers guarantee i < R, kk < k and x.len() ≥ R·k.
+        let xv = unsafe { *x.get_unchecked(i * k + kk) };
+        for j in 0..NR {
+            ai[j] = xv.mul_add(w[j], ai[j]);
+        }
+    }
+}
+
+#[inline(always)]
+fn micro_impl<const R: usize>(x: &[f32], k: usize, panel: &[f32], acc: &mut [[f32; NR]; MR]) {
+    assert!(x.len() >= R * k && panel.len() == k * NR && R <= MR);
+    let mut a = [[0.0f32; NR]; R];
+    if R <= 2 {
+        // With few rows a single chain of dependent FMAs per register would wait on the FMA
+        // latency: even and odd steps of the reduction go to two sets of accumulators.
+        let mut b = [[0.0f32; NR]; R];
+        let pairs = panel.chunks_exact(2 * NR);
+        let tail = pairs.remainder();
+        for (p, w) in pairs.enumerate() {
+            fma_rows(&mut a, x, k, 2 * p, &w[..NR]);
+            fma_rows(&mut b, x, k, 2 * p + 1, &w[NR..]);
+        }
+        if !tail.is_empty() {
+            fma_rows(&mut a, x, k, k - 1, tail);
+        }
+        for (ai, bi) in a.iter_mut().zip(&b) {
+            for j in 0..NR {
+                ai[j] += bi[j];
+            }
+        }
+    } else {
+        for (kk, w) in panel.chunks_exact(NR).enumerate() {
+            fma_rows(&mut a, x, k, kk, w);
+        }
+    }
+    acc[..R].copy_from_slice(&a);
+}
+
+#[inline]
+fn micro_dispatch<const R: usize>(x: &[f32], k: usize, panel: &[f32], acc: &mut [[f32; NR]; MR]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512<const R: usize>(
+            x: &[f32],
+            k: usize,
+            panel: &[f32],
+            acc: &mut [[f32; NR]; MR],
+        ) {
+            micro_impl::<R>(x, k, panel, acc)
+        }
+        #[target_feature(enable = "avx2,fma")]
+        unsafe fn avx2<const R: usize>(
+            x: &[f32],
+            k: usize,
+            panel: &[f32],
+            acc: &mut [[f32; NR]; MR],
+        ) {
+            micro_impl::<R>(x, k, panel, acc)
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { avx512::<R>(x, k, panel, acc) };
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: as above.
+            return unsafe { avx2::<R>(x, k, panel, acc) };
+        }
+    }
+    micro_impl::<R>(x, k, panel, acc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lcg(seed: u64, len: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..len)
+            .map(|_| {
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Every shape class (rows below, at and above MR; n not a multiple of NR; k = 1) against
+    /// an f64 reference, within 1e-5 of the row's ℓ1 mass |x|·|w|.
+    #[test]
+    fn matches_f64_reference() {
+        for &(m, k, n) in &[
+            (1, 1, 1),
+            (1, 384, 384),
+            (5, 7, 17),
+            (6, 64, 16),
+            (7, 33, 40),
+            (20, 384, 1536),
+            (13, 1536, 384),
+            (64, 100, 3),
+        ] {
+            let x = lcg(m as u64 * 31 + k as u64, m * k);
+            let w = lcg(n as u64 * 17 + 5, n * k);
+            let p = PackedWeight::pack(&w, n, k).unwrap();
+            let mut out = vec![f32::NAN; m * n];
+            p.matmul_into(&x, m, &mut out).unwrap();
+            for i in 0..m {
+                for j in 0..n {
+                    let (mut e, mut mass) = (0.0f64, 0.0f64);
+                    for kk in 0..k {
+                        let t = x[i * k + kk] as f64 * w[j * k + kk] as f64;
+                        e += t;
+                        mass += t.abs();
+                    }
+                    let got = out[i * n + j] as f64;
+                    assert!(
+                        (got - e).abs() <= 1e-5 * mass.max(1e-30),
+                        "m={m} k={k} n={n} at ({i},{j}): {got} vs {e}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn same_result_on_any_thread_count() {
+        let (m, k, n) = (9, 200, 300);
+        let x = lcg(1, m * k);
+        let w = lcg(2, n * k);
+        let p = PackedWeight::pack(&w, n, k).unwrap();
+        let run = |threads: usize| {
+            let pool = rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .build()
+                .unwrap();
+            let mut out = vec![0.0f32; m * n];
+            pool.install(|| p.matmul_into(&x, m, &mut out).unwrap());
+            out
+        };
+        let one = run(1);
+        assert_eq!(one, run(3));
+        assert_eq!(one, run(2));
+    }
+
+    #[test]
+    fn bad_shapes_are_errors() {
+        let p = PackedWeight::pack(&[1.0; 6], 2, 3).unwrap();
+        assert_eq!((p.out_dim(), p.in_dim()), (2, 3));
+        let e = PackedWeight::pack(&[1.0; 5], 2, 3).unwrap_err().to_string();
+        assert!(e.contains("[2, 3]"), "{e}");
+        let mut out = vec![0.0; 4];
+        let e = p
+            .matmul_into(&[1.0; 5], 2, &mut out)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("m = 2"), "{e}");
+        let x = Tensor::zeros((2, 4), DType::F32, &Device::Cpu).unwrap();
+        let e = p.matmul_t(&x).unwrap_err().to_string();
+        assert!(e.contains("4 columns"), "{e}");
+    }
+
+    #[test]
+    fn tensor_path_matches_candle_matmul() {
+        let dev = Device::Cpu;
+        let w = Tensor::randn(0f32, 1.0, (70, 48), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (11, 48), &dev).unwrap();
+        let p = PackedWeight::from_tensor(&w).unwrap();
+        let got = p.matmul_t(&x).unwrap();
+        let want = x.matmul(&w.t().unwrap()).unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "max |packed − candle| = {diff}");
+        // A transposed (non-contiguous) input is made contiguous first.
+        let xt = Tensor::randn(0f32, 1.0, (48, 3), &dev)
+            .unwrap()
+            .t()
+            .unwrap();
+        let got = p.matmul_t(&xt).unwrap();
+        let want = xt.matmul(&w.t().unwrap()).unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-4, "transposed input: {diff}");
+    }
+}
