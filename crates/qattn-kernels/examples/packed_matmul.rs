@@ -1,7 +1,6 @@
 //! Small-batch dense layers: the packed-weight matmul against candle's matmul (gemm) for
 //! `x [m, k] · Wᵀ` with `W [n, k]`, at the shapes of a MiniLM layer, for a range of row counts.
-//! Prints one line per shape and a JSON array on the last line. It chose
-//! `qattn_kernels::packed::MAX_ROWS`.
+//! Prints one line per shape and a JSON array on the last line.
 //!
 //! ```text
 //! RAYON_NUM_THREADS=2 cargo run --release -p qattn-kernels --example packed_matmul [REPS]

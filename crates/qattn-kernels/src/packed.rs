@@ -1,4 +1,4 @@
-//! Dense layers at small batch: `y = x Wᵀ` against a weight packed once into column panels.
+//! Dense layers at inference: `y = x Wᵀ` against a weight packed once into column panels.
 //!
 //! A general GEMM (the `gemm` crate behind candle's matmul) packs both operands on every
 //! call. For the many-row matmuls of a batch that cost is spread over many rows; for the few
@@ -7,7 +7,11 @@
 //! from main memory on each call. [`PackedWeight`] stores the weight of a `Linear` layer once
 //! in the layout the micro-kernel reads (panels of [`NR`] output columns, the reduction
 //! dimension contiguous inside a panel), so a small-`M` matmul reads each weight element
-//! exactly once from memory and does no packing at all.
+//! exactly once from memory and does no packing at all. For many rows the same kernel walks
+//! blocks of [`MC`] rows that stay in cache, and it is level with or ahead of gemm there too
+//! (the `packed_matmul` example: 1.0–1.3× at 1024–4096 rows, 1.3–2.6× at 8–64 rows on a
+//! 2-core AVX2 machine; the MiniLM forward at batch 32 × 128 1.03–1.16× in four alternating
+//! pairs). The cost is memory: the packed copy is as large as the weight (MiniLM-L6: +42 MB).
 //!
 //! The micro-kernel keeps an `MR × NR` block of outputs in registers and walks the reduction
 //! dimension: per step one panel row of `NR` weights and `MR` broadcast inputs feed `MR·NR`
@@ -36,10 +40,6 @@ const MR: usize = 6;
 const PANELS_PER_TASK: usize = 4;
 /// Rows per rayon task: a block of `x` that stays in cache while the task walks its panels.
 const MC: usize = 192;
-/// Largest row count [`PackedWeight::matmul_t`] is meant for: above it gemm's blocked kernel,
-/// whose packing cost is spread over many rows, is as fast or faster (measured with the
-/// `packed_matmul` example).
-pub const MAX_ROWS: usize = 256;
 
 /// A weight `W` of shape `[n, k]` (a `Linear` layer's `out × in`), stored for `x Wᵀ` in
 /// panels of [`NR`] output columns: panel `p` holds `W[p·NR + j, kk]` at `(kk·NR + j)`,

@@ -132,7 +132,7 @@ impl Linear {
         let x2 = x.reshape((rows, *last))?;
         let y = match &self.reduced {
             Some(r) => r.matmul_t(&x2)?,
-            None if self.takes_packed(&x2, rows) => {
+            None if self.takes_packed(&x2) => {
                 let packed = match self.packed.get() {
                     Some(p) => p,
                     None => {
@@ -153,10 +153,9 @@ impl Linear {
 impl Linear {
     /// Whether `x Wᵀ` takes the packed-weight kernel: inference (neither the input nor the
     /// weight tracks gradients — a trainable weight changes between steps, and a packed copy
-    /// would go stale), f32 on the CPU, at most [`qattn_kernels::packed::MAX_ROWS`] rows.
-    fn takes_packed(&self, x: &Tensor, rows: usize) -> bool {
-        rows <= qattn_kernels::packed::MAX_ROWS
-            && !x.track_op()
+    /// would go stale), f32 on the CPU, a CPU with FMA.
+    fn takes_packed(&self, x: &Tensor) -> bool {
+        !x.track_op()
             && !self.weight.track_op()
             && self.weight.dtype() == DType::F32
             && qattn_kernels::fused::supported(x)
@@ -797,7 +796,7 @@ mod tests {
     }
 
     /// At inference a dense layer takes the packed-weight kernel (when the CPU has one) and
-    /// agrees with candle's matmul; above `MAX_ROWS` rows it keeps candle's matmul.
+    /// agrees with candle's matmul.
     #[test]
     fn linear_packed_path_matches_matmul() {
         let dev = Device::Cpu;
@@ -824,9 +823,6 @@ mod tests {
             qattn_kernels::packed::available(),
             "the packed copy is built exactly when the packed path is available"
         );
-        let big =
-            Tensor::randn(0f32, 1.0, (qattn_kernels::packed::MAX_ROWS + 1, 24), &dev).unwrap();
-        assert!(!lin.takes_packed(&big, big.dim(0).unwrap()));
     }
 
     /// A trainable weight never takes the packed path: after the variable changes, the layer's
@@ -843,7 +839,7 @@ mod tests {
             packed: Arc::default(),
         };
         let x = Tensor::randn(0f32, 1.0, (3, 6), &dev).unwrap();
-        assert!(!lin.takes_packed(&x, 3));
+        assert!(!lin.takes_packed(&x));
         let before = lin.project(&x).unwrap();
         var.set(&Tensor::randn(0f32, 0.1, (8, 6), &dev).unwrap())
             .unwrap();
