@@ -94,6 +94,9 @@ impl PackedWeight {
         }
         let panels_n = n.div_ceil(NR);
         let mut panels = vec![0.0f32; panels_n * k * NR];
+        if k == 0 {
+            return Ok(PackedWeight { n, k, panels });
+        }
         for (p, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
             for j in 0..NR.min(n - p * NR) {
                 let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
@@ -122,6 +125,15 @@ impl PackedWeight {
         Self::pack(&data, n, k)
     }
 
+    /// Packs several `[nᵢ, k]` weights stacked along the output dimension (e.g. a layer's
+    /// query, key and value projections as one `[Σnᵢ, k]` matmul).
+    ///
+    /// # Errors
+    /// When the tensors are not 2-D f32 CPU tensors with the same `k`.
+    pub fn stacked(ws: &[&Tensor]) -> candle_core::Result<Self> {
+        Self::from_tensor(&Tensor::cat(ws, 0)?)
+    }
+
     /// Output columns `n` (the weight's first dimension).
     pub fn out_dim(&self) -> usize {
         self.n
@@ -142,7 +154,30 @@ impl PackedWeight {
     /// # Errors
     /// When the slice lengths do not match `m`, `k` and `n`.
     pub fn matmul_into(&self, x: &[f32], m: usize, out: &mut [f32]) -> candle_core::Result<()> {
+        self.matmul_bias_into(x, m, None, out)
+    }
+
+    /// `out = x Wᵀ + bias` (bias over the `n` columns, added as the results are stored; no
+    /// bias: as [`PackedWeight::matmul_into`]).
+    ///
+    /// # Errors
+    /// When the slice lengths do not match `m`, `k` and `n`.
+    pub fn matmul_bias_into(
+        &self,
+        x: &[f32],
+        m: usize,
+        bias: Option<&[f32]>,
+        out: &mut [f32],
+    ) -> candle_core::Result<()> {
         let (n, k) = (self.n, self.k);
+        if let Some(b) = bias
+            && b.len() != n
+        {
+            return Err(err(format!(
+                "packed matmul: bias has {} values for n = {n}",
+                b.len()
+            )));
+        }
         if x.len() != m * k || out.len() != m * n {
             return Err(err(format!(
                 "packed matmul: x has {} values and out {} for m = {m}, k = {k}, n = {n}",
@@ -154,7 +189,10 @@ impl PackedWeight {
             return Ok(());
         }
         if k == 0 {
-            out.fill(0.0);
+            match bias {
+                Some(b) => out.chunks_exact_mut(n).for_each(|r| r.copy_from_slice(b)),
+                None => out.fill(0.0),
+            }
             return Ok(());
         }
         let out_ptr = SyncPtr(out.as_mut_ptr());
@@ -172,6 +210,7 @@ impl PackedWeight {
                 let panel = &self.panels[p * k * NR..(p + 1) * k * NR];
                 let col = p * NR;
                 let width = NR.min(n - col);
+                let bias = bias.map(|b| &b[col..col + width]);
                 // SAFETY: this task writes only rows r0..r0 + rows and columns col..col + width
                 // of `out`, disjoint from every other task's block; `out` holds m·n values
                 // (checked above) and outlives the parallel loop.
@@ -181,6 +220,7 @@ impl PackedWeight {
                         rows,
                         k,
                         panel,
+                        bias,
                         SyncPtr(out_ptr.get().add(r0 * n)),
                         n,
                         col,
@@ -197,6 +237,15 @@ impl PackedWeight {
     /// # Errors
     /// When `x` is not a 2-D f32 CPU tensor with `k` columns.
     pub fn matmul_t(&self, x: &Tensor) -> candle_core::Result<Tensor> {
+        self.matmul_bias_t(x, None)
+    }
+
+    /// `x Wᵀ + bias` for a 2-D f32 CPU tensor `x` of shape `[m, k]` and `n` bias values;
+    /// returns `[m, n]`.
+    ///
+    /// # Errors
+    /// When `x` is not a 2-D f32 CPU tensor with `k` columns, or the bias is not `n` long.
+    pub fn matmul_bias_t(&self, x: &Tensor, bias: Option<&[f32]>) -> candle_core::Result<Tensor> {
         let (m, k) = x.dims2()?;
         if k != self.k {
             return Err(err(format!(
@@ -221,7 +270,7 @@ impl PackedWeight {
             let (a, b) = l
                 .contiguous_offsets()
                 .ok_or_else(|| err("packed matmul: x must be contiguous".into()))?;
-            self.matmul_into(&data[a..b], m, &mut out)?;
+            self.matmul_bias_into(&data[a..b], m, bias, &mut out)?;
         }
         Tensor::from_vec(out, (m, self.n), &Device::Cpu)
     }
@@ -245,13 +294,15 @@ impl SyncPtr {
 /// All `m` rows of `x` against one panel, in register blocks of [`MR`] rows.
 ///
 /// # Safety
-/// `out.0` points to `m·n` values; `col + width ≤ n`; nothing else writes these columns.
+/// `out.0` points to `m·n` values; `col + width ≤ n`; nothing else writes these columns;
+/// `bias`, when given, holds the `width` bias values of these columns.
 #[allow(clippy::too_many_arguments)]
 unsafe fn panel_rows(
     x: &[f32],
     m: usize,
     k: usize,
     panel: &[f32],
+    bias: Option<&[f32]>,
     out: SyncPtr,
     n: usize,
     col: usize,
@@ -266,7 +317,14 @@ unsafe fn panel_rows(
             // SAFETY: row r + i < m and columns col..col + width < n, per the contract.
             let dst =
                 unsafe { std::slice::from_raw_parts_mut(out.0.add((r + i) * n + col), width) };
-            dst.copy_from_slice(&a[..width]);
+            match bias {
+                Some(b) => {
+                    for ((d, &v), &bj) in dst.iter_mut().zip(&a[..width]).zip(b) {
+                        *d = v + bj;
+                    }
+                }
+                None => dst.copy_from_slice(&a[..width]),
+            }
         }
         r += rows;
     }
@@ -413,6 +471,53 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn bias_is_added_per_column_and_stacking_matches_separate_weights() {
+        let dev = Device::Cpu;
+        let (m, k) = (7, 30);
+        let wa = Tensor::randn(0f32, 1.0, (20, k), &dev).unwrap();
+        let wb = Tensor::randn(0f32, 1.0, (13, k), &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (m, k), &dev).unwrap();
+        let both = PackedWeight::stacked(&[&wa, &wb]).unwrap();
+        assert_eq!(both.out_dim(), 33);
+        let bias: Vec<f32> = (0..33).map(|j| j as f32 * 0.5 - 3.0).collect();
+        let got = both.matmul_bias_t(&x, Some(&bias)).unwrap();
+        let a = PackedWeight::from_tensor(&wa)
+            .unwrap()
+            .matmul_t(&x)
+            .unwrap();
+        let b = PackedWeight::from_tensor(&wb)
+            .unwrap()
+            .matmul_t(&x)
+            .unwrap();
+        let bias_t = Tensor::from_vec(bias.clone(), 33, &dev).unwrap();
+        let want = Tensor::cat(&[&a, &b], 1)
+            .unwrap()
+            .broadcast_add(&bias_t)
+            .unwrap();
+        let diff = (got - want)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        assert!(diff < 1e-5, "max difference {diff}");
+        let e = both
+            .matmul_bias_t(&x, Some(&bias[..5]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bias has 5 values"), "{e}");
+        // k = 0: the output is the bias.
+        let empty = PackedWeight::pack(&[], 3, 0).unwrap();
+        let mut out = vec![f32::NAN; 6];
+        empty
+            .matmul_bias_into(&[], 2, Some(&[1.0, 2.0, 3.0]), &mut out)
+            .unwrap();
+        assert_eq!(out, [1.0, 2.0, 3.0, 1.0, 2.0, 3.0]);
     }
 
     #[test]

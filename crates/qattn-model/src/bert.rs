@@ -333,6 +333,9 @@ struct Layer {
     intermediate: Linear,
     output: Linear,
     out_norm: LayerNorm,
+    /// Query, key and value packed as one `[3H, H]` weight with their biases, for inference:
+    /// one matmul instead of three. Built on first use, shared by clones.
+    qkv: Arc<OnceLock<(PackedWeight, Vec<f32>)>>,
 }
 
 impl Layer {
@@ -354,6 +357,7 @@ impl Layer {
             )?,
             output: Linear::load(p, &format!("{pre}.output.dense"), cfg.intermediate_size, h)?,
             out_norm: LayerNorm::load(p, &format!("{pre}.output.LayerNorm"), h, eps)?,
+            qkv: Arc::default(),
         })
     }
 
@@ -617,6 +621,35 @@ impl Bert {
         let heads = |t: Tensor| -> Result<Tensor> {
             Ok(t.reshape((b, l, nh, dh))?.transpose(1, 2)?.contiguous()?)
         };
+        let x2 = x.reshape((b * l, ()))?;
+        if [&layer.query, &layer.key, &layer.value]
+            .iter()
+            .all(|d| d.reduced.is_none() && d.takes_packed(&x2))
+        {
+            let (w, bias) = match layer.qkv.get() {
+                Some(p) => p,
+                None => {
+                    let w = PackedWeight::stacked(&[
+                        &layer.query.weight,
+                        &layer.key.weight,
+                        &layer.value.weight,
+                    ])?;
+                    let bias =
+                        Tensor::cat(&[&layer.query.bias, &layer.key.bias, &layer.value.bias], 0)?
+                            .to_dtype(DType::F32)?
+                            .to_vec1::<f32>()?;
+                    layer.qkv.get_or_init(|| (w, bias))
+                }
+            };
+            // [B·L, 3H] → [B, L, 3, nh, dh]; each of q, k, v → [B, nh, L, dh].
+            let y = w
+                .matmul_bias_t(&x2, Some(bias))?
+                .reshape((b, l, 3, nh, dh))?;
+            let part = |j: usize| -> Result<Tensor> {
+                Ok(y.i((.., .., j))?.transpose(1, 2)?.contiguous()?)
+            };
+            return Ok((part(0)?, part(1)?, part(2)?));
+        }
         Ok((
             heads(layer.query.forward(x)?)?,
             heads(layer.key.forward(x)?)?,
