@@ -67,20 +67,22 @@ commands:
         --native  build the bench with -C target-cpu=native (separate target dir)
         every bench command refuses to start from a tree with uncommitted changes (or outside
         git) unless --allow-dirty; the results name the commit and say clean or dirty
-  bench model [--quick] [--cache-dir DIR] [--allow-dirty]
+  bench model [--quick] [--cache-dir DIR] [--allow-dirty] [--batch N] [--seq N]
         forward throughput and peak RSS of qattn-model (all-MiniLM-L6-v2, batch 32 x 128,
         exact and each estimator) plus HF transformers (eager, sdpa);
         writes benchmarks/results/model.json and model.md
         --quick      1 warm-up and 3 timed passes per configuration (default 2 and 10)
         --cache-dir  Hugging Face cache holding the model (default $QATTN_HF_CACHE,
                      else ../shared/data/hf)
-  bench train [--quick] [--cache-dir DIR] [--allow-dirty]
+        --batch, --seq  another workload (e.g. --batch 1 --seq 16 for latency); results go
+                     to model-bBxS.{json,md}, and a small workload gets up to 30x the passes
+  bench train [--quick] [--cache-dir DIR] [--allow-dirty] [--batch N] [--seq N]
         fine-tuning throughput and peak RSS of qattn-train (all-MiniLM-L6-v2 + 2-label head,
         batch 32 x 128; exact, and stratified:32 with sampled gradients) plus HF transformers
         BertForSequenceClassification (eager, sdpa), same hyper-parameters;
         writes benchmarks/results/train.json and train.md
         --quick      1 warm-up and 3 timed steps per configuration (default 2 and 8)
-        --cache-dir  as for bench model
+        --cache-dir, --batch, --seq  as for bench model
   bench serve [--quick] [--cache-dir DIR] [--allow-dirty]
         requests/s and p50/p95/p99 latency of `qattn serve` (all-MiniLM-L6-v2 embed and
         2-label classify; ~20-token and 128-token inputs; exact and stratified:32; concurrency

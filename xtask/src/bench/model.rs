@@ -15,8 +15,8 @@ use anyhow::Result;
 
 use super::Target;
 use super::side_by_side::{
-    self, EAGER, EXACT, Options, Page, Report, Row, Schema, Suite, exact_vs_pytorch, first_run,
-    mirrored_plan, workload_shape,
+    self, EAGER, EXACT, Options, Page, Report, Row, Schema, Shape, Suite, exact_vs_pytorch,
+    first_run, mirrored_plan, workload_shape,
 };
 
 /// Measurements per query of the Monte-Carlo rows.
@@ -69,8 +69,8 @@ fn suite() -> Suite {
 /// Issue 3: qattn with exact attention at least as fast as PyTorch, eager and SDPA, in every
 /// run (exact and PyTorch of the same run compared). A target whose rows were measured while
 /// other processes were busy is unreliable.
-fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
-    exact_vs_pytorch(rows, "sequences/s")
+fn evaluate_targets(rows: &[Row], shape: Shape) -> Vec<Target> {
+    exact_vs_pytorch(rows, "sequences/s", shape)
 }
 
 pub(crate) fn model(root: &Path, opts: &Options) -> Result<()> {
@@ -121,6 +121,7 @@ fn markdown(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::Status;
+    use super::super::side_by_side::DEFAULT_SHAPE;
     use super::super::side_by_side::build_rows;
     use super::super::side_by_side::tests::{busy, first, m, report};
     use super::super::side_by_side::{Run, SDPA};
@@ -178,7 +179,7 @@ mod tests {
         let failed = find("multinomial:8");
         assert_eq!((failed.rate.value, failed.ratio_vs_exact), (None, None));
 
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         let status: Vec<Status> = targets.iter().map(|t| t.status).collect();
         assert_eq!(status, [Status::Met, Status::Met]);
         assert_eq!(targets[0].observed, "2.00× PyTorch eager (run 1)");
@@ -225,7 +226,7 @@ mod tests {
     fn targets_not_met_and_missing() {
         // Exact is faster than eager but slower than SDPA: one met, one not met.
         let rows = rows(&first(&[(EAGER, m(1.0)), (EXACT, m(0.9)), (SDPA, m(0.6))]));
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         let status: Vec<Status> = targets.iter().map(|t| t.status).collect();
         assert_eq!(status, [Status::Met, Status::NotMet]);
         assert_eq!(targets[1].observed, "0.67× PyTorch sdpa (run 1)");
@@ -234,7 +235,7 @@ mod tests {
 
         // No PyTorch (install failed) or no exact run: no data, never met.
         let rows = build_rows(&first(&[(EXACT, m(0.5)), (SDPA, None)]), &SCHEMA, 32);
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         assert!(targets.iter().all(|t| t.status == Status::NoData));
         assert_eq!(rows[0].ratio_vs_torch_sdpa, None);
     }
@@ -269,7 +270,7 @@ mod tests {
             "run 2 vs sdpa of run 2"
         );
         assert_eq!(exact2.ratio_vs_exact, Some(1.0));
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         let status: Vec<Status> = targets.iter().map(|t| t.status).collect();
         assert_eq!(status, [Status::Met, Status::NotMet]);
         assert_eq!(
@@ -292,7 +293,7 @@ mod tests {
             (EXACT, m(1.0)),
             (SDPA, busy(2.0, 0.9)),
         ]));
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         let status: Vec<Status> = targets.iter().map(|t| t.status).collect();
         assert_eq!(status, [Status::NotMet, Status::Unreliable]);
         assert!(targets[1].observed.contains("0.90 cores"), "{targets:?}");

@@ -66,20 +66,69 @@ pub(crate) struct Options {
     pub(crate) cache_dir: Option<PathBuf>,
     /// Write the results even from a dirty tree (they say so).
     pub(crate) allow_dirty: bool,
+    /// The workload's batch × sequence length.
+    pub(crate) shape: Shape,
 }
 
-/// Parses `[--quick] [--cache-dir DIR] [--allow-dirty]` of `cargo xtask bench {suite}`.
+/// A workload's batch size and sequence length (tokens per sequence).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Shape {
+    pub(crate) batch: u64,
+    pub(crate) seq: u64,
+}
+
+/// The suites' standard workload, batch [`BATCH`] × [`SEQ`] tokens.
+pub(crate) const DEFAULT_SHAPE: Shape = Shape {
+    batch: BATCH,
+    seq: SEQ,
+};
+
+/// The longest `--seq` (MiniLM's position table).
+const MAX_SEQ: u64 = 512;
+
+impl Shape {
+    /// The results' base name: the suite's name for the standard shape, else
+    /// `{suite}-b{batch}x{seq}` (e.g. `model-b1x16`), so a latency run does not overwrite the
+    /// throughput results.
+    pub(crate) fn results_name(self, suite: &str) -> String {
+        if self == DEFAULT_SHAPE {
+            suite.to_owned()
+        } else {
+            format!("{suite}-b{}x{}", self.batch, self.seq)
+        }
+    }
+
+    /// How many times more warm-up and timed units than the standard shape: a small workload
+    /// takes milliseconds, and its median needs more passes (at most 30×).
+    pub(crate) fn pass_scale(self) -> u64 {
+        ((BATCH * SEQ) / (self.batch * self.seq).max(1)).clamp(1, 30)
+    }
+}
+
+fn positive(flag: &str, value: Option<&&str>, max: u64) -> std::result::Result<u64, String> {
+    let v = value.ok_or_else(|| format!("{flag} needs a number"))?;
+    match v.parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{flag}: {v:?} is not a whole number in 1..={max}")),
+    }
+}
+
+/// Parses `[--quick] [--cache-dir DIR] [--allow-dirty] [--batch N] [--seq N]` of
+/// `cargo xtask bench {suite}`.
 pub(crate) fn parse_options(suite: &str, args: &[&str]) -> std::result::Result<Options, String> {
     let mut opts = Options {
         quick: false,
         cache_dir: None,
         allow_dirty: false,
+        shape: DEFAULT_SHAPE,
     };
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match *arg {
             "--quick" => opts.quick = true,
             "--allow-dirty" => opts.allow_dirty = true,
+            "--batch" => opts.shape.batch = positive("--batch", it.next(), 4096)?,
+            "--seq" => opts.shape.seq = positive("--seq", it.next(), MAX_SEQ)?,
             "--cache-dir" => match it.next() {
                 Some(dir) => opts.cache_dir = Some(PathBuf::from(dir)),
                 None => return Err("--cache-dir needs a folder".to_owned()),
@@ -138,9 +187,10 @@ pub(crate) struct Passes {
 }
 
 impl Passes {
-    /// 1 warm-up and 3 timed units when `quick`, else 2 and `full`.
-    pub(crate) fn new(schema: &Schema, quick: bool, full: u64) -> Self {
+    /// 1 warm-up and 3 timed units when `quick`, else 2 and `full`; each times `scale`.
+    pub(crate) fn new(schema: &Schema, quick: bool, full: u64, scale: u64) -> Self {
         let (warmup, timed) = if quick { (1, 3) } else { (2, full) };
+        let (warmup, timed) = (warmup * scale, timed * scale);
         Passes {
             warmup,
             timed: Named {
@@ -539,7 +589,8 @@ pub(crate) fn compare_target(
 
 /// The targets of qattn exact against each PyTorch baseline: at least 1.0× PyTorch eager and
 /// sdpa in `measure` (e.g. `sequences/s`), in every run.
-pub(crate) fn exact_vs_pytorch(rows: &[Row], measure: &str) -> Vec<Target> {
+pub(crate) fn exact_vs_pytorch(rows: &[Row], measure: &str, shape: Shape) -> Vec<Target> {
+    let Shape { batch, seq } = shape;
     [("eager", EAGER), ("sdpa", SDPA)]
         .into_iter()
         .map(|(label, config)| {
@@ -548,7 +599,7 @@ pub(crate) fn exact_vs_pytorch(rows: &[Row], measure: &str) -> Vec<Target> {
                 EXACT,
                 config,
                 format!(
-                    "qattn exact ≥ 1.0× PyTorch {label} ({measure}, batch {BATCH}, length {SEQ})"
+                    "qattn exact ≥ 1.0× PyTorch {label} ({measure}, batch {batch}, length {seq})"
                 ),
                 &format!("× PyTorch {label}"),
                 1.0,
@@ -575,7 +626,7 @@ pub(crate) struct Suite {
     /// What the statistic is.
     pub(crate) statistic: &'static str,
     /// The issue's targets, from the rows.
-    pub(crate) targets: fn(&[Row]) -> Vec<Target>,
+    pub(crate) targets: fn(&[Row], Shape) -> Vec<Target>,
     /// The results page.
     pub(crate) markdown: fn(&Report) -> String,
 }
@@ -584,8 +635,9 @@ pub(crate) struct Suite {
 /// `benchmarks/results/{suite}.{json,md}` atomically.
 pub(crate) fn bench(root: &Path, opts: &Options, suite: &Suite) -> Result<()> {
     let mut report = run_suite(root, opts, suite)?;
-    report.targets = (suite.targets)(&report.rows);
-    write_results(root, suite.name, &report, &(suite.markdown)(&report))
+    report.targets = (suite.targets)(&report.rows, opts.shape);
+    let name = opts.shape.results_name(suite.name);
+    write_results(root, &name, &report, &(suite.markdown)(&report))
 }
 
 /// A suite's results; the suite adds its targets.
@@ -629,13 +681,20 @@ pub(crate) fn run_suite(root: &Path, opts: &Options, suite: &Suite) -> Result<Re
     if let Some(dir) = &opts.cache_dir {
         command.push_str(&format!(" --cache-dir {}", dir.display()));
     }
-    let passes = Passes::new(schema, opts.quick, suite.full);
+    let shape = opts.shape;
+    let Shape { batch, seq } = shape;
+    if shape != DEFAULT_SHAPE {
+        command.push_str(&format!(" --batch {batch} --seq {seq}"));
+    }
+    let passes = Passes::new(schema, opts.quick, suite.full, shape.pass_scale());
     let threads = available_threads();
     // When and at which commit the run started (a long run may outlive a commit).
     let provenance = Provenance::collect(root);
     let loadavg_at_start = loadavg();
     let mut notes = Vec::new();
-    let raw_dir = root.join("benchmarks/results/raw").join(suite.name);
+    let raw_dir = root
+        .join("benchmarks/results/raw")
+        .join(shape.results_name(suite.name));
     fs::create_dir_all(&raw_dir).with_context(|| format!("creating {}", raw_dir.display()))?;
 
     let cache = cache_dir(
@@ -680,7 +739,7 @@ pub(crate) fn run_suite(root: &Path, opts: &Options, suite: &Suite) -> Result<Re
     // (c) One process per configuration.
     let n = suite.plan.len();
     println!(
-        "\n==> {n} configurations, {} warm-up + {} timed {}s each, batch {BATCH} × {SEQ} tokens, \
+        "\n==> {n} configurations, {} warm-up + {} timed {}s each, batch {batch} × {seq} tokens, \
          {threads} threads",
         passes.warmup, passes.timed.value, schema.unit
     );
@@ -704,7 +763,7 @@ pub(crate) fn run_suite(root: &Path, opts: &Options, suite: &Suite) -> Result<Re
             cmd
         };
         cmd.current_dir(root)
-            .args(["--batch", &BATCH.to_string(), "--seq", &SEQ.to_string()])
+            .args(["--batch", &batch.to_string(), "--seq", &seq.to_string()])
             .args(["--warmup", &passes.warmup.to_string()])
             .arg(format!("--{}", schema.count))
             .arg(passes.timed.value.to_string())
@@ -733,7 +792,7 @@ pub(crate) fn run_suite(root: &Path, opts: &Options, suite: &Suite) -> Result<Re
                     if is_torch(&this.config) && torch_info.is_none() {
                         torch_info = parse_torch_info(&v);
                     }
-                    parse_measurement(&v, schema, BATCH, SEQ)
+                    parse_measurement(&v, schema, batch, seq)
                 });
             let wall_s = started.elapsed().as_secs_f64();
             let mut m = match result {
@@ -750,7 +809,7 @@ pub(crate) fn run_suite(root: &Path, opts: &Options, suite: &Suite) -> Result<Re
                 "      {} s/{}, {} {}/s, peak RSS {} MiB, other processes {} cores",
                 sig3(m.median_s),
                 schema.unit,
-                sig3(BATCH as f64 / m.median_s),
+                sig3(batch as f64 / m.median_s),
                 schema.items,
                 cell(m.peak_rss_mb, |x| format!("{x:.0}")),
                 cell(m.other_load, |x| format!("{x:.2}"))
@@ -793,8 +852,8 @@ pub(crate) fn run_suite(root: &Path, opts: &Options, suite: &Suite) -> Result<Re
         quick: opts.quick,
         model: MODEL_ID.to_owned(),
         snapshot: snapshot.display().to_string(),
-        batch: BATCH,
-        seq: SEQ,
+        batch,
+        seq,
         dtype: "f32",
         passes,
         threads,
@@ -805,7 +864,7 @@ pub(crate) fn run_suite(root: &Path, opts: &Options, suite: &Suite) -> Result<Re
         hyperparameters,
         notes,
         targets: Vec::new(),
-        rows: build_rows(&measured, schema, BATCH),
+        rows: build_rows(&measured, schema, batch),
     })
 }
 
@@ -983,7 +1042,7 @@ pub(crate) mod tests {
             batch: BATCH,
             seq: SEQ,
             dtype: "f32",
-            passes: Passes::new(schema, false, 10),
+            passes: Passes::new(schema, false, 10, 1),
             threads: 2,
             torch: None,
             loadavg_at_start: None,
@@ -1004,8 +1063,33 @@ pub(crate) mod tests {
         assert!(parse_options("model", &["--cache-dir"]).is_err());
         let e = parse_options("train", &["--native"]).err().unwrap();
         assert!(e.contains("bench train"), "{e}");
-        assert_eq!(Passes::new(&SCHEMA, true, 10).timed.value, 3);
-        assert_eq!(Passes::new(&SCHEMA, false, 8).timed.value, 8);
+        assert_eq!(Passes::new(&SCHEMA, true, 10, 1).timed.value, 3);
+        assert_eq!(Passes::new(&SCHEMA, false, 8, 1).timed.value, 8);
+        assert_eq!(o.shape, DEFAULT_SHAPE);
+    }
+
+    /// `--batch`/`--seq` choose the workload, name the results after it and scale the passes
+    /// of a small workload; out-of-range values are refused with the flag named.
+    #[test]
+    fn batch_and_seq_options() {
+        let o = parse_options("model", &["--batch", "1", "--seq", "16", "--quick"]).unwrap();
+        assert_eq!(o.shape, Shape { batch: 1, seq: 16 });
+        assert_eq!(o.shape.results_name("model"), "model-b1x16");
+        assert_eq!(DEFAULT_SHAPE.results_name("model"), "model");
+        assert_eq!(o.shape.pass_scale(), 30);
+        assert_eq!(Shape { batch: 8, seq: 128 }.pass_scale(), 4);
+        assert_eq!(DEFAULT_SHAPE.pass_scale(), 1);
+        let p = Passes::new(&SCHEMA, true, 10, o.shape.pass_scale());
+        assert_eq!((p.warmup, p.timed.value), (30, 90));
+        for bad in [
+            &["--batch", "0"][..],
+            &["--seq", "513"],
+            &["--seq", "x"],
+            &["--batch"],
+        ] {
+            let e = parse_options("model", bad).err().unwrap();
+            assert!(e.contains(bad[0]), "{e}");
+        }
     }
 
     #[test]

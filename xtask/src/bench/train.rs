@@ -18,7 +18,7 @@ use anyhow::Result;
 
 use super::Target;
 use super::side_by_side::{
-    self, EAGER, EXACT, Options, Page, Report, Row, Schema, Suite, compare_target,
+    self, EAGER, EXACT, Options, Page, Report, Row, Schema, Shape, Suite, compare_target,
     exact_vs_pytorch, first_run, mirrored_plan, workload_shape,
 };
 
@@ -66,8 +66,8 @@ fn suite() -> Suite {
 /// Issue 4: qattn exact at least as fast as PyTorch (eager and sdpa) in every run, and the
 /// Monte-Carlo configuration faster than qattn exact (strictly: ratio > 1). A target whose
 /// rows were measured while other processes were busy is unreliable.
-fn evaluate_targets(rows: &[Row]) -> Vec<Target> {
-    let mut targets = exact_vs_pytorch(rows, "fine-tuning samples/s");
+fn evaluate_targets(rows: &[Row], shape: Shape) -> Vec<Target> {
+    let mut targets = exact_vs_pytorch(rows, "fine-tuning samples/s", shape);
     targets.push(compare_target(
         rows,
         MC,
@@ -150,6 +150,7 @@ fn markdown(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::super::Status;
+    use super::super::side_by_side::DEFAULT_SHAPE;
     use super::super::side_by_side::tests::{busy, first, m, report};
     use super::super::side_by_side::{Measurement, Run, SDPA, build_rows};
     use super::*;
@@ -204,7 +205,7 @@ mod tests {
         assert_eq!(mc.rate.value, Some(64.0));
         assert_eq!(mc.ratio_vs_exact, Some(1.6));
         assert_eq!(mc.ratio_vs_torch_sdpa, Some(2.0));
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         assert_eq!(statuses(&targets), [Status::Met; 3]);
         assert_eq!(
             targets[0].observed,
@@ -262,7 +263,7 @@ mod tests {
             &SCHEMA,
             32,
         );
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         assert_eq!(statuses(&targets), [Status::NotMet; 3]);
         assert_eq!(targets[1].observed, "0.30× PyTorch sdpa (run 1)");
         assert_eq!(targets[2].observed, "0.91× qattn exact (run 1)");
@@ -283,7 +284,7 @@ mod tests {
             &SCHEMA,
             32,
         );
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         assert_eq!(
             statuses(&targets),
             [Status::Met, Status::Met, Status::NotMet]
@@ -296,7 +297,7 @@ mod tests {
         measured.push((Run::new(SDPA, 2), m(0.7)));
         measured.push((Run::new(EXACT, 2), qm(0.9, "exact")));
         measured.push((Run::new(EAGER, 2), m(1.0)));
-        let targets = evaluate_targets(&build_rows(&measured, &SCHEMA, 32));
+        let targets = evaluate_targets(&build_rows(&measured, &SCHEMA, 32), DEFAULT_SHAPE);
         assert_eq!(
             statuses(&targets),
             [Status::Met, Status::NotMet, Status::NoData]
@@ -320,7 +321,7 @@ mod tests {
             &SCHEMA,
             32,
         );
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         assert_eq!(statuses(&targets), [Status::Unreliable; 3]);
         assert!(targets[2].observed.contains("0.50 cores"), "{targets:?}");
 
@@ -335,7 +336,7 @@ mod tests {
             &SCHEMA,
             32,
         );
-        let targets = evaluate_targets(&rows);
+        let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         assert_eq!(
             statuses(&targets),
             [Status::NoData, Status::NoData, Status::Met]
