@@ -236,10 +236,12 @@ impl OpConfig {
                 bits,
                 block,
                 samples,
+                rounds,
             } => Some(cpu::lsh::Lsh {
                 bits,
                 block,
                 samples,
+                rounds,
             }),
             _ => None,
         }

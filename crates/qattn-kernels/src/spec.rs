@@ -50,18 +50,21 @@ pub enum Estimator {
         /// Upper bound on shots per query.
         max: usize,
     },
-    /// `lsh:BITS:BLOCK:S` — sub-quadratic: queries and keys are hashed with BITS random
+    /// `lsh:BITS:BLOCK:S[:R]` — sub-quadratic: queries and keys are hashed with BITS random
     /// hyperplanes (sign bits, Gray-code bucket order) and sorted; each query block attends
-    /// exactly to the matching block of sorted keys, and the keys outside it are estimated from S
+    /// exactly to the keys of its buckets, and the keys outside them are estimated from S
     /// uniform draws weighted m/S (m = the query's visible keys), so numerator and normaliser are
-    /// each unbiased. Costs O(L·(BLOCK + S)·D) instead of O(L²·D); see docs/estimators.md.
+    /// each unbiased. With R rounds (default 1) the exact keys are the union of R independent
+    /// hashings' blocks. Costs O(L·(R·BLOCK + S)·D) instead of O(L²·D); see docs/estimators.md.
     Lsh {
         /// Hyperplanes (1–16): 2^BITS buckets.
         bits: usize,
-        /// Queries per block, and keys per block when Lq = Lk.
+        /// Queries per block (and at least as many exact keys per block).
         block: usize,
-        /// Uniform draws per query for the keys outside its block.
+        /// Uniform draws per query for the keys outside its blocks.
         samples: usize,
+        /// Independent hashing rounds (1–8) whose blocks are united.
+        rounds: usize,
     },
 }
 
@@ -100,10 +103,16 @@ impl Estimator {
                 min: min.min(s),
                 max: s,
             },
-            Estimator::Lsh { bits, block, .. } => Estimator::Lsh {
+            Estimator::Lsh {
+                bits,
+                block,
+                rounds,
+                ..
+            } => Estimator::Lsh {
                 bits,
                 block,
                 samples: s,
+                rounds,
             },
         }
     }
@@ -259,8 +268,11 @@ impl EstimatorSpec {
     }
 }
 
+/// The most hashing rounds of `lsh`.
+const MAX_LSH_ROUNDS: usize = 8;
+
 const GRAMMAR: &str = "expected exact | multinomial:S | stratified:S | topk:K:S | cv:R:S | adaptive:MIN:MAX \
-     | lsh:BITS:BLOCK:S, optionally followed by +depol:λ, +readout:ε01:ε10, +damp:γ, +mitigate";
+     | lsh:BITS:BLOCK:S[:R], optionally followed by +depol:λ, +readout:ε01:ε10, +damp:γ, +mitigate";
 
 fn bad(spec: &str, reason: impl Into<String>) -> Error {
     Error::InvalidSpec {
@@ -360,15 +372,28 @@ impl FromStr for EstimatorSpec {
                 Estimator::Adaptive { min, max }
             }
             "lsh" => {
-                arity(3)?;
+                if fields.len() != 5 {
+                    arity(3)?;
+                }
                 let bits = parse_count(spec, "BITS", fields[1])?;
                 if bits > 16 {
                     return Err(bad(spec, format!("lsh needs 1 ≤ BITS ≤ 16, got {bits}")));
+                }
+                let rounds = match fields.get(4) {
+                    Some(r) => parse_count(spec, "R", r)?,
+                    None => 1,
+                };
+                if rounds > MAX_LSH_ROUNDS {
+                    return Err(bad(
+                        spec,
+                        format!("lsh needs 1 ≤ R ≤ {MAX_LSH_ROUNDS} rounds, got {rounds}"),
+                    ));
                 }
                 Estimator::Lsh {
                     bits,
                     block: parse_count(spec, "BLOCK", fields[2])?,
                     samples: parse_count(spec, "S", fields[3])?,
+                    rounds,
                 }
             }
             "" => return Err(bad(spec, format!("empty estimator; {GRAMMAR}"))),
@@ -499,7 +524,14 @@ impl fmt::Display for Estimator {
                 bits,
                 block,
                 samples,
+                rounds: 1,
             } => write!(f, "lsh:{bits}:{block}:{samples}"),
+            Estimator::Lsh {
+                bits,
+                block,
+                samples,
+                rounds,
+            } => write!(f, "lsh:{bits}:{block}:{samples}:{rounds}"),
         }
     }
 }
@@ -551,6 +583,7 @@ mod tests {
             "cv:2:32",
             "adaptive:4:64",
             "lsh:8:128:64",
+            "lsh:8:128:64:3",
             "stratified:32+readout:0.02:0.03+mitigate",
             "multinomial:8+depol:0.1+readout:0.01:0.02+damp:0.05+mitigate",
         ] {
@@ -583,6 +616,9 @@ mod tests {
             ("stratified:4+damp:0.7+mitigate", "‖M⁻¹‖₁ = 5.6667"),
             ("stratified:4+phase:0.1", "unknown noise"),
             ("lsh:4:64", "takes 3"),
+            ("lsh:4:64:32:2:1", "takes 3"),
+            ("lsh:4:64:32:9", "R ≤ 8"),
+            ("lsh:4:64:32:0", "at least 1"),
             ("lsh:17:64:32", "BITS ≤ 16"),
             ("lsh:4:0:32", "at least 1"),
             ("lsh:4:64:32+readout:0.1:0.1", "do not apply"),

@@ -10,9 +10,10 @@
 //! 2. **Sort.** Queries (all) and visible keys (those the padding mask keeps) are sorted by
 //!    (bucket rank, index).
 //! 3. **Blocks.** The sorted queries are cut into nb = ⌈Lq/BLOCK⌉ blocks; query block β is paired
-//!    with the sorted keys at positions [β·n/nb, (β+1)·n/nb) (n visible keys; with Lq = Lk, blocks
-//!    of BLOCK keys). A query's block keys B_i are those of its block it may see (j ≤ i when
-//!    causal); their terms are computed exactly.
+//!    with the sorted keys whose buckets lie between its first and last query's buckets, widened
+//!    to BLOCK keys when fewer and cut to 4·BLOCK around its median query's bucket when more
+//!    ([`Plan::key_range`]). A query's block keys B_i are those of its block it may see (j ≤ i
+//!    when causal); their terms are computed exactly.
 //! 4. **Remainder.** Each query block draws S keys uniformly, with replacement, from the m keys
 //!    visible to its last query (Philox stream [`Stream::Draw`] of (seed, batch, head, block)),
 //!    shared by its queries so that their logits and values are two GEMMs. A draw j counts for
@@ -38,12 +39,14 @@ use rayon::prelude::*;
 
 use super::mc::{McForward, QueryDiagnostics, RowRecord};
 
-/// The shape of an `lsh:BITS:BLOCK:S` estimator.
+/// The shape of an `lsh:BITS:BLOCK:S[:R]` estimator.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Lsh {
     pub(crate) bits: usize,
     pub(crate) block: usize,
     pub(crate) samples: usize,
+    /// Independent hashings (rounds) whose blocks are united.
+    pub(crate) rounds: usize,
 }
 
 /// The hashing and sorting of one head.
@@ -56,14 +59,25 @@ struct Plan {
     k_pos: Vec<u32>,
     /// Visible key indices, ascending.
     visible: Vec<u32>,
+    /// Bucket rank of each sorted query position.
+    q_ranks: Vec<u32>,
+    /// Bucket rank of each sorted key position.
+    k_ranks: Vec<u32>,
+    /// Queries per block.
+    block: usize,
     /// Number of query blocks.
     blocks: usize,
+    /// Query block of each query index.
+    q_block: Vec<u32>,
+    /// Sorted-key range [lo, hi) of each query block ([`Plan::key_range`]).
+    ranges: Vec<(usize, usize)>,
 }
 
 impl Plan {
-    fn new(h: &HeadInput<'_>, lsh: Lsh, seed: u64, batch: usize) -> Plan {
+    /// The plan of hashing round `round` (its own hyperplanes).
+    fn new(h: &HeadInput<'_>, lsh: Lsh, seed: u64, batch: usize, round: usize) -> Plan {
         let d = h.d;
-        let planes = hyperplanes(lsh.bits, d, seed, batch, h.head);
+        let planes = hyperplanes(lsh.bits, d, seed, batch, h.head, round);
         let code = |x: &[f32]| -> u32 {
             let mut c = 0u32;
             for (b, r) in planes.chunks_exact(d).enumerate() {
@@ -85,24 +99,82 @@ impl Plan {
             .collect();
         let mut k_sorted = k_codes;
         k_sorted.sort_unstable();
+        let k_ranks: Vec<u32> = k_sorted.iter().map(|&(c, _)| c).collect();
         let k_order: Vec<u32> = k_sorted.into_iter().map(|(_, j)| j).collect();
+        let q_ranks: Vec<u32> = q_order.iter().map(|&i| q_codes[i as usize]).collect();
         let mut k_pos = vec![u32::MAX; h.lk];
         for (p, &j) in k_order.iter().enumerate() {
             k_pos[j as usize] = p as u32;
         }
-        Plan {
+        let block = lsh.block.max(1);
+        let mut q_block = vec![0u32; h.lq];
+        for (t, &i) in q_order.iter().enumerate() {
+            q_block[i as usize] = (t / block) as u32;
+        }
+        let mut plan = Plan {
             q_order,
             k_order,
             k_pos,
             visible,
-            blocks: h.lq.div_ceil(lsh.block.max(1)).max(1),
-        }
+            q_ranks,
+            k_ranks,
+            block,
+            blocks: h.lq.div_ceil(block).max(1),
+            q_block,
+            ranges: Vec::new(),
+        };
+        plan.ranges = (0..plan.blocks).map(|beta| plan.key_range(beta)).collect();
+        plan
     }
 
-    /// Sorted-key positions [lo, hi) of block `beta`.
+    /// The queries (sorted positions) of block `beta`.
+    fn queries(&self, beta: usize) -> &[u32] {
+        let lq = self.q_order.len();
+        &self.q_order[(beta * self.block).min(lq)..((beta + 1) * self.block).min(lq)]
+    }
+
+    /// Whether key `j` is among the keys of query `i`'s block in this round.
+    fn in_block(&self, i: usize, j: u32) -> bool {
+        let (lo, hi) = self.ranges[self.q_block[i] as usize];
+        (lo..hi).contains(&(self.k_pos[j as usize] as usize))
+    }
+
+    /// Sorted-key positions [lo, hi) of block `beta`: the keys whose buckets lie between the
+    /// first and the last bucket of the block's queries (every key sharing a bucket with one of
+    /// its queries), widened symmetrically to BLOCK keys when fewer match, and cut to a window
+    /// of [`RANGE_CAP`]·BLOCK keys around the block's median query's bucket when more do.
+    /// Query and key buckets need not hold equal numbers, so cutting both sorted lists at the
+    /// same proportional positions would pair a query block with its neighbours' keys.
     fn key_range(&self, beta: usize) -> (usize, usize) {
         let n = self.k_order.len();
-        (beta * n / self.blocks, (beta + 1) * n / self.blocks)
+        let lq = self.q_ranks.len();
+        let t0 = (beta * self.block).min(lq);
+        let t1 = ((beta + 1) * self.block).min(lq);
+        if n == 0 || t0 == t1 {
+            return (0, 0);
+        }
+        let (r_lo, r_hi) = (self.q_ranks[t0], self.q_ranks[t1 - 1]);
+        let a = self.k_ranks.partition_point(|&r| r < r_lo);
+        let b = self.k_ranks.partition_point(|&r| r <= r_hi);
+        let want = self.block.min(n);
+        let cap = (RANGE_CAP * self.block).min(n);
+        let window = |center: usize, len: usize| -> (usize, usize) {
+            let lo = center.saturating_sub(len / 2).min(n - len);
+            (lo, lo + len)
+        };
+        if b - a < want {
+            // Contains [a, b): the window is centred on it and at least as long.
+            window((a + b) / 2, want)
+        } else if b - a > cap {
+            let r_mid = self.q_ranks[(t0 + t1 - 1) / 2];
+            let m0 = self.k_ranks.partition_point(|&r| r < r_mid);
+            let m1 = self.k_ranks.partition_point(|&r| r <= r_mid);
+            let (lo, _) = window((m0 + m1) / 2, cap);
+            let lo = lo.clamp(a, b - cap);
+            (lo, lo + cap)
+        } else {
+            (a, b)
+        }
     }
 
     /// Visible keys of query `i`: all visible keys, or those j ≤ i when causal.
@@ -115,9 +187,21 @@ impl Plan {
     }
 }
 
-/// BITS × D standard normal entries (Box–Muller on the head's [`Stream::Hash`] uniforms).
-fn hyperplanes(bits: usize, d: usize, seed: u64, batch: usize, head: usize) -> Vec<f32> {
-    let stream = SampleStream::new(seed, batch, head, 0);
+/// The most keys a query block computes exactly, in multiples of BLOCK (when its queries'
+/// buckets hold more keys).
+const RANGE_CAP: usize = 4;
+
+/// BITS × D standard normal entries (Box–Muller on the head's [`Stream::Hash`] uniforms; the
+/// round is the stream's query field, so round 0 is the single-round hashing).
+fn hyperplanes(
+    bits: usize,
+    d: usize,
+    seed: u64,
+    batch: usize,
+    head: usize,
+    round: usize,
+) -> Vec<f32> {
+    let stream = SampleStream::new(seed, batch, head, round);
     let n = bits * d;
     let mut out = Vec::with_capacity(n + 1);
     let mut i = 0u64;
@@ -189,29 +273,61 @@ fn draw_stream(seed: u64, batch: usize, head: usize, beta: usize) -> SampleStrea
     SampleStream::new(seed, batch, head, beta)
 }
 
-/// Whether draw `j` counts for query `i` of the block whose keys are sorted positions [lo, hi).
-fn counts(plan: &Plan, causal: bool, i: usize, j: u32, lo: usize, hi: usize) -> bool {
-    (!causal || j as usize <= i) && !(lo..hi).contains(&(plan.k_pos[j as usize] as usize))
+/// The R hashing rounds of one head. A query's exact keys are the union of its blocks' keys
+/// over the rounds, each counted once (in the first round whose block holds it).
+struct HeadPlan {
+    rounds: Vec<Plan>,
 }
 
-/// Query i's terms (key, weight): its block keys (sorted positions [lo, hi)) with weight 1, then
-/// the block's draws that count for it with the draw weight.
+impl HeadPlan {
+    fn new(h: &HeadInput<'_>, lsh: Lsh, seed: u64, batch: usize) -> HeadPlan {
+        HeadPlan {
+            rounds: (0..lsh.rounds.max(1))
+                .map(|r| Plan::new(h, lsh, seed, batch, r))
+                .collect(),
+        }
+    }
+
+    /// The first round (its blocks own the draws).
+    fn first(&self) -> &Plan {
+        &self.rounds[0]
+    }
+
+    /// Whether key `j` is among query `i`'s block keys in a round before `round`.
+    fn seen_before(&self, round: usize, i: usize, j: u32) -> bool {
+        self.rounds[..round].iter().any(|p| p.in_block(i, j))
+    }
+
+    /// Whether key `j` is among query `i`'s block keys in any round.
+    fn covered(&self, i: usize, j: u32) -> bool {
+        self.seen_before(self.rounds.len(), i, j)
+    }
+}
+
+/// Whether draw `j` counts for query `i`: `i` may see it and no round's block of `i` holds it.
+fn counts(hp: &HeadPlan, causal: bool, i: usize, j: u32) -> bool {
+    (!causal || j as usize <= i) && !hp.covered(i, j)
+}
+
+/// Query i's terms (key, weight): its block keys of every round (each once) with weight 1, then
+/// the draws of its first-round block that count for it, with the draw weight.
 fn terms<'a>(
-    plan: &'a Plan,
+    hp: &'a HeadPlan,
     draws: &'a Draws,
     causal: bool,
     i: usize,
-    lo: usize,
-    hi: usize,
 ) -> impl Iterator<Item = (u32, f32)> + 'a {
-    let block = plan.k_order[lo..hi]
-        .iter()
-        .filter(move |&&j| !causal || j as usize <= i)
-        .map(|&j| (j, 1.0f32));
+    let block = hp.rounds.iter().enumerate().flat_map(move |(r, plan)| {
+        let (lo, hi) = plan.ranges[plan.q_block[i] as usize];
+        plan.k_order[lo..hi]
+            .iter()
+            .filter(move |&&j| (!causal || j as usize <= i) && !hp.seen_before(r, i, j))
+            .map(|&j| (j, 1.0f32))
+    });
     let drawn = draws
         .keys
         .iter()
-        .filter(move |&&j| counts(plan, causal, i, j, lo, hi))
+        .filter(move |&&j| counts(hp, causal, i, j))
         .map(|&j| (j, draws.weight));
     block.chain(drawn)
 }
@@ -241,32 +357,74 @@ pub(crate) fn forward(
             rows: record.then_some(rows),
         };
     }
-    let plans: Vec<Plan> = (0..heads)
+    let plans: Vec<HeadPlan> = (0..heads)
         .into_par_iter()
         .map(|bh| {
             let h = p.head(bh);
-            Plan::new(&h, lsh, seed, batch_offset + h.batch)
+            HeadPlan::new(&h, lsh, seed, batch_offset + h.batch)
         })
         .collect();
-    // One task per (head, query block); each returns its rows, scattered afterwards.
-    let tasks: Vec<(usize, usize)> = (0..heads)
-        .flat_map(|bh| (0..plans[bh].blocks).map(move |beta| (bh, beta)))
+    // One task per (head, round, query block); each returns the partial sums of its rows, merged
+    // per query afterwards in task order (so results do not depend on the thread count).
+    let plans_ref = &plans;
+    let tasks: Vec<(usize, usize, usize)> = (0..heads)
+        .flat_map(|bh| {
+            let hp = &plans_ref[bh];
+            (0..hp.rounds.len())
+                .flat_map(move |r| (0..hp.rounds[r].blocks).map(move |beta| (bh, r, beta)))
+        })
         .collect();
-    let results: Vec<Vec<RowOut>> = tasks
+    let results: Vec<Vec<Partial>> = tasks
         .par_iter()
-        .map(|&(bh, beta)| {
+        .map(|&(bh, r, beta)| {
             let h = p.head(bh);
-            block_forward(&h, &plans[bh], lsh, seed, batch_offset, beta, record)
+            block_forward(&h, &plans[bh], r, lsh, seed, batch_offset, beta, record)
         })
         .collect();
-    for (&(bh, _), rows_out) in tasks.iter().zip(results) {
-        for (i, o, l, r) in rows_out {
-            let at = bh * lq + i;
-            out[at * dv..(at + 1) * dv].copy_from_slice(&o);
-            lse[at] = l;
-            if let Some(r) = r {
+    // Merge: Σ e^{l−M}·v and Σ e^{l−M} per query, rescaled to the larger shift.
+    let mut den = vec![0.0f32; heads * lq];
+    let mut shift = vec![f32::NEG_INFINITY; heads * lq];
+    for (&(bh, _, _), parts) in tasks.iter().zip(results) {
+        for Partial {
+            query,
+            num,
+            den: d,
+            shift: m,
+            record: rec,
+        } in parts
+        {
+            let at = bh * lq + query;
+            if let Some(r) = rec {
                 rows[at] = r;
             }
+            if m == f32::NEG_INFINITY {
+                continue;
+            }
+            let o = &mut out[at * dv..(at + 1) * dv];
+            if shift[at] == f32::NEG_INFINITY {
+                o.copy_from_slice(&num);
+                den[at] = d;
+                shift[at] = m;
+            } else {
+                let mm = shift[at].max(m);
+                let (a, b) = ((shift[at] - mm).exp(), (m - mm).exp());
+                for (x, &y) in o.iter_mut().zip(&num) {
+                    *x = *x * a + y * b;
+                }
+                den[at] = den[at] * a + d * b;
+                shift[at] = mm;
+            }
+        }
+    }
+    for (at, l) in lse.iter_mut().enumerate() {
+        let o = &mut out[at * dv..(at + 1) * dv];
+        if shift[at] == f32::NEG_INFINITY {
+            // No visible key: the row's output stays 0 and its log-normaliser −∞.
+            o.fill(0.0);
+        } else {
+            let inv = 1.0 / den[at];
+            o.iter_mut().for_each(|x| *x *= inv);
+            *l = shift[at] + den[at].ln();
         }
     }
     McForward {
@@ -276,23 +434,33 @@ pub(crate) fn forward(
     }
 }
 
-type RowOut = (usize, Vec<f32>, f32, Option<RowRecord>);
+/// One query's share of one (round, block) task: Σ e^{l−shift}·v over its terms there, their
+/// Σ e^{l−shift}, the shift (−∞: no term), and its record (first round only).
+struct Partial {
+    query: usize,
+    num: Vec<f32>,
+    den: f32,
+    shift: f32,
+    record: Option<RowRecord>,
+}
 
-/// The rows of query block `beta` of one head.
+/// The rows of query block `beta` of round `round` of one head: the round's block keys not in
+/// an earlier round's block of the query, and (first round) the block's draws.
+#[allow(clippy::too_many_arguments)]
 fn block_forward(
     h: &HeadInput<'_>,
-    plan: &Plan,
+    hp: &HeadPlan,
+    round: usize,
     lsh: Lsh,
     seed: u64,
     batch_offset: usize,
     beta: usize,
     record: bool,
-) -> Vec<RowOut> {
+) -> Vec<Partial> {
+    let plan = &hp.rounds[round];
     let (d, dv) = (h.d, h.dv);
-    let t0 = beta * lsh.block;
-    let t1 = ((beta + 1) * lsh.block).min(h.lq);
-    let queries = &plan.q_order[t0..t1];
-    let (lo, hi) = plan.key_range(beta);
+    let queries = plan.queries(beta);
+    let (lo, hi) = plan.ranges[beta];
     let keys = &plan.k_order[lo..hi];
     // Block logits: gathered queries × gathered keys, one GEMM.
     let (bq, bk) = (queries.len(), keys.len());
@@ -315,9 +483,16 @@ fn block_forward(
             h.scale,
         );
     }
-    // The block's shared draws: logits of every (query, draw) pair in one GEMM.
-    let stream = draw_stream(seed, batch_offset + h.batch, h.head, beta);
-    let draws = block_draws(plan, lsh, queries, h.causal, &stream);
+    // The block's shared draws (first round): logits of every (query, draw) pair in one GEMM.
+    let draws = if round == 0 {
+        let stream = draw_stream(seed, batch_offset + h.batch, h.head, beta);
+        block_draws(plan, lsh, queries, h.causal, &stream)
+    } else {
+        Draws {
+            keys: Vec::new(),
+            weight: 1.0,
+        }
+    };
     let ns = draws.keys.len();
     let mut sd = vec![0.0f32; bq * ns];
     let mut kd = Vec::with_capacity(ns * d);
@@ -346,17 +521,15 @@ fn block_forward(
     for (r, &i) in queries.iter().enumerate() {
         let i = i as usize;
         let row = &mut s[r * bk..(r + 1) * bk];
-        if h.causal {
-            for (c, &j) in keys.iter().enumerate() {
-                if j as usize > i {
-                    row[c] = f32::NEG_INFINITY;
-                }
+        for (c, &j) in keys.iter().enumerate() {
+            if (h.causal && j as usize > i) || (round > 0 && hp.seen_before(round, i, j)) {
+                row[c] = f32::NEG_INFINITY;
             }
         }
         let drow = &mut sd[r * ns..(r + 1) * ns];
         let mut used = 0u32;
         for (c, &j) in draws.keys.iter().enumerate() {
-            if counts(plan, h.causal, i, j, lo, hi) {
+            if counts(hp, h.causal, i, j) {
                 drow[c] += ln_w;
                 used += 1;
             } else {
@@ -365,14 +538,14 @@ fn block_forward(
         }
         let mx = math::max(row).max(math::max(drow));
         if mx == f32::NEG_INFINITY {
-            // No visible key: the row's output stays 0 and its log-normaliser −∞.
+            // No term here: the row contributes nothing.
             row.fill(0.0);
             drow.fill(0.0);
         } else {
             dens[r] = math::exp_shift_sum(row, mx) + math::exp_shift_sum(drow, mx);
             shifts[r] = mx;
         }
-        recs.push(record.then(|| {
+        recs.push((record && round == 0).then(|| {
             RowRecord {
                 diag: QueryDiagnostics {
                     shots: ns as u32,
@@ -383,7 +556,7 @@ fn block_forward(
                         .keys
                         .iter()
                         .copied()
-                        .filter(|&j| counts(plan, h.causal, i, j, lo, hi))
+                        .filter(|&j| counts(hp, h.causal, i, j))
                         .collect(),
                 },
                 ..Default::default()
@@ -418,17 +591,12 @@ fn block_forward(
         .iter()
         .zip(recs)
         .enumerate()
-        .map(|(r, (&i, rec))| {
-            let mut o = sums[r * dv..(r + 1) * dv].to_vec();
-            let l = if shifts[r] == f32::NEG_INFINITY {
-                o.fill(0.0);
-                f32::NEG_INFINITY
-            } else {
-                let inv = 1.0 / dens[r];
-                o.iter_mut().for_each(|x| *x *= inv);
-                shifts[r] + dens[r].ln()
-            };
-            (i as usize, o, l, rec)
+        .map(|(r, (&i, rec))| Partial {
+            query: i as usize,
+            num: sums[r * dv..(r + 1) * dv].to_vec(),
+            den: dens[r],
+            shift: shifts[r],
+            record: rec,
         })
         .collect()
 }
@@ -459,14 +627,12 @@ pub(crate) fn backward_sampled(
         .enumerate()
         .for_each(|(bh, ((dq_h, dk_h), dv_h))| {
             let h = p.head(bh);
-            let plan = Plan::new(&h, lsh, seed, batch_offset + h.batch);
+            let hp = HeadPlan::new(&h, lsh, seed, batch_offset + h.batch);
+            let plan = hp.first();
             for beta in 0..plan.blocks {
-                let t0 = beta * lsh.block;
-                let t1 = ((beta + 1) * lsh.block).min(lq);
-                let queries = &plan.q_order[t0..t1];
-                let (lo, hi) = plan.key_range(beta);
+                let queries = plan.queries(beta);
                 let stream = draw_stream(seed, batch_offset + h.batch, h.head, beta);
-                let draws = block_draws(&plan, lsh, queries, h.causal, &stream);
+                let draws = block_draws(plan, lsh, queries, h.causal, &stream);
                 for &i in queries {
                     let i = i as usize;
                     let row = bh * lq + i;
@@ -476,7 +642,7 @@ pub(crate) fn backward_sampled(
                     let qi = &h.q[i * d..(i + 1) * d];
                     let doi = &dout[row * dv..(row + 1) * dv];
                     let delta = math::dot(doi, &out[row * dv..(row + 1) * dv]);
-                    for (j, w) in terms(&plan, &draws, h.causal, i, lo, hi) {
+                    for (j, w) in terms(&hp, &draws, h.causal, i) {
                         let j = j as usize;
                         let kj = &h.k[j * d..(j + 1) * d];
                         let vj = &h.v[j * dv..(j + 1) * dv];
@@ -574,17 +740,15 @@ mod tests {
 
     /// The estimator's numerator and normaliser of one query, in f64, from its selection.
     fn estimated_parts(h: &HeadInput<'_>, lsh: Lsh, seed: u64, i: usize) -> (Vec<f64>, f64) {
-        let plan = Plan::new(h, lsh, seed, h.batch);
-        let t = plan.q_order.iter().position(|&x| x as usize == i).unwrap();
-        let beta = t / lsh.block;
-        let queries = &plan.q_order[beta * lsh.block..((beta + 1) * lsh.block).min(h.lq)];
-        let (lo, hi) = plan.key_range(beta);
+        let hp = HeadPlan::new(h, lsh, seed, h.batch);
+        let plan = hp.first();
+        let beta = plan.q_block[i] as usize;
         let stream = draw_stream(seed, h.batch, h.head, beta);
-        let draws = block_draws(&plan, lsh, queries, h.causal, &stream);
+        let draws = block_draws(plan, lsh, plan.queries(beta), h.causal, &stream);
         let (d, dv) = (h.d, h.dv);
         let mut num = vec![0.0f64; dv];
         let mut den = 0.0;
-        for (j, w) in terms(&plan, &draws, h.causal, i, lo, hi) {
+        for (j, w) in terms(&hp, &draws, h.causal, i) {
             let j = j as usize;
             let l: f64 = (0..d)
                 .map(|c| f64::from(h.q[i * d + c]) * f64::from(h.k[j * d + c]))
@@ -611,6 +775,7 @@ mod tests {
                 bits: 3,
                 block: 64,
                 samples: 5,
+                rounds: 1,
             };
             let f = forward(&c.problem(), lsh, 11, 0, true);
             let (o, l) = exact_out(&c);
@@ -635,7 +800,7 @@ mod tests {
     fn numerator_and_normaliser_are_unbiased() {
         // Many seeds: the mean of each estimate approaches the exact value within 5 standard
         // errors, for every query, with blocks much smaller than the sequence.
-        for (causal, masked) in [(false, false), (true, true)] {
+        for (causal, masked, rounds) in [(false, false, 1), (true, true, 1), (true, false, 2)] {
             let c = Case::new(1, 1, 24, 6, causal, masked);
             let p = c.problem();
             let h = p.head(0);
@@ -643,6 +808,7 @@ mod tests {
                 bits: 2,
                 block: 4,
                 samples: 3,
+                rounds,
             };
             let n = 4000;
             for i in [0usize, 5, 13, 23] {
@@ -678,6 +844,7 @@ mod tests {
                 bits: 3,
                 block: 16,
                 samples: s,
+                rounds: 1,
             };
             let mut total = 0.0;
             for seed in 0..8 {
@@ -717,6 +884,7 @@ mod tests {
             bits: 2,
             block: 8,
             samples: 16,
+            rounds: 1,
         };
         let f = forward(&c.problem(), lsh, 3, 0, true);
         assert!(f.out.iter().all(|x| x.is_finite()));
@@ -731,6 +899,70 @@ mod tests {
         }
     }
 
+    /// Clustered inputs (each query's mass on the keys of its cluster; clusters of unequal
+    /// sizes): the blocks follow the buckets, so the estimate is close to exact attention, and
+    /// a second hashing round does not make it worse. Rounds cover more keys exactly: with
+    /// blocks covering every key, any number of rounds is exact.
+    #[test]
+    fn clustered_inputs_are_close_and_rounds_unite_blocks() {
+        let (l, d, clusters) = (512usize, 16usize, 8usize);
+        let centres = vals(clusters * d, 21, 1.0);
+        let norm = |c: usize| -> f32 {
+            centres[c * d..(c + 1) * d]
+                .iter()
+                .map(|x| x * x)
+                .sum::<f32>()
+                .sqrt()
+        };
+        // Cluster of point t: uneven sizes from a deterministic hash.
+        let member = |t: usize, salt: u32| -> usize {
+            (philox4x32_10([t as u32, salt, 0, 0], [3, 4])[0] as usize) % clusters
+        };
+        let point = |t: usize, salt: u32, noise_seed: u32| -> Vec<f32> {
+            let c = member(t, salt);
+            let noise = vals(d, noise_seed.wrapping_add(t as u32 * 7919), 0.02);
+            (0..d)
+                .map(|x| centres[c * d + x] / norm(c) * 6.0 + noise[x])
+                .collect()
+        };
+        let mut case = Case::new(1, 1, l, d, false, false);
+        case.q = (0..l).flat_map(|t| point(t, 1, 100)).collect();
+        case.k = (0..l).flat_map(|t| point(t, 2, 200)).collect();
+        let (exact, _) = exact_out(&case);
+        let rel = |lsh: Lsh| -> f64 {
+            let f = forward(&case.problem(), lsh, 4, 0, false);
+            let num: f64 = f
+                .out
+                .iter()
+                .zip(&exact)
+                .map(|(a, b)| f64::from(a - b).powi(2))
+                .sum();
+            let den: f64 = exact.iter().map(|b| f64::from(*b).powi(2)).sum();
+            (num / den).sqrt()
+        };
+        let one = rel(Lsh {
+            bits: 6,
+            block: 64,
+            samples: 32,
+            rounds: 1,
+        });
+        let two = rel(Lsh {
+            bits: 6,
+            block: 64,
+            samples: 32,
+            rounds: 2,
+        });
+        assert!(one < 0.1, "one round: relative error {one}");
+        assert!(two <= one * 1.05 + 1e-6, "two rounds {two} vs one {one}");
+        let all = rel(Lsh {
+            bits: 6,
+            block: 1024,
+            samples: 8,
+            rounds: 3,
+        });
+        assert!(all < 1e-5, "blocks covering every key, three rounds: {all}");
+    }
+
     #[test]
     fn results_do_not_depend_on_the_thread_count() {
         let c = Case::new(2, 3, 50, 8, true, true);
@@ -738,6 +970,7 @@ mod tests {
             bits: 3,
             block: 7,
             samples: 9,
+            rounds: 2,
         };
         let run = |threads: usize| {
             rayon::ThreadPoolBuilder::new()
@@ -772,6 +1005,7 @@ mod tests {
             bits: 2,
             block: 4,
             samples: 6,
+            rounds: 1,
         };
         let seed = 9;
         let f = forward(&c.problem(), lsh, seed, 0, false);
