@@ -90,6 +90,10 @@ pub(crate) struct Args {
     /// Never download.
     #[arg(long)]
     offline: bool,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with candle's CUDA backend and a GPU;
+    /// otherwise the command refuses with the reason).
+    #[arg(long, default_value = "cpu", value_parser = crate::model::parse_device_arg)]
+    device: candle_core::Device,
 }
 
 /// The progress bar over all runs.
@@ -185,6 +189,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         set: a.set.clone(),
         output_dir: Some(a.output_dir.join("runs")),
         jobs: a.jobs,
+        device: a.device.clone(),
     };
     let task_names = opts.task_names()?;
     eprintln!(

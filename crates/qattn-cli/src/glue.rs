@@ -95,6 +95,10 @@ struct RunArgs {
     /// Never download.
     #[arg(long)]
     offline: bool,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with candle's CUDA backend and a GPU;
+    /// otherwise the command refuses with the reason).
+    #[arg(long, default_value = "cpu", value_parser = crate::model::parse_device_arg)]
+    device: candle_core::Device,
 }
 
 #[derive(clap::Args)]
@@ -134,6 +138,10 @@ struct PredictArgs {
     /// Never download.
     #[arg(long)]
     offline: bool,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with candle's CUDA backend and a GPU;
+    /// otherwise the command refuses with the reason).
+    #[arg(long, default_value = "cpu", value_parser = crate::model::parse_device_arg)]
+    device: candle_core::Device,
 }
 
 #[derive(clap::Args)]
@@ -259,6 +267,7 @@ fn run_task(a: RunArgs) -> Result<()> {
         hub: hub(&a.cache_dir, a.offline),
         train_limit: a.train_limit.or(recipe.train_limit),
         eval_limit: a.eval_limit.or(recipe.eval_limit),
+        device: a.device.clone(),
     };
     // A non-empty seed directory without --resume / --overwrite is a usage error (exit 2),
     // found before any run starts.
@@ -321,6 +330,7 @@ fn predict(a: PredictArgs) -> Result<()> {
         &LoadOptions {
             hub,
             precision: a.precision,
+            device: a.device.clone(),
             ..Default::default()
         },
     )

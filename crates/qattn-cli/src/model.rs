@@ -47,6 +47,15 @@ pub(crate) struct ModelArgs {
     /// docs/precision.md.
     #[arg(long, default_value = "f32", value_parser = parse_precision)]
     precision: Precision,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with candle's CUDA backend and a GPU;
+    /// otherwise the command refuses with the reason).
+    #[arg(long, default_value = "cpu", value_parser = crate::model::parse_device_arg)]
+    device: candle_core::Device,
+}
+
+/// clap value parser of `--device` (see [`qattn_model::parse_device`]).
+pub(crate) fn parse_device_arg(s: &str) -> std::result::Result<candle_core::Device, String> {
+    qattn_model::parse_device(s).map_err(|e| e.to_string())
 }
 
 /// clap value parser of `--precision`.
@@ -63,6 +72,7 @@ impl ModelArgs {
             hub,
             tokenizer,
             precision: self.precision,
+            device: self.device.clone(),
             ..Default::default()
         };
         let mut model = Model::load(&self.model, &opts)

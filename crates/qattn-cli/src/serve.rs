@@ -48,6 +48,9 @@ pub(crate) struct Args {
     /// Weight precision for the --model models: f32, f16 or int8.
     #[arg(long)]
     precision: Option<String>,
+    /// Device for the --model models: cpu, cuda or cuda:N (checked at start-up).
+    #[arg(long)]
+    device: Option<String>,
     /// Task head for the --model models: classification:N, regression or none.
     #[arg(long)]
     head: Option<String>,
@@ -119,6 +122,7 @@ fn build_config(a: &Args) -> Result<ServeConfig> {
         let mut m = ModelConfig::from_arg(spec)?;
         m.attention = a.attention.clone();
         m.precision = a.precision.clone();
+        m.device = a.device.clone();
         m.head = a.head.clone();
         m.fail_mc = fail;
         cfg.models.push(m);

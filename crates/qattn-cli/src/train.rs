@@ -107,6 +107,10 @@ pub(crate) struct Args {
     /// Print the summary as JSON.
     #[arg(long)]
     json: bool,
+    /// Device: cpu, cuda or cuda:N (CUDA needs a build with candle's CUDA backend and a GPU;
+    /// otherwise the command refuses with the reason).
+    #[arg(long, default_value = "cpu", value_parser = crate::model::parse_device_arg)]
+    device: candle_core::Device,
 }
 
 fn training_args(a: &Args) -> Result<TrainingArgs> {
@@ -234,6 +238,7 @@ fn train(a: Args, launch: &Launch, group: Arc<dyn Collective>) -> Result<()> {
         labels,
         trainable: true,
         init_seed: args.seed,
+        device: a.device.clone(),
         ..Default::default()
     };
     let mut model =

@@ -191,3 +191,44 @@ fn missing_files_and_bad_specs_fail_clearly() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no/such/dir"));
 }
+
+/// `--device cpu` is the default path; a malformed device and (in a build without candle's
+/// CUDA backend) a CUDA device are refused before anything loads, with the reason and a usage
+/// exit code, never a panic. The same flag on `train` is checked the same way.
+#[test]
+fn device_flag_selects_cpu_and_refuses_what_is_not_there() {
+    let out = model_cmd(&["info", "--model", MINILM, "--device", "cpu"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let bad = model_cmd(&["info", "--model", MINILM, "--device", "gpu:0"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("expected cpu, cuda or cuda:N"), "{err}");
+    let cuda = model_cmd(&[
+        "encode", "--model", MINILM, "--text", "hi", "--device", "cuda:0",
+    ]);
+    let err = String::from_utf8_lossy(&cuda.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+    if cfg!(not(feature = "cuda")) {
+        assert_eq!(cuda.status.code(), Some(2), "{err}");
+        assert!(err.contains("no CUDA backend"), "{err}");
+    }
+    for cmd in [
+        &["train"][..],
+        &["glue", "run"],
+        &["glue", "predict"],
+        &["compare"],
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_qattn"))
+            .args(cmd)
+            .args(["--device", "cuda:x"])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{cmd:?}: {err}");
+        assert!(err.contains("whole number"), "{cmd:?}: {err}");
+    }
+}

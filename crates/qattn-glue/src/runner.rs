@@ -234,6 +234,8 @@ pub struct RunOptions {
     pub train_limit: Option<usize>,
     /// Evaluate on the first N dev examples.
     pub eval_limit: Option<usize>,
+    /// Device of the model and batches.
+    pub device: qattn_model::Device,
 }
 
 /// Everything about one fine-tuning run, for statistics later.
@@ -372,6 +374,7 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
             },
             trainable: true,
             init_seed: seed,
+            device: opts.device.clone(),
             ..Default::default()
         };
         let mut model =

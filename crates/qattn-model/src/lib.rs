@@ -40,6 +40,7 @@
 pub mod attention;
 pub mod bert;
 pub mod config;
+pub mod device;
 pub mod error;
 pub mod heads;
 pub mod hub;
@@ -51,7 +52,9 @@ pub mod tokenizer;
 
 pub use attention::{AttentionConfig, HeadOverride};
 pub use bert::{Bert, EncoderOutput, Inputs, Mode, mean_pool_normalize};
+pub use candle_core::Device;
 pub use config::{Activation, Config, ProblemType};
+pub use device::{device_spec, parse_device};
 pub use error::{Error, MissingFiles, Result};
 pub use heads::HeadKind;
 pub use hub::HubOptions;

@@ -68,6 +68,7 @@ impl pb::admin_server::Admin for AdminService {
             source: r.source,
             attention: opt(r.attention),
             precision: opt(r.precision),
+            device: None,
             head: opt(r.head),
             seed: None,
             default: r.make_default,

@@ -292,6 +292,9 @@ pub struct ModelConfig {
     /// Weight precision `f32` | `f16` | `int8` (absent: f32).
     #[serde(default)]
     pub precision: Option<String>,
+    /// Device `cpu` | `cuda` | `cuda:N` (absent: cpu); batches of this model run there.
+    #[serde(default)]
+    pub device: Option<String>,
     /// Task head `classification:N` | `regression` | `none`; absent: the checkpoint's.
     #[serde(default)]
     pub head: Option<String>,
@@ -335,6 +338,7 @@ impl ModelConfig {
             source,
             attention: None,
             precision: None,
+            device: None,
             head: None,
             seed: None,
             default: false,

@@ -331,6 +331,8 @@ impl Engine {
         opts.precision = Precision::parse(&precision)
             .map_err(|e| Error::Config(format!("{where_}: precision: {e}")))?;
         let precision = opts.precision.to_string();
+        opts.device = qattn_model::parse_device(mc.device.as_deref().unwrap_or("cpu"))
+            .map_err(|e| Error::Config(format!("{where_}: {e}")))?;
         let mut model =
             Model::load(&mc.source, &opts).map_err(|e| Error::Config(format!("{where_}: {e}")))?;
         if let Some(seed) = mc.seed {

@@ -338,6 +338,8 @@ pub struct CompareOptions {
     /// always go one at a time (a pretrained model per run would multiply the memory).
     /// Results do not depend on it.
     pub jobs: usize,
+    /// Device of the models and batches (default the CPU).
+    pub device: Device,
 }
 
 impl Default for CompareOptions {
@@ -354,6 +356,7 @@ impl Default for CompareOptions {
             set: Vec::new(),
             output_dir: None,
             jobs: 0,
+            device: Device::Cpu,
         }
     }
 }
@@ -649,7 +652,7 @@ fn run_synthetic(
         let mut a = args.clone();
         a.max_length = d.task.encoded_len();
         let dir = run_dir(root, &d.task.name(), system, seed);
-        let rec = synthetic_run(d, &a, system, seed, &dir, keep)?;
+        let rec = synthetic_run(d, &a, system, seed, &dir, keep, &opts.device)?;
         if keep {
             write_record(&rec, &dir)?;
         }
@@ -726,6 +729,7 @@ fn synthetic_run(
     seed: u64,
     dir: &Path,
     save_model: bool,
+    device: &Device,
 ) -> Result<RunRecord> {
     let t0 = Instant::now();
     // A rerun replaces the earlier run of the same system and seed (never appends to its log).
@@ -740,7 +744,7 @@ fn synthetic_run(
         .with_grad_mode(args.grad_mode);
     let config = data.model.config(&data.task)?;
     let head = Some(data.train.labels.head());
-    let random = Model::random(config.clone(), attention.clone(), head, seed, &Device::Cpu)?;
+    let random = Model::random(config.clone(), attention.clone(), head, seed, device)?;
     let mut params = random.params().clone();
     params.make_trainable()?;
     let model = Model::from_params(
@@ -888,6 +892,7 @@ fn run_glue(
                 hub: hub.clone(),
                 train_limit,
                 eval_limit,
+                device: opts.device.clone(),
             };
             let mut got = runner::run(&run, |m| progress.message(m))?;
             let rec = got.pop().ok_or_else(|| {
