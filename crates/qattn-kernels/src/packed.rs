@@ -424,6 +424,17 @@ fn micro_dispatch<const R: usize>(x: &[f32], k: usize, panel: &[f32], acc: &mut 
 mod tests {
     use super::*;
 
+    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+        (a - b)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .max_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+    }
+
     fn lcg(seed: u64, len: usize) -> Vec<f32> {
         let mut s = seed;
         (0..len)
@@ -497,14 +508,7 @@ mod tests {
             .unwrap()
             .broadcast_add(&bias_t)
             .unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&got, &want);
         assert!(diff < 1e-5, "max difference {diff}");
         let e = both
             .matmul_bias_t(&x, Some(&bias[..5]))
@@ -565,14 +569,7 @@ mod tests {
         let p = PackedWeight::from_tensor(&w).unwrap();
         let got = p.matmul_t(&x).unwrap();
         let want = x.matmul(&w.t().unwrap()).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&got, &want);
         assert!(diff < 1e-4, "max |packed − candle| = {diff}");
         // A transposed (non-contiguous) input is made contiguous first.
         let xt = Tensor::randn(0f32, 1.0, (48, 3), &dev)
@@ -581,14 +578,7 @@ mod tests {
             .unwrap();
         let got = p.matmul_t(&xt).unwrap();
         let want = xt.matmul(&w.t().unwrap()).unwrap();
-        let diff = (got - want)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .max_all()
-            .unwrap()
-            .to_scalar::<f32>()
-            .unwrap();
+        let diff = max_diff(&got, &want);
         assert!(diff < 1e-4, "transposed input: {diff}");
     }
 }

@@ -921,16 +921,7 @@ mod tests {
             let out = bert
                 .after_attention(layer, i, &full.hidden_states[i], &ctx, Mode::EVAL)
                 .unwrap();
-            let diff = (out - &full.hidden_states[i + 1])
-                .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar::<f32>()
-                .unwrap();
+            let diff = max_abs_diff(&out, &full.hidden_states[i + 1]);
             assert!(diff < 1e-5, "layer {i}: max |difference| {diff}");
             // The inputs of the next layer are not this layer's.
             if i + 1 < cfg.num_hidden_layers {
