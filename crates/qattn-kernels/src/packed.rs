@@ -8,8 +8,8 @@
 //! in the layout the micro-kernel reads (panels of [`NR`] output columns, the reduction
 //! dimension contiguous inside a panel), so a small-`M` matmul reads each weight element
 //! exactly once from memory and does no packing at all. For many rows the same kernel walks
-//! blocks of [`MC`] rows that stay in cache, and it is level with or ahead of gemm there too
-//! (the `packed_matmul` example: 1.0–1.3× at 1024–4096 rows, 1.3–2.6× at 8–64 rows on a
+//! blocks of [`MC`] rows that stay in cache, and it is close to gemm there too
+//! (the `packed_matmul` example: 0.9–1.3× at 1024–4096 rows, 1.1–3.1× at 8–64 rows on a
 //! 2-core AVX2 machine; the MiniLM forward at batch 32 × 128 1.03–1.16× in four alternating
 //! pairs). The cost is memory: the packed copy is as large as the weight (MiniLM-L6: +42 MB).
 //!
