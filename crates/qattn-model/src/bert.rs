@@ -132,35 +132,39 @@ impl Linear {
         let x2 = x.reshape((rows, *last))?;
         let y = match &self.reduced {
             Some(r) => r.matmul_t(&x2)?,
-            None if self.takes_packed(&x2) => {
-                let packed = match self.packed.get() {
-                    Some(p) => p,
-                    None => {
-                        let p = PackedWeight::from_tensor(&self.weight)?;
-                        self.packed.get_or_init(|| p)
-                    }
-                };
-                packed.matmul_t(&x2)?
-            }
+            None if self.takes_packed(&x2) => once(&self.packed, || {
+                Ok(PackedWeight::from_tensor(&self.weight)?)
+            })?
+            .matmul_t(&x2)?,
             None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out = lead.to_vec();
         out.push(self.weight.dim(0)?);
         Ok(y.reshape(out)?)
     }
+
+    /// Whether `x Wᵀ` takes the packed-weight kernel: an f32 weight (no reduced precision) at
+    /// inference (neither the input nor the weight tracks gradients — a trainable weight
+    /// changes between steps, and a packed copy would go stale), both on the CPU, a CPU with
+    /// FMA.
+    fn takes_packed(&self, x: &Tensor) -> bool {
+        self.reduced.is_none()
+            && !x.track_op()
+            && !self.weight.track_op()
+            && qattn_kernels::fused::supported(x)
+            && qattn_kernels::fused::supported(&self.weight)
+            && qattn_kernels::packed::available()
+    }
 }
 
-impl Linear {
-    /// Whether `x Wᵀ` takes the packed-weight kernel: inference (neither the input nor the
-    /// weight tracks gradients — a trainable weight changes between steps, and a packed copy
-    /// would go stale), f32 on the CPU, a CPU with FMA.
-    fn takes_packed(&self, x: &Tensor) -> bool {
-        !x.track_op()
-            && !self.weight.track_op()
-            && self.weight.dtype() == DType::F32
-            && qattn_kernels::fused::supported(x)
-            && matches!(self.weight.device(), Device::Cpu)
-            && qattn_kernels::packed::available()
+/// The value of `cell`, built by `init` on first use (a failed build leaves it empty).
+fn once<T>(cell: &OnceLock<T>, init: impl FnOnce() -> Result<T>) -> Result<&T> {
+    match cell.get() {
+        Some(v) => Ok(v),
+        None => {
+            let v = init()?;
+            Ok(cell.get_or_init(|| v))
+        }
     }
 }
 
@@ -624,23 +628,20 @@ impl Bert {
         let x2 = x.reshape((b * l, ()))?;
         if [&layer.query, &layer.key, &layer.value]
             .iter()
-            .all(|d| d.reduced.is_none() && d.takes_packed(&x2))
+            .all(|d| d.takes_packed(&x2))
         {
-            let (w, bias) = match layer.qkv.get() {
-                Some(p) => p,
-                None => {
-                    let w = PackedWeight::stacked(&[
-                        &layer.query.weight,
-                        &layer.key.weight,
-                        &layer.value.weight,
-                    ])?;
-                    let bias =
-                        Tensor::cat(&[&layer.query.bias, &layer.key.bias, &layer.value.bias], 0)?
-                            .to_dtype(DType::F32)?
-                            .to_vec1::<f32>()?;
-                    layer.qkv.get_or_init(|| (w, bias))
-                }
-            };
+            let (w, bias) = once(&layer.qkv, || {
+                let w = PackedWeight::stacked(&[
+                    &layer.query.weight,
+                    &layer.key.weight,
+                    &layer.value.weight,
+                ])?;
+                let bias =
+                    Tensor::cat(&[&layer.query.bias, &layer.key.bias, &layer.value.bias], 0)?
+                        .to_dtype(DType::F32)?
+                        .to_vec1::<f32>()?;
+                Ok((w, bias))
+            })?;
             // [B·L, 3H] → [B, L, 3, nh, dh]; each of q, k, v → [B, nh, L, dh].
             let y = w
                 .matmul_bias_t(&x2, Some(bias))?
