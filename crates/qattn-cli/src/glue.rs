@@ -34,7 +34,7 @@ enum Command {
 #[derive(clap::Args)]
 struct RunArgs {
     /// A recipe (TOML: task, model, attention, seeds, epochs, max_steps, lr, batch_size,
-    /// max_len, train_limit, eval_limit and a [training] table of TrainingArgs fields; see
+    /// max_len, pooling, train_limit, eval_limit and a [training] table of TrainingArgs fields; see
     /// benchmarks/recipes/). Flags given on the command line win over it.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -66,6 +66,10 @@ struct RunArgs {
     /// Truncate inputs to this many tokens [default: 128].
     #[arg(long)]
     max_len: Option<usize>,
+    /// What the task head reads: cls (the [CLS] pooler) or mean (masked mean of the last
+    /// hidden states) [default: cls]; may come from --config.
+    #[arg(long, value_parser = crate::train::parse_pooling)]
+    pooling: Option<qattn_model::Pooling>,
     /// Train on a seeded subset of this many examples (state it when reporting).
     #[arg(long)]
     train_limit: Option<usize>,
@@ -268,6 +272,7 @@ fn run_task(a: RunArgs) -> Result<()> {
         train_limit: a.train_limit.or(recipe.train_limit),
         eval_limit: a.eval_limit.or(recipe.eval_limit),
         device: a.device.clone(),
+        pooling: a.pooling.or(recipe.pooling).unwrap_or_default(),
     };
     // A non-empty seed directory without --resume / --overwrite is a usage error (exit 2),
     // found before any run starts.

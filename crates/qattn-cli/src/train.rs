@@ -82,6 +82,11 @@ pub(crate) struct Args {
     /// Gradient of sampling estimators: exact (straight-through) or sampled.
     #[arg(long)]
     grad_mode: Option<String>,
+    /// What the task head reads: cls (the [CLS] pooler, as transformers) or mean (masked mean
+    /// of the last hidden states, what sentence-embedding checkpoints were trained for)
+    /// [default: the saved model's, else cls].
+    #[arg(long, value_parser = parse_pooling)]
+    pooling: Option<qattn_model::Pooling>,
     /// TOML (or .json) file of TrainingArgs fields.
     #[arg(long)]
     config: Option<PathBuf>,
@@ -236,6 +241,7 @@ fn train(a: Args, launch: &Launch, group: Arc<dyn Collective>) -> Result<()> {
         attention: Some(attention),
         head: Some(train.labels.head()),
         labels,
+        pooling: a.pooling,
         trainable: true,
         init_seed: args.seed,
         device: a.device.clone(),
@@ -344,4 +350,9 @@ fn run_name(args: &TrainingArgs) -> String {
         args.attention.as_deref().unwrap_or("exact"),
         args.seed
     )
+}
+
+/// clap parser of `--pooling`.
+pub(crate) fn parse_pooling(s: &str) -> std::result::Result<qattn_model::Pooling, String> {
+    qattn_model::Pooling::parse(s).map_err(|e| e.to_string())
 }

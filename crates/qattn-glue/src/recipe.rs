@@ -12,6 +12,7 @@
 //! lr = 3e-5
 //! batch_size = 32
 //! max_len = 128
+//! pooling = "mean"                      # what the head reads: cls (the pooler) or mean
 //! train_limit = 1000                    # a seeded subset (state it when reporting)
 //! eval_limit = 500
 //!
@@ -53,6 +54,9 @@ pub struct Recipe {
     pub batch_size: Option<usize>,
     /// Truncate inputs to this many tokens.
     pub max_len: Option<usize>,
+    /// What the task head reads: `cls` (the pooler) or `mean` (masked mean of the last
+    /// hidden states); see [`qattn_model::Pooling`].
+    pub pooling: Option<qattn_model::Pooling>,
     /// Train on a seeded subset of this many examples.
     pub train_limit: Option<usize>,
     /// Score only the first N dev examples.
@@ -162,6 +166,7 @@ epochs = 4
 lr = 3e-5
 batch_size = 16
 max_len = 96
+pooling = "mean"
 [training]
 warmup_ratio = 0.06
 weight_decay = 0.0
@@ -173,6 +178,7 @@ lr_scheduler_type = "linear"
         assert_eq!(r.task.as_deref(), Some("rte"));
         assert_eq!(r.seeds, Some(vec![1, 2]));
         assert_eq!(r.lr, Some(3e-5));
+        assert_eq!(r.pooling, Some(qattn_model::Pooling::Mean));
         let mut args = TrainingArgs::default();
         r.apply_training(&mut args).unwrap();
         assert_eq!(args.warmup_ratio, 0.06);
@@ -195,6 +201,7 @@ lr_scheduler_type = "linear"
         let cases = [
             ("lrr = 1e-5", "lrr"),
             ("lr = -1.0", "lr"),
+            ("pooling = \"max\"", "pooling"),
             ("batch_size = 0", "batch_size"),
             ("seeds = []", "seeds"),
             ("epochs = 0", "epochs"),

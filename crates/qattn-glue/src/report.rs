@@ -268,6 +268,16 @@ pub fn aggregate(records: &[RunRecord]) -> Report {
                     models.join(", ")
                 ));
             }
+            let mut poolings: Vec<String> = runs.iter().map(|r| r.pooling.to_string()).collect();
+            poolings.sort();
+            poolings.dedup();
+            if poolings.len() > 1 {
+                warnings.push(format!(
+                    "{task} / {attention}: runs whose heads read different representations are \
+                     pooled (pooling {})",
+                    poolings.join(", ")
+                ));
+            }
             let mut seeds: Vec<u64> = runs.iter().map(|r| r.seed).collect();
             seeds.sort_unstable();
             for w in seeds.windows(2) {
@@ -975,6 +985,25 @@ mod tests {
         assert_eq!(m16.train_seconds_mean, Some(40.0));
         assert_eq!(r.groups[2].metric("accuracy").unwrap().sd, None);
         assert!(r.warnings.is_empty(), "{:?}", r.warnings);
+    }
+
+    #[test]
+    fn runs_with_different_head_poolings_are_warned_when_pooled() {
+        let mut mean = rec("rte", "exact", 2, &[("accuracy", 0.6)], 1.0);
+        mean.pooling = qattn_model::Pooling::Mean;
+        let r = aggregate(&[
+            rec("rte", "exact", 1, &[("accuracy", 0.5)], 1.0),
+            mean.clone(),
+        ]);
+        assert_eq!(r.warnings.len(), 1, "{:?}", r.warnings);
+        assert!(
+            r.warnings[0].contains("rte / exact") && r.warnings[0].contains("pooling cls, mean"),
+            "{:?}",
+            r.warnings
+        );
+        let mut mean3 = mean.clone();
+        mean3.seed = 3;
+        assert!(aggregate(&[mean, mean3]).warnings.is_empty());
     }
 
     #[test]

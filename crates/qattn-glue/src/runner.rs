@@ -236,6 +236,8 @@ pub struct RunOptions {
     pub eval_limit: Option<usize>,
     /// Device of the model and batches.
     pub device: qattn_model::Device,
+    /// What the task head reads (the pooler, or the mean of the last hidden states).
+    pub pooling: qattn_model::Pooling,
 }
 
 /// Everything about one fine-tuning run, for statistics later.
@@ -372,6 +374,7 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
                 Labels::Classes { names } if task != Task::Record => Some(names.clone()),
                 _ => None,
             },
+            pooling: Some(opts.pooling),
             trainable: true,
             init_seed: seed,
             device: opts.device.clone(),
@@ -421,6 +424,7 @@ pub fn run(opts: &RunOptions, mut on_progress: impl FnMut(&str)) -> Result<Vec<R
             model: opts.model.clone(),
             attention: opts.attention.clone(),
             seed,
+            pooling: opts.pooling,
             training_args: args.clone(),
             git_sha: qattn_train::provenance::BUILD.commit_string(),
             git_dirty: qattn_train::provenance::BUILD.dirty_flag(),

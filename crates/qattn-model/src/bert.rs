@@ -794,6 +794,18 @@ fn check_range(t: &Tensor, limit: usize, name: &str, field: &str) -> Result<()> 
 /// Mean of the hidden states over real (mask = 1) tokens, then L2-normalised: the
 /// sentence-transformers embedding. `hidden` [B, L, H], `mask` [B, L] → [B, H].
 pub fn mean_pool_normalize(hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
+    let mean = mean_pool(hidden, mask)?;
+    let norm = mean
+        .sqr()?
+        .sum_keepdim(1)?
+        .sqrt()?
+        .clamp(1e-12, f64::INFINITY)?;
+    Ok(mean.broadcast_div(&norm)?)
+}
+
+/// The mean of `hidden` [B, L, H] over the positions where `mask` [B, L] is 1 (all positions
+/// without a mask): [B, H]. A row whose mask is all zero gives zeros rather than NaN.
+pub fn mean_pool(hidden: &Tensor, mask: Option<&Tensor>) -> Result<Tensor> {
     let (b, l, _) = hidden.dims3()?;
     let mask = match mask {
         Some(m) => m.to_dtype(hidden.dtype())?,
@@ -801,13 +813,7 @@ pub fn mean_pool_normalize(hidden: &Tensor, mask: Option<&Tensor>) -> Result<Ten
     };
     let summed = hidden.broadcast_mul(&mask.unsqueeze(2)?)?.sum(1)?;
     let count = mask.sum_keepdim(1)?.clamp(1e-9, f64::INFINITY)?;
-    let mean = summed.broadcast_div(&count)?;
-    let norm = mean
-        .sqr()?
-        .sum_keepdim(1)?
-        .sqrt()?
-        .clamp(1e-12, f64::INFINITY)?;
-    Ok(mean.broadcast_div(&norm)?)
+    Ok(summed.broadcast_div(&count)?)
 }
 
 #[cfg(test)]

@@ -1,4 +1,11 @@
-//! Task heads on top of the pooled \[CLS\] representation, with transformers' tensor names.
+//! Task heads on top of a pooled sequence representation, with transformers' tensor names.
+//!
+//! The representation is chosen by [`Pooling`]: the pooler's tanh(W·h_\[CLS\] + b) (BERT's and
+//! transformers' choice, the default), or the mask-weighted mean of the last hidden states —
+//! the representation sentence-embedding checkpoints such as all-MiniLM-L6-v2 were trained to
+//! produce, whose `[CLS]` pooler never was. The choice is saved in `qattn.json`; transformers
+//! reads the same tensors but always pools with `[CLS]`, so a mean-pooled head is only
+//! interpreted correctly by qattn.
 //!
 //! | head | transformers class | `classifier` shape | output |
 //! |---|---|---|---|
@@ -92,6 +99,53 @@ impl std::fmt::Display for HeadKind {
     }
 }
 
+/// Which sequence representation a task head reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Pooling {
+    /// The pooler's tanh(W·h_\[CLS\] + b), as `BertForSequenceClassification` does.
+    #[default]
+    Cls,
+    /// The mean of the last hidden states over the attention mask (padding excluded), not
+    /// normalised. The pooler's weights are kept (and saved) but not used.
+    Mean,
+}
+
+impl Pooling {
+    /// Parses `cls` or `mean`.
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "cls" => Ok(Pooling::Cls),
+            "mean" => Ok(Pooling::Mean),
+            _ => Err(Error::Config(format!(
+                "pooling {s:?}: expected cls (the [CLS] pooler) or mean (masked mean of the \
+                 last hidden states)"
+            ))),
+        }
+    }
+
+    /// Whether this is the default ([`Pooling::Cls`]); for `skip_serializing_if`.
+    pub fn is_cls(&self) -> bool {
+        *self == Pooling::Cls
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Pooling::Cls => "cls",
+            Pooling::Mean => "mean",
+        })
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Pooling::parse(s)
+    }
+}
+
 /// Softmax cross-entropy of `logits` [B, N] against class ids `labels` \[B\] (mean over B).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     let labels = labels.to_dtype(DType::U32)?;
@@ -177,6 +231,23 @@ mod tests {
             "regression:2",
         ] {
             assert!(HeadKind::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pooling_strings_round_trip_and_default_to_cls() {
+        for s in ["cls", "mean"] {
+            assert_eq!(Pooling::parse(s).unwrap().to_string(), s);
+            let json = serde_json::to_string(&Pooling::parse(s).unwrap()).unwrap();
+            assert_eq!(json, format!("\"{s}\""));
+        }
+        assert_eq!(Pooling::default(), Pooling::Cls);
+        for bad in ["CLS", "max", ""] {
+            let e = Pooling::parse(bad).unwrap_err().to_string();
+            assert!(
+                e.contains("expected cls") && e.contains(&format!("{bad:?}")),
+                "{e}"
+            );
         }
     }
 

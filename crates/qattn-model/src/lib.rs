@@ -51,12 +51,12 @@ pub mod precision;
 pub mod tokenizer;
 
 pub use attention::{AttentionConfig, HeadOverride};
-pub use bert::{Bert, EncoderOutput, Inputs, Mode, mean_pool_normalize};
+pub use bert::{Bert, EncoderOutput, Inputs, Mode, mean_pool, mean_pool_normalize};
 pub use candle_core::Device;
 pub use config::{Activation, Config, ProblemType};
 pub use device::{device_spec, parse_device};
 pub use error::{Error, MissingFiles, Result};
-pub use heads::HeadKind;
+pub use heads::{HeadKind, Pooling};
 pub use hub::HubOptions;
 pub use model::{LoadOptions, LoadReport, Model, QattnMeta};
 pub use params::Params;

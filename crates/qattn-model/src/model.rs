@@ -2,10 +2,12 @@
 //! configuration — with loading from the Hub or a directory and `save_pretrained`.
 
 use crate::attention::AttentionConfig;
-use crate::bert::{Bert, EncoderOutput, Inputs, Linear, Mode, dropout, mean_pool_normalize};
+use crate::bert::{
+    Bert, EncoderOutput, Inputs, Linear, Mode, dropout, mean_pool, mean_pool_normalize,
+};
 use crate::config::{Config, ProblemType};
 use crate::error::{Error, Result};
-use crate::heads::HeadKind;
+use crate::heads::{HeadKind, Pooling};
 use crate::hub::{self, HubOptions, ModelFiles, WeightsFile};
 use crate::io::write_atomic;
 use crate::params::Params;
@@ -26,6 +28,9 @@ pub struct QattnMeta {
     /// The task head, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head: Option<HeadKind>,
+    /// The representation the task head reads (absent = `cls`, the pooler).
+    #[serde(default, skip_serializing_if = "Pooling::is_cls")]
+    pub pooling: Pooling,
     /// Label names in id order (classification).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub labels: Option<Vec<String>>,
@@ -45,6 +50,8 @@ pub struct LoadOptions {
     pub head: Option<HeadKind>,
     /// Label names for a classification head (sets `id2label`).
     pub labels: Option<Vec<String>>,
+    /// What the task head reads; `None` = the saved `qattn.json`'s, else [`Pooling::Cls`].
+    pub pooling: Option<Pooling>,
     /// Load the tokenizer (`tokenizer.json` becomes a required file).
     pub tokenizer: bool,
     /// Make the parameters trainable candle `Var`s.
@@ -65,6 +72,7 @@ impl Default for LoadOptions {
             attention: None,
             head: None,
             labels: None,
+            pooling: None,
             tokenizer: true,
             trainable: false,
             init_seed: 0,
@@ -92,6 +100,7 @@ pub struct Model {
     config: Config,
     bert: Bert,
     head: Option<(HeadKind, Linear)>,
+    pooling: Pooling,
     params: Params,
     tokenizer: Option<Tokenizer>,
     report: LoadReport,
@@ -254,6 +263,10 @@ impl Model {
             .labels
             .clone()
             .or_else(|| meta.as_ref().and_then(|m| m.labels.clone()));
+        let pooling = opts
+            .pooling
+            .or_else(|| meta.as_ref().map(|m| m.pooling))
+            .unwrap_or_default();
         if let Some(labels) = &labels {
             config.set_labels(labels);
         }
@@ -329,6 +342,7 @@ impl Model {
         };
         let mut model = Model::from_params(config, attention, head, params, tokenizer)?;
         model.set_precision(opts.precision)?;
+        model.pooling = pooling;
         model.report = report;
         model.files = Some(files);
         Ok(model)
@@ -375,6 +389,7 @@ impl Model {
             config,
             bert,
             head,
+            pooling: Pooling::Cls,
             params,
             tokenizer,
             report: LoadReport::default(),
@@ -441,6 +456,17 @@ impl Model {
         self.head.as_ref().map(|(k, _)| *k)
     }
 
+    /// The representation the task head reads.
+    pub fn pooling(&self) -> Pooling {
+        self.pooling
+    }
+
+    /// Sets the representation the task head reads (saved in `qattn.json`). Changing it on a
+    /// trained head changes what the head's weights mean: set it before fine-tuning.
+    pub fn set_pooling(&mut self, pooling: Pooling) {
+        self.pooling = pooling;
+    }
+
     /// The tokenizer, when one was loaded.
     pub fn tokenizer(&self) -> Option<&Tokenizer> {
         self.tokenizer.as_ref()
@@ -489,16 +515,20 @@ impl Model {
 
     /// The head's output for every sequence: logits [B, N] (classification), scores \[B\]
     /// (regression, multiple choice, candidates). Multiple-choice callers reshape the scores of
-    /// B·C sequences to [B, C] (see [`Model::choice_logits`]).
+    /// B·C sequences to [B, C] (see [`Model::choice_logits`]). The head reads the representation
+    /// [`Model::pooling`] names.
     pub fn logits(&self, inputs: &Inputs, mode: Mode) -> Result<Tensor> {
         let (kind, lin) = self
             .head
             .as_ref()
             .ok_or_else(|| Error::Config("the model has no task head".into()))?;
         let out = self.forward(inputs, mode)?;
-        let pooled = out
-            .pooler_output
-            .ok_or_else(|| Error::Config("a task head needs the pooler".into()))?;
+        let pooled = match self.pooling {
+            Pooling::Cls => out
+                .pooler_output
+                .ok_or_else(|| Error::Config("a task head needs the pooler".into()))?,
+            Pooling::Mean => mean_pool(&out.last_hidden_state, inputs.attention_mask.as_ref())?,
+        };
         let pooled = if mode.train {
             dropout(
                 &pooled,
@@ -557,6 +587,7 @@ impl Model {
             format_version: 1,
             attention: self.attention().clone(),
             head: self.head(),
+            pooling: self.pooling,
             labels: self.config.labels(),
             qattn_version: env!("CARGO_PKG_VERSION").to_string(),
         }

@@ -71,6 +71,10 @@ pub struct RunRecord {
     pub attention: String,
     /// Seed.
     pub seed: u64,
+    /// What the task head read (absent in records of `cls` runs and in records written
+    /// before the field existed).
+    #[serde(default, skip_serializing_if = "qattn_model::Pooling::is_cls")]
+    pub pooling: qattn_model::Pooling,
     /// Training arguments.
     pub training_args: TrainingArgs,
     /// Git commit the qattn binary was built from, when known (see

@@ -156,6 +156,7 @@ fn record(attention: &str, seed: u64, predictions: Vec<PredictionRecord>) -> Run
         model: "simulated".into(),
         attention: attention.into(),
         seed,
+        pooling: Default::default(),
         training_args: Default::default(),
         git_sha: None,
         git_dirty: None,

@@ -795,6 +795,7 @@ fn synthetic_run(
         model: data.model.name(),
         attention: system.to_string(),
         seed,
+        pooling: trainer.model().pooling(),
         training_args: args,
         git_sha: qattn_train::provenance::BUILD.commit_string(),
         git_dirty: qattn_train::provenance::BUILD.dirty_flag(),
@@ -893,6 +894,7 @@ fn run_glue(
                 train_limit,
                 eval_limit,
                 device: opts.device.clone(),
+                pooling: Default::default(),
             };
             let mut got = runner::run(&run, |m| progress.message(m))?;
             let rec = got.pop().ok_or_else(|| {

@@ -29,6 +29,7 @@ fn run(task: &str, attention: &str, seed: u64, n: usize, acc: f64, data_seed: u6
         model: "m".into(),
         attention: attention.into(),
         seed,
+        pooling: Default::default(),
         training_args: TrainingArgs::default(),
         git_sha: None,
         git_dirty: None,

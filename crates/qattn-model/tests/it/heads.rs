@@ -2,7 +2,7 @@
 
 use crate::common::*;
 use candle_core::{DType, Device, Tensor};
-use qattn_model::{AttentionConfig, HeadKind, LoadOptions, Mode, Model};
+use qattn_model::{AttentionConfig, HeadKind, LoadOptions, Mode, Model, Pooling};
 use std::collections::HashMap;
 
 fn with_head(id: &str, head: HeadKind, seed: u64) -> Model {
@@ -47,6 +47,86 @@ fn missing_head_weights_are_initialised_from_the_seed_and_reported() {
         .unwrap();
     let logits = m.logits(&(&batch).into(), Mode::EVAL).unwrap();
     assert_eq!(logits.dims(), [2, 3]);
+}
+
+#[test]
+fn a_mean_pooled_head_reads_the_masked_mean_and_the_choice_survives_saving() {
+    let head = HeadKind::Classification { num_labels: 3 };
+    let cls = with_head(TINY, head, 5);
+    assert_eq!(cls.pooling(), Pooling::Cls);
+    let mut mean = with_head(TINY, head, 5);
+    mean.set_pooling(Pooling::Mean);
+    let texts = [("a b c", None), ("a longer second input", Some("pair"))];
+    let batch = mean.tokenize(&texts).unwrap();
+    let inputs = (&batch).into();
+    let got = mean.logits(&inputs, Mode::EVAL).unwrap();
+    // The reference: the classifier applied by hand to the mean of the real tokens' states,
+    // row by row, padding excluded.
+    let hidden = mean.forward(&inputs, Mode::EVAL).unwrap().last_hidden_state;
+    let mask = tensor_values(&batch.attention_mask.to_dtype(DType::F32).unwrap());
+    let (b, l, h) = hidden.dims3().unwrap();
+    let hv = tensor_values(&hidden);
+    let w = tensor_values(&mean.params().tensors()["classifier.weight"]);
+    let bias = tensor_values(&mean.params().tensors()["classifier.bias"]);
+    let gv = tensor_values(&got);
+    assert!(
+        mask.iter().any(|&m| m == 0.0),
+        "the batch must have padding"
+    );
+    for row in 0..b {
+        let n: f64 = (0..l).map(|t| f64::from(mask[row * l + t])).sum();
+        let pooled: Vec<f64> = (0..h)
+            .map(|k| {
+                (0..l)
+                    .map(|t| f64::from(mask[row * l + t] * hv[(row * l + t) * h + k]))
+                    .sum::<f64>()
+                    / n
+            })
+            .collect();
+        for c in 0..3 {
+            let want = f64::from(bias[c])
+                + (0..h)
+                    .map(|k| f64::from(w[c * h + k]) * pooled[k])
+                    .sum::<f64>();
+            let d = (f64::from(gv[row * 3 + c]) - want).abs();
+            assert!(
+                d < 1e-5,
+                "row {row} class {c}: {} vs {want}",
+                gv[row * 3 + c]
+            );
+        }
+    }
+    // Same weights, other representation: different logits.
+    let other = tensor_values(&cls.logits(&inputs, Mode::EVAL).unwrap());
+    assert!(other.iter().zip(&gv).any(|(a, b)| (a - b).abs() > 1e-4));
+
+    let dir = tempfile::tempdir().unwrap();
+    mean.save_pretrained(dir.path()).unwrap();
+    let meta = std::fs::read_to_string(dir.path().join("qattn.json")).unwrap();
+    assert!(meta.contains("\"pooling\": \"mean\""), "{meta}");
+    let opts = LoadOptions {
+        hub: hub(),
+        ..Default::default()
+    };
+    let back = Model::load(dir.path().to_str().unwrap(), &opts).unwrap();
+    assert_eq!(back.pooling(), Pooling::Mean);
+    assert_eq!(
+        tensor_values(&back.logits(&inputs, Mode::EVAL).unwrap()),
+        gv
+    );
+    // An explicit load option wins over the saved choice.
+    let forced = LoadOptions {
+        hub: hub(),
+        pooling: Some(Pooling::Cls),
+        ..Default::default()
+    };
+    let as_cls = Model::load(dir.path().to_str().unwrap(), &forced).unwrap();
+    assert_eq!(as_cls.pooling(), Pooling::Cls);
+    // A cls model writes no pooling key, so older readers see the file they know.
+    let dir2 = tempfile::tempdir().unwrap();
+    cls.save_pretrained(dir2.path()).unwrap();
+    let meta = std::fs::read_to_string(dir2.path().join("qattn.json")).unwrap();
+    assert!(!meta.contains("pooling"), "{meta}");
 }
 
 #[test]
