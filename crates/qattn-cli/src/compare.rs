@@ -129,6 +129,8 @@ impl CompareProgress for Bar {
 
 /// Runs `qattn compare`.
 pub(crate) fn run(a: Args) -> Result<()> {
+    // A training process: keep freed activation buffers for the next step (see the module).
+    qattn_train::memory::retain_freed_memory();
     if let Some(n) = a.threads {
         anyhow::ensure!(n >= 1, "--threads {n}: at least 1");
         crate::rayon_global(n)?;

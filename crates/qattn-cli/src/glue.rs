@@ -220,6 +220,8 @@ pub(crate) fn mean_sd(v: &[f64]) -> (f64, f64) {
 }
 
 fn run_task(a: RunArgs) -> Result<()> {
+    // A training process: keep freed activation buffers for the next step (see the module).
+    qattn_train::memory::retain_freed_memory();
     let recipe = match &a.config {
         Some(p) => qattn_glue::recipe::Recipe::read(p)?,
         None => qattn_glue::recipe::Recipe::default(),

@@ -168,6 +168,8 @@ fn training_args(a: &Args) -> Result<TrainingArgs> {
 }
 
 pub(crate) fn run(a: Args) -> Result<()> {
+    // A training process: keep freed activation buffers for the next step (see the module).
+    qattn_train::memory::retain_freed_memory();
     let launch = Launch::from_env()?;
     if launch.world_size == 1 {
         return train(a, &launch, Arc::new(qattn_train::SingleProcess));

@@ -150,6 +150,8 @@ fn dataset(n: usize, seq: usize) -> Dataset {
 }
 
 fn main() -> Result<()> {
+    // A training process: keep freed activation buffers for the next step (see the module).
+    qattn_train::memory::retain_freed_memory();
     let flags = Flags::parse(&[
         "--model",
         "--cache-dir",

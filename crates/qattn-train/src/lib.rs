@@ -29,6 +29,7 @@ pub mod collective;
 pub mod data;
 pub mod error;
 pub mod launch;
+pub mod memory;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod optim;
