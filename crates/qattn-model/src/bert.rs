@@ -9,6 +9,7 @@ use crate::precision::{Precision, ReducedWeight};
 use candle_core::{D, DType, Device, IndexOp, Tensor};
 use qattn_kernels::packed::PackedWeight;
 use qattn_kernels::{AttentionOptions, attention};
+use rayon::prelude::*;
 use std::sync::{Arc, OnceLock};
 
 /// Training or inference, and the training step that seeds attention draws and dropout.
@@ -267,31 +268,34 @@ pub(crate) fn dropout(x: &Tensor, p: f64, seed: u64, mode: Mode, site: u32) -> R
     let keep = 1.0 - p;
     let scale = (1.0 / keep) as f32;
     let threshold = (keep * 4_294_967_296.0) as u64;
-    let mut mask = Vec::with_capacity(n);
-    for r in 0..rows {
-        let row = mode.row_offset + r as u64;
-        let key = derive(
-            seed,
-            SeedStream::Dropout,
-            mode.step,
-            site,
-            (row & 0x00FF_FFFF) as u32,
-        );
-        let key = [key as u32, (key >> 32) as u32];
-        let start = mask.len();
-        let mut ctr = 0u64;
-        while mask.len() < start + per_row {
-            let w4 =
-                qattn_kernels::philox::philox4x32_10([ctr as u32, (ctr >> 32) as u32, 0, 0], key);
-            ctr += 1;
-            for w in w4 {
-                if mask.len() == start + per_row {
-                    break;
-                }
-                mask.push(if u64::from(w) < threshold { scale } else { 0.0 });
-            }
-        }
+    if n == 0 {
+        return Ok(x.clone());
     }
+    // Rows are independent streams, so generating them in parallel gives the same mask.
+    let mut mask = vec![0f32; n];
+    mask.par_chunks_mut(per_row)
+        .enumerate()
+        .for_each(|(r, out)| {
+            let row = mode.row_offset + r as u64;
+            let key = derive(
+                seed,
+                SeedStream::Dropout,
+                mode.step,
+                site,
+                (row & 0x00FF_FFFF) as u32,
+            );
+            let key = [key as u32, (key >> 32) as u32];
+            for (ctr, block) in out.chunks_mut(4).enumerate() {
+                let ctr = ctr as u64;
+                let w4 = qattn_kernels::philox::philox4x32_10(
+                    [ctr as u32, (ctr >> 32) as u32, 0, 0],
+                    key,
+                );
+                for (m, w) in block.iter_mut().zip(w4) {
+                    *m = if u64::from(w) < threshold { scale } else { 0.0 };
+                }
+            }
+        });
     let mask = Tensor::from_vec(mask, x.shape(), &Device::Cpu)?
         .to_device(x.device())?
         .to_dtype(x.dtype())?;

@@ -16,6 +16,7 @@
 
 use crate::error::{Error, Result};
 use candle_core::{Tensor, Var};
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -70,6 +71,19 @@ pub struct GroupConfig {
     pub max_grad_norm: Option<f64>,
     /// Decoupled weight decay of the group's decaying parameters.
     pub weight_decay: f64,
+}
+
+/// Elements per parallel task of the update (and of the gradient norm's partial sums).
+const CHUNK: usize = 1 << 16;
+
+/// Σ x² in f64, as fixed-size chunks whose partial sums are added in chunk order: the same
+/// value for any number of threads.
+fn sum_of_squares(g: &[f32]) -> f64 {
+    g.par_chunks(CHUNK)
+        .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+        .collect::<Vec<f64>>()
+        .into_iter()
+        .sum()
 }
 
 /// AdamW hyperparameters shared by all groups.
@@ -191,8 +205,7 @@ impl AdamW {
         let mut report = StepReport::default();
         let mut sq: BTreeMap<Group, f64> = BTreeMap::new();
         for (slot, g) in self.slots.iter().zip(grads.iter()) {
-            let s: f64 = g.iter().map(|&x| f64::from(x) * f64::from(x)).sum();
-            *sq.entry(slot.group).or_insert(0.0) += s;
+            *sq.entry(slot.group).or_insert(0.0) += sum_of_squares(g);
         }
         for (&group, &s) in &sq {
             let norm = s.sqrt();
@@ -211,7 +224,8 @@ impl AdamW {
                 let coef = max / (report.grad_norms[&slot.group] + 1e-6);
                 if coef < 1.0 {
                     let c = coef as f32;
-                    g.iter_mut().for_each(|x| *x *= c);
+                    g.par_chunks_mut(CHUNK)
+                        .for_each(|g| g.iter_mut().for_each(|x| *x *= c));
                 }
             }
         }
@@ -240,14 +254,21 @@ impl AdamW {
             let (b1, b2) = (beta1 as f32, beta2 as f32);
             let step_size = (lr / bc1) as f32;
             let (bc2s, eps) = (bc2_sqrt as f32, eps as f32);
-            for i in 0..p.len() {
-                let gi = g[i];
-                let m = b1 * slot.m[i] + (1.0 - b1) * gi;
-                let v = b2 * slot.v[i] + (1.0 - b2) * gi * gi;
-                slot.m[i] = m;
-                slot.v[i] = v;
-                p[i] = p[i] * decay - step_size * m / (v.sqrt() / bc2s + eps);
-            }
+            // Element-wise, so splitting it over threads cannot change the result.
+            p.par_chunks_mut(CHUNK)
+                .zip(g.par_chunks(CHUNK))
+                .zip(slot.m.par_chunks_mut(CHUNK))
+                .zip(slot.v.par_chunks_mut(CHUNK))
+                .for_each(|(((p, g), m), v)| {
+                    for i in 0..p.len() {
+                        let gi = g[i];
+                        let mi = b1 * m[i] + (1.0 - b1) * gi;
+                        let vi = b2 * v[i] + (1.0 - b2) * gi * gi;
+                        m[i] = mi;
+                        v[i] = vi;
+                        p[i] = p[i] * decay - step_size * mi / (vi.sqrt() / bc2s + eps);
+                    }
+                });
             let new = Tensor::from_vec(p, shape, slot.var.device())?.to_dtype(dtype)?;
             slot.var.set(&new)?;
         }

@@ -328,10 +328,9 @@ impl Trainer {
         let (world, rank) = (self.collective.world_size(), self.collective.rank());
         let rows = self.rows_per_example();
         let step = state.step;
-        let mut grads: Vec<Vec<f32>> = params
-            .iter()
-            .map(|(_, v)| vec![0.0f32; v.elem_count()])
-            .collect();
+        // Filled by the first micro-batch that has a gradient for the parameter (moved in, not
+        // added to zeros); parameters no micro-batch reached get zeros at the end.
+        let mut grads: Vec<Vec<f32>> = vec![Vec::new(); params.len()];
         let mut losses = Vec::with_capacity(accum);
         for micro in 0..accum {
             if state.batch_in_epoch >= order.len() {
@@ -371,10 +370,19 @@ impl Trainer {
             for ((_, var), acc) in params.iter().zip(grads.iter_mut()) {
                 if let Some(gt) = g.get(var.as_tensor()) {
                     let v = gt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                    acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                    if acc.is_empty() {
+                        *acc = v;
+                    } else {
+                        acc.iter_mut().zip(v).for_each(|(a, b)| *a += b);
+                    }
                 }
             }
             losses.push(task_value * weight);
+        }
+        for ((_, var), acc) in params.iter().zip(grads.iter_mut()) {
+            if acc.is_empty() {
+                *acc = vec![0.0f32; var.elem_count()];
+            }
         }
         Ok((grads, losses))
     }
