@@ -24,12 +24,12 @@ pub fn supported(t: &Tensor) -> bool {
     t.dtype() == DType::F32 && matches!(t.device(), Device::Cpu)
 }
 
-fn err(msg: String) -> candle_core::Error {
+pub(crate) fn err(msg: String) -> candle_core::Error {
     candle_core::Error::Msg(msg)
 }
 
 /// The f32 data of a CPU storage under a contiguous layout.
-fn contiguous_f32<'a>(
+pub(crate) fn contiguous_f32<'a>(
     s: &'a CpuStorage,
     l: &Layout,
     op: &str,
@@ -51,7 +51,7 @@ fn contiguous_f32<'a>(
 }
 
 /// Runs `f` on the contiguous f32 data of `t` (made contiguous first when it is not).
-fn with_slice<R>(
+pub(crate) fn with_slice<R>(
     t: &Tensor,
     op: &str,
     what: &str,
@@ -66,7 +66,7 @@ fn with_slice<R>(
 }
 
 /// Rows per rayon task for rows of width `h`.
-fn rows_per_block(h: usize) -> usize {
+pub(crate) fn rows_per_block(h: usize) -> usize {
     (BLOCK_ELEMS / h.max(1)).max(1)
 }
 
@@ -74,7 +74,7 @@ fn rows_per_block(h: usize) -> usize {
 /// blocks of rows) added in block order, so the result does not depend on the thread count.
 /// candle's `sum(0)` over a [rows, n] matrix is a single-threaded strided fold (4.7% of a
 /// MiniLM training step when it reduced the GELU bias gradient).
-fn column_sums(data: &[f32], n: usize) -> Vec<f32> {
+pub(crate) fn column_sums(data: &[f32], n: usize) -> Vec<f32> {
     let n = n.max(1);
     let block = rows_per_block(n) * n;
     let partial: Vec<Vec<f32>> = data

@@ -39,6 +39,7 @@
 
 mod cpu;
 pub mod cuda;
+pub mod dense;
 mod error;
 pub mod fused;
 mod math;

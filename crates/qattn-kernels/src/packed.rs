@@ -97,14 +97,17 @@ impl PackedWeight {
         if k == 0 {
             return Ok(PackedWeight { n, k, panels });
         }
-        for (p, panel) in panels.chunks_exact_mut(k * NR).enumerate() {
-            for j in 0..NR.min(n - p * NR) {
-                let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
-                for (kk, &v) in row.iter().enumerate() {
-                    panel[kk * NR + j] = v;
+        panels
+            .par_chunks_exact_mut(k * NR)
+            .enumerate()
+            .for_each(|(p, panel)| {
+                for j in 0..NR.min(n - p * NR) {
+                    let row = &w[(p * NR + j) * k..(p * NR + j + 1) * k];
+                    for (kk, &v) in row.iter().enumerate() {
+                        panel[kk * NR + j] = v;
+                    }
                 }
-            }
-        }
+            });
         Ok(PackedWeight { n, k, panels })
     }
 

@@ -120,6 +120,13 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.takes_dense(x) {
+            return Ok(qattn_kernels::dense::linear(
+                x,
+                &self.weight,
+                Some(&self.bias),
+            )?);
+        }
         add_bias(&self.project(x)?, &self.bias)
     }
 
@@ -137,11 +144,24 @@ impl Linear {
                 Ok(PackedWeight::from_tensor(&self.weight)?)
             })?
             .matmul_t(&x2)?,
+            None if self.takes_dense(x) => {
+                return Ok(qattn_kernels::dense::linear(x, &self.weight, None)?);
+            }
             None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out = lead.to_vec();
         out.push(self.weight.dim(0)?);
         Ok(y.reshape(out)?)
+    }
+
+    /// Whether `x Wᵀ` takes [`qattn_kernels::dense::linear`] (one autograd node, the bias
+    /// accumulated by the GEMM): an f32 weight on the CPU that the packed kernel does not take
+    /// — in practice the training path, where the weight is a `Var`.
+    fn takes_dense(&self, x: &Tensor) -> bool {
+        self.reduced.is_none()
+            && !self.takes_packed(x)
+            && qattn_kernels::fused::supported(x)
+            && qattn_kernels::fused::supported(&self.weight)
     }
 
     /// Whether `x Wᵀ` takes the packed-weight kernel: an f32 weight (no reduced precision) at
@@ -678,18 +698,16 @@ impl Bert {
         // Dropout acts between the dense bias and the residual: with it on, the bias is added
         // first; without it, the bias folds into the fused residual + LayerNorm.
         let dropout_on = mode.train && cfg.hidden_dropout_prob > 0.0;
-        let a = layer.attn_out.project(&ctx)?;
         let a = if dropout_on {
-            let a = self.drop(
-                &add_bias(&a, &layer.attn_out.bias)?,
-                mode,
-                1 + 2 * index as u32,
-            )?;
+            let a = self.drop(&layer.attn_out.forward(&ctx)?, mode, 1 + 2 * index as u32)?;
             layer.attn_norm.forward(a, None, Some(x), mode)?
         } else {
-            layer
-                .attn_norm
-                .forward(a, Some(&layer.attn_out.bias), Some(x), mode)?
+            layer.attn_norm.forward(
+                layer.attn_out.project(&ctx)?,
+                Some(&layer.attn_out.bias),
+                Some(x),
+                mode,
+            )?
         };
         let f = layer.intermediate.project(&a)?;
         let bias = &layer.intermediate.bias;
@@ -708,18 +726,16 @@ impl Bert {
             Activation::Relu => add_bias(&f, bias)?.relu()?,
             Activation::Silu => add_bias(&f, bias)?.silu()?,
         };
-        let f = layer.output.project(&f)?;
         if dropout_on {
-            let f = self.drop(
-                &add_bias(&f, &layer.output.bias)?,
-                mode,
-                2 + 2 * index as u32,
-            )?;
+            let f = self.drop(&layer.output.forward(&f)?, mode, 2 + 2 * index as u32)?;
             layer.out_norm.forward(f, None, Some(&a), mode)
         } else {
-            layer
-                .out_norm
-                .forward(f, Some(&layer.output.bias), Some(&a), mode)
+            layer.out_norm.forward(
+                layer.output.project(&f)?,
+                Some(&layer.output.bias),
+                Some(&a),
+                mode,
+            )
         }
     }
 

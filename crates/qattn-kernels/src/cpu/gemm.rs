@@ -41,7 +41,8 @@ impl<'a> Mat<'a> {
     }
 }
 
-/// `dst = (accumulate ? dst : 0) + beta · lhs · rhs`, with `dst` row-major (row stride `dst_rs`).
+/// `dst = (accumulate ? dst : 0) + beta · lhs · rhs`, with `dst` row-major (row stride `dst_rs`),
+/// on the calling thread.
 pub(crate) fn matmul(
     dst: &mut [f32],
     dst_rs: usize,
@@ -49,6 +50,44 @@ pub(crate) fn matmul(
     lhs: Mat<'_>,
     rhs: Mat<'_>,
     beta: f32,
+) {
+    matmul_in(
+        dst,
+        dst_rs,
+        accumulate,
+        lhs,
+        rhs,
+        beta,
+        gemm::Parallelism::None,
+    )
+}
+
+/// [`matmul`] split over rayon's threads (as candle's own matmul is), for one large product.
+pub(crate) fn matmul_par(
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    beta: f32,
+) {
+    let threads = rayon::current_num_threads();
+    let par = if threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    matmul_in(dst, dst_rs, accumulate, lhs, rhs, beta, par)
+}
+
+fn matmul_in(
+    dst: &mut [f32],
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    beta: f32,
+    parallelism: gemm::Parallelism,
 ) {
     let (m, k, n) = (lhs.rows, lhs.cols, rhs.cols);
     assert_eq!(k, rhs.rows, "inner dimensions differ");
@@ -90,7 +129,7 @@ pub(crate) fn matmul(
             false,
             false,
             false,
-            gemm::Parallelism::None,
+            parallelism,
         );
     }
 }
