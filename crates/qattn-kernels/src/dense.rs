@@ -63,6 +63,13 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> candle_core::Res
 
 struct Linear;
 
+/// Rows of an input of shape `dims` (`[..., K]`): the product of the leading dimensions, which
+/// is right even when K = 0.
+fn rows(dims: &[usize]) -> usize {
+    dims.split_last()
+        .map_or(1, |(_, lead)| lead.iter().product())
+}
+
 /// The output shape: `x`'s with its last dimension replaced by `m`.
 fn out_shape(x: &Layout, m: usize) -> Shape {
     let mut dims = x.shape().dims().to_vec();
@@ -82,7 +89,7 @@ impl Linear {
         bias: Option<&[f32]>,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let k = w.len() / m.max(1);
-        let n = x.len() / k.max(1);
+        let n = rows(xl.dims());
         let mut out = vec![0f32; n * m];
         if let Some(b) = bias {
             out.par_chunks_mut(rows_per_block(m) * m.max(1))
@@ -108,7 +115,7 @@ impl Linear {
         grad: &Tensor,
     ) -> candle_core::Result<(Tensor, Tensor, Option<Tensor>)> {
         let (m, k) = w.dims2()?;
-        let n = x.elem_count() / k.max(1);
+        let n = rows(x.dims());
         let dev = x.device();
         with_slice(grad, "linear", "grad", |g| {
             with_slice(x, "linear", "x", |xs| {
@@ -325,5 +332,12 @@ mod tests {
         .to_string();
         assert!(e.contains("2-D"), "{e}");
         assert_eq!(linear(&x, &w, None).unwrap().dims(), [2, 4]);
+        // No input features: the output is the bias on every row.
+        let x0 = Tensor::zeros((3, 0), candle_core::DType::F32, &dev).unwrap();
+        let w0 = Tensor::zeros((2, 0), candle_core::DType::F32, &dev).unwrap();
+        let b0 = Tensor::new(&[1.5f32, -2.0], &dev).unwrap();
+        let y = linear(&x0, &w0, Some(&b0)).unwrap();
+        assert_eq!(y.dims(), [3, 2]);
+        assert_eq!(values(&y), [1.5, -2.0, 1.5, -2.0, 1.5, -2.0]);
     }
 }
