@@ -68,7 +68,7 @@ struct RunArgs {
     max_len: Option<usize>,
     /// What the task head reads: cls (the [CLS] pooler) or mean (masked mean of the last
     /// hidden states) [default: cls]; may come from --config.
-    #[arg(long, value_parser = crate::train::parse_pooling)]
+    #[arg(long)]
     pooling: Option<qattn_model::Pooling>,
     /// Train on a seeded subset of this many examples (state it when reporting).
     #[arg(long)]

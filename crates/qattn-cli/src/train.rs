@@ -85,7 +85,7 @@ pub(crate) struct Args {
     /// What the task head reads: cls (the [CLS] pooler, as transformers) or mean (masked mean
     /// of the last hidden states, what sentence-embedding checkpoints were trained for)
     /// [default: the saved model's, else cls].
-    #[arg(long, value_parser = parse_pooling)]
+    #[arg(long)]
     pooling: Option<qattn_model::Pooling>,
     /// TOML (or .json) file of TrainingArgs fields.
     #[arg(long)]
@@ -352,9 +352,4 @@ fn run_name(args: &TrainingArgs) -> String {
         args.attention.as_deref().unwrap_or("exact"),
         args.seed
     )
-}
-
-/// clap parser of `--pooling`.
-pub(crate) fn parse_pooling(s: &str) -> std::result::Result<qattn_model::Pooling, String> {
-    qattn_model::Pooling::parse(s).map_err(|e| e.to_string())
 }

@@ -247,6 +247,14 @@ fn attention_cmp(a: &str, b: &str) -> std::cmp::Ordering {
         .then_with(|| natural_cmp(a, b))
 }
 
+/// The distinct values of `key` over `runs`, sorted.
+fn distinct(runs: &[&RunRecord], key: impl Fn(&RunRecord) -> String) -> Vec<String> {
+    let mut v: Vec<String> = runs.iter().map(|r| key(r)).collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
 /// Groups run records by (task, attention) and computes the statistics (see the module docs).
 pub fn aggregate(records: &[RunRecord]) -> Report {
     let mut by: BTreeMap<(String, String), Vec<&RunRecord>> = BTreeMap::new();
@@ -259,18 +267,14 @@ pub fn aggregate(records: &[RunRecord]) -> Report {
     let mut groups: Vec<Group> = by
         .into_iter()
         .map(|((task, attention), runs)| {
-            let mut models: Vec<String> = runs.iter().map(|r| r.model.clone()).collect();
-            models.sort();
-            models.dedup();
+            let models = distinct(&runs, |r| r.model.clone());
             if models.len() > 1 {
                 warnings.push(format!(
                     "{task} / {attention}: runs of different models are pooled ({})",
                     models.join(", ")
                 ));
             }
-            let mut poolings: Vec<String> = runs.iter().map(|r| r.pooling.to_string()).collect();
-            poolings.sort();
-            poolings.dedup();
+            let poolings = distinct(&runs, |r| r.pooling.to_string());
             if poolings.len() > 1 {
                 warnings.push(format!(
                     "{task} / {attention}: runs whose heads read different representations are \

@@ -132,6 +132,9 @@ impl Linear {
 
     /// x Wᵀ without the bias (for the fused bias + activation / bias + residual + LayerNorm).
     pub(crate) fn project(&self, x: &Tensor) -> Result<Tensor> {
+        if self.takes_dense(x) {
+            return Ok(qattn_kernels::dense::linear(x, &self.weight, None)?);
+        }
         let dims = x.dims().to_vec();
         let (last, lead) = dims
             .split_last()
@@ -144,9 +147,6 @@ impl Linear {
                 Ok(PackedWeight::from_tensor(&self.weight)?)
             })?
             .matmul_t(&x2)?,
-            None if self.takes_dense(x) => {
-                return Ok(qattn_kernels::dense::linear(x, &self.weight, None)?);
-            }
             None => x2.matmul(&self.weight.t()?)?,
         };
         let mut out = lead.to_vec();
