@@ -73,6 +73,164 @@ pub(crate) fn find_nvcc(root: &Path, py: Option<&PyEnv>) -> std::result::Result<
     )
 }
 
+/// The CUDA libraries candle's cudarc links (`dynamic-linking`): (link name, SONAME of the CUDA
+/// 13 release, cudarc's `src/<module>/sys` with the library's functions). At run time the
+/// driver's `libcuda.so.1` and the CUDA 13 wheels' libraries (as PyTorch installs them) are
+/// loaded by these SONAMEs.
+const LINKED_LIBS: &[(&str, &str, &str)] = &[
+    ("cuda", "libcuda.so.1", "driver"),
+    ("cublas", "libcublas.so.13", "cublas"),
+    ("cublasLt", "libcublasLt.so.13", "cublaslt"),
+    ("curand", "libcurand.so.10", "curand"),
+    ("nvrtc", "libnvrtc.so.13", "nvrtc"),
+];
+
+/// Compute capability candle's kernels are compiled for when `CUDA_COMPUTE_CAP` is not set
+/// (no GPU here to ask): 90, the H100/H200 the project's GPU runs use.
+const DEFAULT_COMPUTE_CAP: &str = "90";
+
+/// The CUDA release in `nvcc --version`'s output as cudarc's `CUDARC_CUDA_VERSION`
+/// (`release 13.0,` → `13000`).
+fn cudarc_version(nvcc_version: &str) -> Option<String> {
+    let release = nvcc_version.split("release ").nth(1)?.split(',').next()?;
+    let (major, minor) = release.trim().split_once('.')?;
+    let digits = |x: &str| !x.is_empty() && x.chars().all(|c| c.is_ascii_digit());
+    (digits(major) && digits(minor)).then(|| format!("{major}0{minor}0"))
+}
+
+/// Sets what a `--features cuda` cargo command needs on a machine without a GPU or a system
+/// CUDA toolkit: nvcc's folder first on PATH (candle-kernels and cudarc call `nvcc`), `NVCC`,
+/// `CUDA_COMPUTE_CAP` (default [`DEFAULT_COMPUTE_CAP`]) and `CUDARC_CUDA_VERSION` from nvcc,
+/// unless already set; with `link`, also `CUDA_ROOT` at the link stubs of [`link_stubs`], so
+/// binaries link.
+pub(crate) fn cuda_env(cmd: &mut Command, root: &Path, nvcc: &Path, link: bool) -> Result<()> {
+    let bin = nvcc.parent().context("nvcc has no parent folder")?;
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let mut dirs = vec![bin.to_path_buf()];
+    dirs.extend(std::env::split_paths(&path));
+    cmd.env("PATH", std::env::join_paths(dirs)?)
+        .env("NVCC", nvcc);
+    if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
+        cmd.env("CUDA_COMPUTE_CAP", DEFAULT_COMPUTE_CAP);
+    }
+    if std::env::var_os("CUDARC_CUDA_VERSION").is_none() {
+        let text = crate::output(Command::new(nvcc).arg("--version"))?;
+        let version = cudarc_version(&text)
+            .with_context(|| format!("no `release X.Y,` in `{} --version`", nvcc.display()))?;
+        cmd.env("CUDARC_CUDA_VERSION", version);
+    }
+    if link {
+        cmd.env("CUDA_ROOT", link_stubs(root, nvcc)?);
+    }
+    Ok(())
+}
+
+/// The functions of one cudarc `sys` module: every `pub unsafe fn NAME(`.
+fn sys_functions(source: &str) -> Vec<&str> {
+    let mut names: Vec<&str> = source
+        .lines()
+        .filter_map(|l| l.strip_prefix("pub unsafe fn "))
+        .filter_map(|rest| rest.split('(').next())
+        .filter(|n| !n.is_empty() && n.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'))
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    names
+}
+
+/// The source folder of the cudarc that candle's CUDA backend uses (from `cargo metadata`).
+fn cudarc_source(root: &Path) -> Result<PathBuf> {
+    let text = crate::output(cargo().current_dir(root).args([
+        "metadata",
+        "--format-version",
+        "1",
+        "--features",
+        "qattn-kernels/cuda",
+    ]))?;
+    let meta: serde_json::Value = serde_json::from_str(&text).context("cargo metadata output")?;
+    meta["packages"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|p| p["name"] == "cudarc")
+        .and_then(|p| p["manifest_path"].as_str())
+        .and_then(|m| Path::new(m).parent().map(Path::to_path_buf))
+        .context("cudarc is not in the dependency graph of qattn-kernels' `cuda` feature")
+}
+
+/// Link-time stand-ins for the CUDA libraries of [`LINKED_LIBS`] in
+/// `target/cuda-stubs/lib/stubs` (what the CUDA toolkit's `lib/stubs` is for `libcuda`): each
+/// a shared library with the library's SONAME that defines every function cudarc declares for
+/// it, built with the C compiler from the names in cudarc's sources. Returns the folder to use
+/// as `CUDA_ROOT`. A binary linked against them loads the real libraries by SONAME at run
+/// time; the stubs are never loaded.
+///
+/// candle-kernels also links the CUDA runtime (`-lcudart`, for its statically compiled MoE and
+/// quantised kernels, whose nvcc-generated host code calls runtime internals that no binding
+/// lists): that one is the real `libcudart.so.N` found beside nvcc (`../lib`, as the PyPI
+/// `nvidia-cuda-runtime` wheel and the toolkit lay it out), linked here as `libcudart.so`.
+pub(crate) fn link_stubs(root: &Path, nvcc: &Path) -> Result<PathBuf> {
+    let cudarc = cudarc_source(root)?;
+    let cuda_root = root.join("target/cuda-stubs");
+    let dir = cuda_root.join("lib/stubs");
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    for &(name, soname, module) in LINKED_LIBS {
+        let sys = cudarc.join(format!("src/{module}/sys/mod.rs"));
+        let text =
+            fs::read_to_string(&sys).with_context(|| format!("reading {}", sys.display()))?;
+        let funcs = sys_functions(&text);
+        if funcs.is_empty() {
+            bail!("no functions found in {}", sys.display());
+        }
+        let mut c = format!(
+            "/* Link stub for {soname}, generated by xtask from {}. */\n",
+            sys.display()
+        );
+        for f in &funcs {
+            c.push_str(&format!("void {f}(void) {{}}\n"));
+        }
+        let src = dir.join(format!("{name}.c"));
+        let lib = dir.join(format!("lib{name}.so"));
+        if fs::read_to_string(&src).ok().as_deref() == Some(c.as_str()) && lib.is_file() {
+            continue;
+        }
+        fs::write(&src, &c).with_context(|| format!("writing {}", src.display()))?;
+        let cc = std::env::var_os("CC").unwrap_or_else(|| "cc".into());
+        run(Command::new(cc)
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(format!("-Wl,-soname,{soname}"))
+            .arg(&src))
+        .with_context(|| format!("building the link stub {}", lib.display()))?;
+    }
+    let lib_dir = nvcc
+        .parent()
+        .and_then(Path::parent)
+        .map(|p| p.join("lib"))
+        .context("nvcc has no grandparent folder")?;
+    let cudart = fs::read_dir(&lib_dir)
+        .with_context(|| format!("reading {}", lib_dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libcudart.so."))
+        })
+        .min()
+        .with_context(|| {
+            format!(
+                "no libcudart.so.N in {} (pip install nvidia-cuda-runtime, see \
+                 xtask/ci-requirements.txt)",
+                lib_dir.display()
+            )
+        })?;
+    let link = dir.join("libcudart.so");
+    let _ = fs::remove_file(&link);
+    std::os::unix::fs::symlink(&cudart, &link)
+        .with_context(|| format!("linking {} to {}", link.display(), cudart.display()))?;
+    Ok(cuda_root)
+}
+
 /// `cargo xtask cuda-check`: every `crates/qattn-kernels/cuda/*.cu` to PTX (compute_80) and
 /// the PTX to an sm_90 cubin with ptxas (catches register and resource errors without a GPU),
 /// then `cargo check -p qattn-kernels --features cuda --all-targets`.
@@ -142,18 +300,19 @@ pub(crate) fn cuda_check(root: &Path, py: Option<&PyEnv>) -> Result<Ran> {
             }
         }
     }
-    run(cargo()
+    let mut check = cargo();
+    check
         .current_dir(root)
         .env("CARGO_TARGET_DIR", root.join(CUDA_TARGET_DIR))
-        .env("NVCC", &nvcc)
         .args([
             "check",
-            "-p",
-            "qattn-kernels",
+            "--workspace",
             "--features",
-            "cuda",
+            "qattn-cli/cuda",
             "--all-targets",
-        ]))?;
+        ]);
+    cuda_env(&mut check, root, &nvcc, false)?;
+    run(&mut check)?;
     Ok(Ran::Done)
 }
 
@@ -195,10 +354,10 @@ fn status_within(cmd: &mut Command, limit: Duration, what: &str) -> Result<ExitS
 /// Builds `qattn-gpu-check` with the `cuda` feature into [`CUDA_TARGET_DIR`] using `nvcc`
 /// (shared by `gpu-check` and `gpu-bundle`).
 pub(crate) fn build_gpu_check(root: &Path, nvcc: &Path) -> Result<()> {
-    run(cargo()
+    let mut build = cargo();
+    build
         .current_dir(root)
         .env("CARGO_TARGET_DIR", root.join(CUDA_TARGET_DIR))
-        .env("NVCC", nvcc)
         .args([
             "build",
             "--release",
@@ -208,7 +367,9 @@ pub(crate) fn build_gpu_check(root: &Path, nvcc: &Path) -> Result<()> {
             "cuda",
             "--bin",
             "qattn-gpu-check",
-        ]))
+        ]);
+    cuda_env(&mut build, root, nvcc, true)?;
+    run(&mut build)
 }
 
 pub(crate) fn gpu_check(root: &Path) -> Result<()> {
@@ -255,4 +416,35 @@ pub(crate) fn gpu_check(root: &Path) -> Result<()> {
         bail!("qattn-gpu-check failed ({status}); see benchmarks/results/gpu.json");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cudarc_version_from_nvcc_output() {
+        let out = "nvcc: NVIDIA (R) Cuda compiler driver\nCopyright (c) 2005-2025 NVIDIA Corporation\n\
+                   Built on Wed_Aug_20_01:58:59_PM_PDT_2025\n\
+                   Cuda compilation tools, release 13.0, V13.0.88\nBuild cuda_13.0.r13.0/compiler.36424714_0\n";
+        assert_eq!(cudarc_version(out).as_deref(), Some("13000"));
+        let out12 = "Cuda compilation tools, release 12.8, V12.8.93";
+        assert_eq!(cudarc_version(out12).as_deref(), Some("12080"));
+        assert_eq!(cudarc_version("no version here"), None);
+        assert_eq!(cudarc_version("release x.y, V1"), None);
+    }
+
+    #[test]
+    fn sys_functions_lists_each_declared_function_once() {
+        let src = "pub type CUresult = u32;\n\
+                   pub unsafe fn cuInit(flags: u32) -> CUresult {\n    extern \"C\" { fn cuInit(f: u32) -> CUresult; }\n}\n\
+                   pub unsafe fn cuCtxCreate_v2(p: *mut u8) -> CUresult { todo!() }\n\
+                   pub unsafe fn cuInit(flags: u32) -> CUresult { todo!() }\n\
+                   pub fn not_a_binding() {}\n\
+                   pub unsafe fn is_culib_present() -> bool { true }\n";
+        assert_eq!(
+            sys_functions(src),
+            vec!["cuCtxCreate_v2", "cuInit", "is_culib_present"]
+        );
+    }
 }

@@ -283,24 +283,24 @@ pub(crate) fn gpu_bundle(root: &Path, opts: &Options) -> Result<()> {
     }
     let target = root.join(CUDA_TARGET_DIR);
     crate::cuda::build_gpu_check(root, &nvcc)?;
-    let messages = output(
-        cargo()
-            .current_dir(root)
-            .env("CARGO_TARGET_DIR", &target)
-            .env("NVCC", &nvcc)
-            .args([
-                "test",
-                "--release",
-                "-p",
-                "qattn-kernels",
-                "--features",
-                "cuda",
-                "--test",
-                "gpu",
-                "--no-run",
-                "--message-format=json",
-            ]),
-    )?;
+    let mut tests = cargo();
+    tests
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", &target)
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "qattn-kernels",
+            "--features",
+            "cuda",
+            "--test",
+            "gpu",
+            "--no-run",
+            "--message-format=json",
+        ]);
+    crate::cuda::cuda_env(&mut tests, root, &nvcc, true)?;
+    let messages = output(&mut tests)?;
     let gpu_tests = test_executable(&messages)
         .context("cargo did not report the executable of the `gpu` test target")?;
     let nvcc_version = output(Command::new(&nvcc).arg("--version"))

@@ -38,6 +38,9 @@
 //!   driver or device at run time, [`Error::NoGpu`]. The rest of the API is the same either way.
 
 mod cpu;
+/// candle's cudarc (one cudarc configuration for candle's CUDA backend and the kernels).
+#[cfg(feature = "cuda")]
+pub(crate) use candle_core::cuda_backend::cudarc;
 pub mod cuda;
 pub mod dense;
 mod error;

@@ -8,6 +8,10 @@ use crate::spec::{EstimatorSpec, GradMode};
 use candle_core::{CpuStorage, DType, Device, Layout, Shape, Tensor};
 use std::sync::{Arc, Mutex};
 
+/// The op on candle CUDA tensors (feature `cuda`).
+#[cfg(feature = "cuda")]
+mod cuda;
+
 /// Options of one attention call.
 #[derive(Clone, Debug, Default)]
 pub struct AttentionOptions {
@@ -97,6 +101,9 @@ struct OpConfig {
 struct OpState {
     lse: Option<Vec<f32>>,
     rows: Option<Vec<RowRecord>>,
+    /// The log-sum-exp of a forward that ran on the GPU kernels, left on the device.
+    #[cfg(feature = "cuda")]
+    lse_dev: Option<crate::cudarc::driver::CudaSlice<f32>>,
 }
 
 struct AttentionOp {
@@ -170,15 +177,23 @@ fn validate(
     }
     for (t, name) in [(q, "q"), (k, "k"), (v, "v")] {
         check_dtype(t, name)?;
-        if !matches!(t.device(), Device::Cpu) {
-            return Err(if cfg!(feature = "cuda") {
-                Error::Options(format!(
-                    "tensor `{name}` is on {:?}; the GPU kernels are not available yet",
-                    t.device()
-                ))
-            } else {
-                Error::NotCompiledWithCuda
-            });
+        match t.device() {
+            Device::Cpu => {}
+            Device::Cuda(_) if cfg!(feature = "cuda") => {}
+            Device::Cuda(_) => return Err(Error::NotCompiledWithCuda),
+            other => {
+                return Err(Error::Options(format!(
+                    "tensor `{name}` is on {other:?}; qattn attention runs on the CPU and on \
+                     CUDA devices"
+                )));
+            }
+        }
+        if !t.device().same_device(q.device()) {
+            return Err(Error::Options(format!(
+                "tensor `{name}` is on {:?} but q is on {:?}",
+                t.device(),
+                q.device()
+            )));
         }
     }
     if b.saturating_add(opts.batch_offset) >= 1 << 24 {
@@ -273,6 +288,34 @@ impl OpConfig {
     }
 }
 
+impl AttentionOp {
+    /// The CPU forward on host slices; saves what the backward needs in the op's state.
+    fn host_forward(&self, q: &[f32], k: &[f32], v: &[f32]) -> candle_core::Result<Vec<f32>> {
+        let cfg = &self.cfg;
+        let p = cfg.problem(q, k, v);
+        let (out, lse, rows) = if cfg.spec.is_exact() {
+            let (o, l) = cpu::exact_forward(&p);
+            (o, l, None)
+        } else if let Some(lsh) = cfg.lsh() {
+            let f = cpu::lsh::forward(&p, lsh, cfg.seed, cfg.batch_offset, cfg.record);
+            (f.out, f.lse, f.rows)
+        } else {
+            let f = mc::forward_at(&p, &cfg.spec, cfg.seed, cfg.batch_offset, cfg.record);
+            (f.out, f.lse, f.rows)
+        };
+        let mut st = self.state()?;
+        st.lse = Some(lse);
+        st.rows = rows;
+        Ok(out)
+    }
+
+    fn state(&self) -> candle_core::Result<std::sync::MutexGuard<'_, OpState>> {
+        self.state
+            .lock()
+            .map_err(|_| candle_core::Error::Msg("qattn op state poisoned".into()))
+    }
+}
+
 impl candle_core::CustomOp3 for AttentionOp {
     fn name(&self) -> &'static str {
         "qattn-attention"
@@ -287,30 +330,26 @@ impl candle_core::CustomOp3 for AttentionOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> candle_core::Result<(CpuStorage, Shape)> {
-        let cfg = &self.cfg;
-        let p = cfg.problem(
+        let out = self.host_forward(
             slice(s1, l1, "q")?,
             slice(s2, l2, "k")?,
             slice(s3, l3, "v")?,
-        );
-        let (out, lse, rows) = if cfg.spec.is_exact() {
-            let (o, l) = cpu::exact_forward(&p);
-            (o, l, None)
-        } else if let Some(lsh) = cfg.lsh() {
-            let f = cpu::lsh::forward(&p, lsh, cfg.seed, cfg.batch_offset, cfg.record);
-            (f.out, f.lse, f.rows)
-        } else {
-            let f = mc::forward_at(&p, &cfg.spec, cfg.seed, cfg.batch_offset, cfg.record);
-            (f.out, f.lse, f.rows)
-        };
-        let mut st = self
-            .state
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("qattn op state poisoned".into()))?;
-        st.lse = Some(lse);
-        st.rows = rows;
-        let Dims { b, h, lq, dv, .. } = cfg.dims;
+        )?;
+        let Dims { b, h, lq, dv, .. } = self.cfg.dims;
         Ok((CpuStorage::F32(out), Shape::from((b, h, lq, dv))))
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        s1: &candle_core::CudaStorage,
+        l1: &Layout,
+        s2: &candle_core::CudaStorage,
+        l2: &Layout,
+        s3: &candle_core::CudaStorage,
+        l3: &Layout,
+    ) -> candle_core::Result<(candle_core::CudaStorage, Shape)> {
+        cuda::forward(self, [(s1, l1), (s2, l2), (s3, l3)])
     }
 
     fn bwd(
@@ -321,6 +360,10 @@ impl candle_core::CustomOp3 for AttentionOp {
         res: &Tensor,
         grad_res: &Tensor,
     ) -> candle_core::Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        #[cfg(feature = "cuda")]
+        if let Some(grads) = cuda::backward(self, q, k, v, res, grad_res)? {
+            return Ok(grads);
+        }
         let cfg = &self.cfg;
         let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
             t.contiguous()?.flatten_all()?.to_vec1::<f32>()
@@ -328,10 +371,7 @@ impl candle_core::CustomOp3 for AttentionOp {
         let (qv, kv, vv) = (flat(q)?, flat(k)?, flat(v)?);
         let dout = flat(&grad_res.to_dtype(DType::F32)?)?;
         let p = cfg.problem(&qv, &kv, &vv);
-        let st = self
-            .state
-            .lock()
-            .map_err(|_| candle_core::Error::Msg("qattn op state poisoned".into()))?;
+        let st = self.state()?;
         let (dq, dk, dvv) = if cfg.spec.is_exact() {
             let out = flat(res)?;
             match &st.lse {

@@ -408,8 +408,8 @@ mod device {
     use crate::cpu::{Problem, exact_backward as cpu_exact_backward, exact_forward, mc};
     use crate::cuda::gpu::cuda_err;
     use crate::cuda::{GpuContext, GpuDType, GpuOptions, GpuShape};
+    use crate::cudarc::driver::{CudaSlice, DriverError, LaunchConfig, PushKernelArg};
     use crate::spec::{Estimator, EstimatorSpec};
-    use cudarc::driver::{CudaSlice, DriverError, LaunchConfig, PushKernelArg};
 
     const MODULE: &str = "backward";
 
@@ -502,6 +502,64 @@ mod device {
         }
     }
 
+    impl BwdDevice {
+        /// Inputs already on `ctx`'s device (layout of [`GpuShape`]; the value dimension is D),
+        /// e.g. candle tensors' storage; the mask of `opts` is uploaded.
+        #[allow(clippy::too_many_arguments)]
+        pub fn from_device(
+            ctx: &GpuContext,
+            q: CudaSlice<f32>,
+            k: CudaSlice<f32>,
+            v: CudaSlice<f32>,
+            out: CudaSlice<f32>,
+            dout: CudaSlice<f32>,
+            lse: CudaSlice<f32>,
+            shape: GpuShape,
+            opts: &GpuOptions,
+        ) -> Result<Self> {
+            shape.check(q.len(), k.len(), v.len(), opts.mask.as_ref().map(Vec::len))?;
+            let bs = bwd_shape(shape, opts);
+            let rows = bs.bh() * bs.lq;
+            for (name, got, want) in [
+                ("out", out.len(), rows * bs.dv),
+                ("dout", dout.len(), rows * bs.dv),
+                ("lse", lse.len(), rows),
+            ] {
+                if got != want {
+                    return Err(Error::Shape {
+                        name,
+                        expected: format!("{want} elements"),
+                        actual: vec![got],
+                    });
+                }
+            }
+            if bs.bh() > 65_535 {
+                return Err(Error::Options(format!(
+                    "cuda::backward: B·H = {} exceeds the grid limit 65535",
+                    bs.bh()
+                )));
+            }
+            let mask = match &opts.mask {
+                Some(m) => Some(
+                    ctx.stream()
+                        .clone_htod(m.as_slice())
+                        .map_err(cuda_err("cuda::backward: upload of mask"))?,
+                ),
+                None => None,
+            };
+            Ok(BwdDevice {
+                shape: bs,
+                q,
+                k,
+                v,
+                out,
+                dout,
+                lse,
+                mask,
+            })
+        }
+    }
+
     /// Gradients (and the exact backward's δ scratch) on the device.
     pub struct DeviceGrads {
         dq: CudaSlice<f32>,
@@ -511,20 +569,22 @@ mod device {
     }
 
     impl DeviceGrads {
-        /// Buffers for the gradients of `bw`, filled with NaN so an unwritten element shows.
+        /// Buffers for the gradients of `bw`: NaN for a context from [`GpuContext::new`] (an
+        /// unwritten element shows), zeros for one from [`GpuContext::from_device`].
         pub fn alloc(ctx: &GpuContext, bw: &BwdDevice) -> Result<Self> {
-            let s = ctx.stream();
             let sh = &bw.shape;
-            let nan = |n: usize| {
-                s.clone_htod(&vec![f32::NAN; n])
-                    .map_err(cuda_err("cuda::backward: gradient alloc"))
-            };
+            let nan = |n: usize| ctx.poisoned(n);
             Ok(DeviceGrads {
                 dq: nan(sh.bh() * sh.lq * sh.d)?,
                 dk: nan(sh.bh() * sh.lk * sh.d)?,
                 dv: nan(sh.bh() * sh.lk * sh.dv)?,
                 delta: nan(sh.bh() * sh.lq)?,
             })
+        }
+
+        /// (dq, dk, dv) on the device.
+        pub fn into_parts(self) -> (CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>) {
+            (self.dq, self.dk, self.dv)
         }
 
         /// (dq, dk, dv) on the host (synchronises).

@@ -1,14 +1,12 @@
 //! The CUDA implementation (feature `cuda`): context, module loading, launches.
 
 use super::{ExactOutput, GpuDType, GpuOptions, GpuShape, McOutput, emu, mc_kernel_params};
+use crate::cudarc::driver::sys::CUevent_flags;
+use crate::cudarc::driver::{
+    CudaContext, CudaFunction, CudaSlice, CudaStream, DriverError, LaunchConfig, PushKernelArg,
+};
 use crate::error::{Error, Result};
 use crate::spec::EstimatorSpec;
-use cudarc::driver::sys::CUevent_flags;
-use cudarc::driver::{
-    CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DriverError, LaunchConfig,
-    PushKernelArg,
-};
-use cudarc::nvrtc::Ptx;
 use std::sync::Arc;
 
 /// The FlashAttention-2-style bf16/f16 exact forward (`cuda/flash.cu`).
@@ -28,12 +26,16 @@ pub(crate) fn cuda_err(what: impl Into<String>) -> impl FnOnce(DriverError) -> E
     }
 }
 
-/// A CUDA device with the kernels loaded.
+/// A CUDA device with the kernels loaded: candle's device (its context and stream), so the
+/// kernels run in order with candle's own work on the same tensors.
 pub struct GpuContext {
+    device: candle_core::CudaDevice,
     ctx: Arc<CudaContext>,
     stream: Arc<CudaStream>,
-    modules: Vec<(&'static str, Arc<CudaModule>)>,
     name: String,
+    /// Outputs start as NaN (self-checks: an unwritten element shows); otherwise as zeros
+    /// (a device memset, no host traffic).
+    poison: bool,
 }
 
 impl std::fmt::Debug for GpuContext {
@@ -58,10 +60,51 @@ pub struct DeviceInputs {
     mask: Option<CudaSlice<u8>>,
 }
 
+impl DeviceInputs {
+    /// f32 inputs already on `ctx`'s device in [`GpuShape`]'s layout (e.g. candle tensors'
+    /// storage); the mask of `opts` is uploaded.
+    pub fn from_device(
+        ctx: &GpuContext,
+        q: CudaSlice<f32>,
+        k: CudaSlice<f32>,
+        v: CudaSlice<f32>,
+        shape: GpuShape,
+        opts: &GpuOptions,
+    ) -> Result<Self> {
+        shape.check(q.len(), k.len(), v.len(), opts.mask.as_ref().map(Vec::len))?;
+        let mask = match &opts.mask {
+            Some(m) => Some(
+                ctx.stream
+                    .clone_htod(m.as_slice())
+                    .map_err(cuda_err("upload of mask"))?,
+            ),
+            None => None,
+        };
+        Ok(DeviceInputs {
+            shape,
+            dtype: GpuDType::F32,
+            scale: opts.scale_for(shape.d),
+            causal: opts.causal,
+            q,
+            k,
+            v,
+            half: None,
+            mask,
+        })
+    }
+}
+
 /// Device outputs of the exact kernel.
 pub struct DeviceExact {
     out: CudaSlice<f32>,
     lse: CudaSlice<f32>,
+}
+
+impl DeviceExact {
+    /// (out [B,H,Lq,D], lse [B,H,Lq]) on the device.
+    pub fn into_parts(self) -> (CudaSlice<f32>, CudaSlice<f32>) {
+        (self.out, self.lse)
+    }
 }
 
 /// Device outputs and scratch of the sampling kernel.
@@ -73,6 +116,13 @@ pub struct DeviceMc {
     scratch: CudaSlice<f32>,
 }
 
+impl DeviceMc {
+    /// (out [B,H,Lq,D], lse [B,H,Lq], sampled indices [B,H,Lq,S]) on the device.
+    pub fn into_parts(self) -> (CudaSlice<f32>, CudaSlice<f32>, CudaSlice<u32>) {
+        (self.out, self.lse, self.idx)
+    }
+}
+
 fn launch_err(name: &str) -> impl FnOnce(DriverError) -> Error + '_ {
     move |e| Error::Cuda {
         what: format!("launch of kernel `{name}`"),
@@ -81,15 +131,9 @@ fn launch_err(name: &str) -> impl FnOnce(DriverError) -> Error + '_ {
 }
 
 impl GpuContext {
-    /// Opens device `ordinal` and loads the kernels. [`Error::NoGpu`] when the driver library
-    /// is missing, there is no such device, or it cannot be opened.
+    /// Opens device `ordinal` (as candle's `Device::new_cuda`) and loads the kernels.
+    /// [`Error::NoGpu`] when there is no such device or it cannot be opened.
     pub fn new(ordinal: usize) -> Result<Self> {
-        // SAFETY: only probes for the driver library by name.
-        if !unsafe { cudarc::driver::sys::is_culib_present() } {
-            return Err(Error::NoGpu {
-                reason: "the CUDA driver library (libcuda.so) was not found".into(),
-            });
-        }
         let count = CudaContext::device_count().map_err(|e| Error::NoGpu {
             reason: format!("cuInit/cuDeviceGetCount failed: {e}"),
         })?;
@@ -98,24 +142,34 @@ impl GpuContext {
                 reason: format!("device {ordinal} requested, {count} present"),
             });
         }
-        let ctx = CudaContext::new(ordinal).map_err(|e| Error::NoGpu {
-            reason: format!("could not open device {ordinal}: {e}"),
-        })?;
+        let device = candle_core::Device::new_cuda(ordinal)
+            .and_then(|d| d.as_cuda_device().cloned())
+            .map_err(|e| Error::NoGpu {
+                reason: format!("could not open device {ordinal}: {e}"),
+            })?;
+        let mut ctx = Self::from_device(&device)?;
+        ctx.poison = true;
+        Ok(ctx)
+    }
+
+    /// The kernels on candle's CUDA device `device`: they run on its stream. Cheap: each module
+    /// is JIT-compiled once per device, on its first use, and cached by candle's device.
+    pub fn from_device(device: &candle_core::CudaDevice) -> Result<Self> {
+        let stream = device.cuda_stream();
+        let ctx = stream.context().clone();
         let name = ctx.name().unwrap_or_else(|_| "unknown".into());
-        let stream = ctx.default_stream();
-        let mut modules = Vec::new();
-        for &(m, text) in PTX {
-            let module = ctx
-                .load_module(Ptx::from_src(text))
-                .map_err(cuda_err(format!("loading (JIT) of module `{m}`")))?;
-            modules.push((m, module));
-        }
         Ok(GpuContext {
+            device: device.clone(),
             ctx,
             stream,
-            modules,
             name,
+            poison: false,
         })
+    }
+
+    /// candle's device the kernels run on.
+    pub fn device(&self) -> &candle_core::CudaDevice {
+        &self.device
     }
 
     /// The device's name.
@@ -127,8 +181,9 @@ impl GpuContext {
     pub fn driver_version(&self) -> Option<(i32, i32)> {
         let mut v = 0i32;
         // SAFETY: writes one int.
-        let r = unsafe { cudarc::driver::sys::cuDriverGetVersion(&mut v) };
-        (r == cudarc::driver::sys::CUresult::CUDA_SUCCESS).then_some((v / 1000, (v % 1000) / 10))
+        let r = unsafe { crate::cudarc::driver::sys::cuDriverGetVersion(&mut v) };
+        (r == crate::cudarc::driver::sys::CUresult::CUDA_SUCCESS)
+            .then_some((v / 1000, (v % 1000) / 10))
     }
 
     /// The stream all kernels run on.
@@ -136,19 +191,24 @@ impl GpuContext {
         &self.stream
     }
 
-    /// Kernel `name` of module `module` (a `cuda/<module>.cu`).
+    /// Kernel `name` of module `module` (a `cuda/<module>.cu`), loaded through candle's module
+    /// cache of this device (module key `qattn-<module>`).
     pub(crate) fn function(&self, module: &str, name: &str) -> Result<CudaFunction> {
-        let m = self
-            .modules
+        let ptx = PTX
             .iter()
             .find(|(n, _)| *n == module)
-            .map(|(_, m)| m)
+            .map(|(_, text)| *text)
             .ok_or_else(|| Error::Cuda {
                 what: format!("kernel `{name}`"),
                 reason: format!("module `{module}` was not built"),
             })?;
-        m.load_function(name)
-            .map_err(cuda_err(format!("lookup of kernel `{name}` in `{module}`")))
+        self.device
+            .get_or_load_custom_func(name, &format!("qattn-{module}"), ptx)
+            .map(|f| f.into_cuda_function())
+            .map_err(|e| Error::Cuda {
+                what: format!("loading of kernel `{name}` from module `{module}`"),
+                reason: e.to_string(),
+            })
     }
 
     /// Waits for all queued work; surfaces asynchronous kernel errors.
@@ -211,11 +271,16 @@ impl GpuContext {
         })
     }
 
-    /// A device buffer of `n` NaNs (outputs start poisoned, so an unwritten element shows).
-    fn poisoned(&self, n: usize) -> Result<CudaSlice<f32>> {
-        self.stream
-            .clone_htod(&vec![f32::NAN; n])
-            .map_err(cuda_err("alloc"))
+    /// A device buffer of `n` NaNs for a context from [`Self::new`] (outputs start poisoned, so
+    /// an unwritten element shows), of zeros for one from [`Self::from_device`].
+    pub(crate) fn poisoned(&self, n: usize) -> Result<CudaSlice<f32>> {
+        if self.poison {
+            self.stream
+                .clone_htod(&vec![f32::NAN; n])
+                .map_err(cuda_err("alloc"))
+        } else {
+            self.stream.alloc_zeros::<f32>(n).map_err(cuda_err("alloc"))
+        }
     }
 
     /// Output buffers for [`Self::exact_run`].

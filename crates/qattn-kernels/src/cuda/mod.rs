@@ -3,11 +3,13 @@
 //! seed.
 //!
 //! The kernels live in `cuda/*.cu`, are compiled to PTX by nvcc in `build.rs` (only with the
-//! `cuda` feature) and embedded in the library; the driver JIT-compiles them for the card when
-//! a [`GpuContext`] is opened. The driver library is loaded at run time, so a build with the
-//! feature runs on machines without a GPU and reports [`Error::NoGpu`](crate::Error::NoGpu).
-//! Without the feature, [`GpuContext::new`] returns
-//! [`Error::NotCompiledWithCuda`](crate::Error::NotCompiledWithCuda).
+//! `cuda` feature) and embedded in the library; the driver JIT-compiles each module on its first
+//! use on a device. They run on candle's CUDA device and stream ([`GpuContext::from_device`]),
+//! through candle's cudarc, which links the CUDA driver and libraries: a build with the feature
+//! needs them at run time, and reports [`Error::NoGpu`](crate::Error::NoGpu) when there is no
+//! such device. Without the feature, [`GpuContext::new`] returns
+//! [`Error::NotCompiledWithCuda`](crate::Error::NotCompiledWithCuda). `attention()` on candle
+//! CUDA tensors reaches these kernels through the op's CUDA path (`src/op/cuda.rs`).
 //!
 //! The API works on host slices in the CPU path's layout (q [B,H,Lq,D], k [B,H,Lk,D],
 //! v [B,H,Lk,D], row-major f32; the value dimension equals D):

@@ -273,7 +273,7 @@ mod device {
     use crate::cuda::GpuContext;
     use crate::cuda::backward::CheckLine;
     use crate::cuda::gpu::cuda_err;
-    use cudarc::driver::{LaunchConfig, PushKernelArg};
+    use crate::cudarc::driver::{LaunchConfig, PushKernelArg};
 
     /// Applies the noise channel to `ideal` [rows, shots] on the GPU (`qattn_noise_apply`):
     /// the same outcomes as [`crate::noise::Channel::apply`] for the same seed, and the

@@ -8,8 +8,8 @@
 
 use super::{DeviceExact, DeviceInputs, GpuContext, launch_err};
 use crate::cuda::{ExactOutput, GpuDType, GpuOptions, GpuShape};
+use crate::cudarc::driver::{LaunchConfig, PushKernelArg};
 use crate::error::{Error, Result};
-use cudarc::driver::{LaunchConfig, PushKernelArg};
 
 /// Warps per CTA (`FL_WARPS` in cuda/flash.cu).
 const FLASH_WARPS: usize = 4;
