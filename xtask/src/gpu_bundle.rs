@@ -8,8 +8,8 @@
 //!
 //! ```text
 //! DIR/run.sh                   the device script (bash)
-//! DIR/bin/qattn-gpu-check      correctness checks and timings, JSON to --out
-//! DIR/bin/gpu-tests            the GPU test binary (libtest; run with --test-threads=1)
+//! DIR/bin/qattn-gpu-check.gz   correctness checks and timings, JSON to --out
+//! DIR/bin/gpu-tests.gz         the GPU test binary (libtest; run with --test-threads=1)
 //! DIR/python/sdpa_baseline.py  the PyTorch SDPA baseline (benchmarks/gpu/sdpa_baseline.py)
 //! DIR/BUNDLE.json              commit, clean/dirty, date, nvcc and the command that wrote it
 //! ```
@@ -120,6 +120,18 @@ OUT="${{1:-$HERE/results}}"
 PYTHON="${{PYTHON:-python3}}"
 mkdir -p "$OUT"
 cp "$HERE/{INFO}" "$OUT/{INFO}"
+# The binaries travel gzip-compressed (bin/*.gz): unpack them once.
+for gz in "$HERE"/bin/*.gz; do
+  [ -e "$gz" ] || continue
+  [ -x "${{gz%.gz}}" ] || {{ gzip -dc "$gz" > "${{gz%.gz}}" && chmod 755 "${{gz%.gz}}"; }} || exit 3
+done
+# The CUDA libraries the binaries load by SONAME (libcublas.so.13, libcurand.so.10,
+# libcudart.so.13; libcuda.so.1 comes with the driver): from the NVIDIA wheels of $PYTHON's
+# environment, as PyTorch loads them, unless LD_LIBRARY_PATH already has them.
+NV_LIBS="$("$PYTHON" -c 'import glob, os, site
+dirs = {{os.path.dirname(p) for sp in site.getsitepackages() for p in glob.glob(os.path.join(sp, "nvidia", "**", "lib*.so*"), recursive=True)}}
+print(":".join(sorted(dirs)))' 2>/dev/null)"
+export LD_LIBRARY_PATH="${{NV_LIBS}}${{LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}}"
 failed=0
 
 {{
@@ -128,6 +140,8 @@ failed=0
   uname -a
   nproc
   "$PYTHON" -c 'import sys, torch; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda)'
+  echo "LD_LIBRARY_PATH=$LD_LIBRARY_PATH"
+  ldd "$HERE/{GPU_CHECK}"
 }} > "$OUT/env.txt" 2>&1
 
 # 1. Correctness against the CPU reference and timings (as `cargo xtask gpu-check`).
@@ -200,6 +214,9 @@ fn write_bundle(out: &Path, entries: &[Entry], info: &Value) -> Result<()> {
             fs::copy(&e.src, &dest)
                 .with_context(|| format!("copying {} to {}", e.src.display(), dest.display()))?;
             set_mode(&dest, if e.executable { 0o755 } else { 0o644 })?;
+            if e.executable {
+                pack(&dest)?;
+            }
         }
         let info_text = serde_json::to_string_pretty(info)? + "\n";
         write_atomic(&staging.join(INFO), info_text.as_bytes())?;
@@ -208,7 +225,7 @@ fn write_bundle(out: &Path, entries: &[Entry], info: &Value) -> Result<()> {
         write_atomic(&run, script.as_bytes())?;
         set_mode(&run, 0o755)?;
         for f in referenced_files(&script) {
-            if !staging.join(&f).is_file() {
+            if !staging.join(&f).is_file() && !staging.join(format!("{f}.gz")).is_file() {
                 bail!("run.sh uses {f}, which the bundle does not contain");
             }
         }
@@ -223,6 +240,21 @@ fn write_bundle(out: &Path, entries: &[Entry], info: &Value) -> Result<()> {
         let _ = fs::remove_dir_all(&staging);
     }
     result
+}
+
+/// Shrinks an executable of the bundle for the trip to the device: debug information and
+/// symbols removed (`strip`, when on PATH and the file is an object it understands), then
+/// gzip-compressed to `PATH.gz` (the CUDA builds carry candle's kernels: ~100 MB with debug
+/// information, ~40 MB stripped, ~11 MB compressed). run.sh unpacks them first.
+fn pack(path: &Path) -> Result<()> {
+    if crate::on_path("strip").is_some() {
+        let stripped = Command::new("strip").arg(path).output();
+        if !matches!(&stripped, Ok(o) if o.status.success()) {
+            println!("note: strip left {} as it was", path.display());
+        }
+    }
+    crate::run(Command::new("gzip").args(["-6", "-f"]).arg(path))
+        .with_context(|| format!("compressing {}", path.display()))
 }
 
 #[cfg(unix)]
@@ -375,9 +407,15 @@ mod tests {
         }
         for f in &used {
             assert!(
-                out.join(f).is_file(),
+                out.join(f).is_file() || out.join(format!("{f}.gz")).is_file(),
                 "run.sh uses {f}, missing from the bundle"
             );
+        }
+        // Executables are stored compressed; run.sh unpacks them.
+        for f in [GPU_CHECK, GPU_TESTS] {
+            assert!(!out.join(f).exists(), "{f} stored uncompressed");
+            let gz = fs::read(out.join(format!("{f}.gz"))).unwrap();
+            assert_eq!(&gz[..2], &[0x1f, 0x8b], "{f}.gz is not gzip");
         }
         assert!(
             script.contains("commit 0123456789ab (clean tree)"),
@@ -388,7 +426,7 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for f in [RUN_SH, GPU_CHECK, GPU_TESTS] {
+            for f in [RUN_SH] {
                 let mode = fs::metadata(out.join(f)).unwrap().permissions().mode();
                 assert_eq!(mode & 0o111, 0o111, "{f} is not executable");
             }

@@ -295,7 +295,13 @@ impl Engine {
         if dm.is_none() {
             *dm = Some(mc.name.clone());
         }
-        tracing::info!(model = %mc.name, version = %mc.version, source = %mc.source, "model loaded");
+        tracing::info!(
+            model = %mc.name,
+            version = %mc.version,
+            source = %mc.source,
+            device = mc.device.as_deref().unwrap_or("cpu"),
+            "model loaded"
+        );
         Ok(())
     }
 
