@@ -426,10 +426,8 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            for f in [RUN_SH] {
-                let mode = fs::metadata(out.join(f)).unwrap().permissions().mode();
-                assert_eq!(mode & 0o111, 0o111, "{f} is not executable");
-            }
+            let mode = fs::metadata(out.join(RUN_SH)).unwrap().permissions().mode();
+            assert_eq!(mode & 0o111, 0o111, "{RUN_SH} is not executable");
         }
         // The script parses (when bash is installed).
         if let Ok(o) = Command::new("bash")
