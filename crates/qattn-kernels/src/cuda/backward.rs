@@ -469,36 +469,23 @@ mod device {
             opts: &GpuOptions,
         ) -> Result<Self> {
             shape.check(q.len(), k.len(), v.len(), opts.mask.as_ref().map(Vec::len))?;
-            let bs = bwd_shape(shape, opts);
-            bs.check("cuda::backward", q, k, v, out, dout, lse)?;
-            if bs.bh() > 65_535 {
-                return Err(Error::Options(format!(
-                    "cuda::backward: B·H = {} exceeds the grid limit 65535",
-                    bs.bh()
-                )));
-            }
+            bwd_shape(shape, opts).check("cuda::backward", q, k, v, out, dout, lse)?;
             let s = ctx.stream();
             let up = |x: &[f32], n: &str| {
                 s.clone_htod(x)
                     .map_err(cuda_err(format!("cuda::backward: upload of {n}")))
             };
-            let mask = match &opts.mask {
-                Some(m) => Some(
-                    s.clone_htod(m.as_slice())
-                        .map_err(cuda_err("cuda::backward: upload of mask"))?,
-                ),
-                None => None,
-            };
-            Ok(BwdDevice {
-                shape: bs,
-                q: up(q, "q")?,
-                k: up(k, "k")?,
-                v: up(v, "v")?,
-                out: up(out, "out")?,
-                dout: up(dout, "dout")?,
-                lse: up(lse, "lse")?,
-                mask,
-            })
+            Self::from_device(
+                ctx,
+                up(q, "q")?,
+                up(k, "k")?,
+                up(v, "v")?,
+                up(out, "out")?,
+                up(dout, "dout")?,
+                up(lse, "lse")?,
+                shape,
+                opts,
+            )
         }
     }
 

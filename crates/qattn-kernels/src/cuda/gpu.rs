@@ -251,24 +251,11 @@ impl GpuContext {
                 Some([u(q, "q")?, u(k, "k")?, u(v, "v")?])
             }
         };
-        let mask = match &opts.mask {
-            Some(m) => Some(
-                s.clone_htod(m.as_slice())
-                    .map_err(cuda_err("upload of mask"))?,
-            ),
-            None => None,
-        };
-        Ok(DeviceInputs {
-            shape,
-            dtype,
-            scale: opts.scale_for(shape.d),
-            causal: opts.causal,
-            q: up(q, "q")?,
-            k: up(k, "k")?,
-            v: up(v, "v")?,
-            half,
-            mask,
-        })
+        let mut inp =
+            DeviceInputs::from_device(self, up(q, "q")?, up(k, "k")?, up(v, "v")?, shape, opts)?;
+        inp.dtype = dtype;
+        inp.half = half;
+        Ok(inp)
     }
 
     /// A device buffer of `n` NaNs for a context from [`Self::new`] (outputs start poisoned, so

@@ -128,6 +128,16 @@ fn wrap(slice: CudaSlice<f32>, device: &CudaDevice, shape: &Shape) -> Tensor {
     )
 }
 
+/// The exact forward on the kernels: (out, lse) on the device.
+fn exact_on_device(
+    ctx: &GpuContext,
+    inp: &DeviceInputs,
+) -> candle_core::Result<(CudaSlice<f32>, CudaSlice<f32>)> {
+    let mut o = ctx.exact_alloc(inp).map_err(to_candle)?;
+    ctx.exact_run(inp, &mut o).map_err(to_candle)?;
+    Ok(o.into_parts())
+}
+
 /// The forward of [`AttentionOp`] on CUDA storage ([`candle_core::CustomOp3::cuda_fwd`]).
 pub(super) fn forward(
     op: &AttentionOp,
@@ -157,11 +167,7 @@ pub(super) fn forward(
     let inp = DeviceInputs::from_device(&ctx, q?, k?, v?, shape, &cfg.gpu_options())
         .map_err(to_candle)?;
     let (out, lse) = match path {
-        Path::Exact => {
-            let mut o = ctx.exact_alloc(&inp).map_err(to_candle)?;
-            ctx.exact_run(&inp, &mut o).map_err(to_candle)?;
-            o.into_parts()
-        }
+        Path::Exact => exact_on_device(&ctx, &inp)?,
         Path::Sampling { stratified } => {
             let (shots, _) = mc_kernel_params(&cfg.spec).map_err(to_candle)?;
             let mut o = ctx.mc_alloc(&inp, shots).map_err(to_candle)?;
@@ -215,18 +221,9 @@ pub(super) fn backward(
         None => {
             // Straight-through (or an exact forward that ran on the host): the exact forward,
             // recomputed on the GPU.
-            let inp = DeviceInputs::from_device(
-                &ctx,
-                copy(q, "q")?,
-                copy(k, "k")?,
-                copy(v, "v")?,
-                shape,
-                &opts,
-            )
-            .map_err(to_candle)?;
-            let mut o = ctx.exact_alloc(&inp).map_err(to_candle)?;
-            ctx.exact_run(&inp, &mut o).map_err(to_candle)?;
-            o.into_parts()
+            let (q, k, v) = (copy(q, "q")?, copy(k, "k")?, copy(v, "v")?);
+            let inp = DeviceInputs::from_device(&ctx, q, k, v, shape, &opts).map_err(to_candle)?;
+            exact_on_device(&ctx, &inp)?
         }
     };
     let bw = BwdDevice::from_device(
