@@ -10,6 +10,10 @@
 //! DIR/run.sh                   the device script (bash)
 //! DIR/bin/qattn-gpu-check.gz   correctness checks and timings, JSON to --out
 //! DIR/bin/gpu-tests.gz         the GPU test binary (libtest; run with --test-threads=1)
+//! DIR/bin/bench_forward.gz     qattn-model's forward benchmark (CUDA build; --device)
+//! DIR/bin/bench_train.gz       qattn-train's fine-tuning benchmark (CUDA build; --device)
+//! DIR/python/model_check.py    the model-level check (benchmarks/gpu/model_check.py)
+//! DIR/model-files/             all-MiniLM-L6-v2's config and tokenizer files (no weights)
 //! DIR/python/sdpa_baseline.py  the PyTorch SDPA baseline (benchmarks/gpu/sdpa_baseline.py)
 //! DIR/BUNDLE.json              commit, clean/dirty, date, nvcc and the command that wrote it
 //! ```
@@ -18,8 +22,13 @@
 //! (`env.txt`: date, `nvidia-smi` query, `uname -a`, `nproc`, torch version), runs
 //! `qattn-gpu-check` (limit 400 s; `rust.log`, `gpu-rust.json`), the SDPA baseline (limit
 //! 200 s; `sdpa.log`, `gpu.json` — the same two steps and limits as `cargo xtask gpu-check`),
-//! then the GPU tests (limit 400 s; `gpu-tests.log`), copies `BUNDLE.json` into OUT and exits
-//! non-zero when any step failed. Copy OUT's files into `benchmarks/results/` (gpu.json) and
+//! then the GPU tests (limit 400 s; `gpu-tests.log`), then the model check (limit 500 s;
+//! `model.log`, `gpu-model.json`, `gpu-model.md`: MiniLM parity GPU vs CPU and throughput
+//! against PyTorch, see benchmarks/gpu/model_check.py), copies `BUNDLE.json` into OUT and exits
+//! non-zero when any step failed. `STEPS="model"` (any subset of `check sdpa tests model`) runs
+//! only those steps. The binaries are stored stripped and gzip-compressed and unpacked by
+//! run.sh; the CUDA libraries are taken from the NVIDIA wheels of `$PYTHON`'s environment.
+//! Copy OUT's files into `benchmarks/results/` (gpu.json, gpu-model.json/.md) and
 //! `benchmarks/results/gpu-logs/` to publish them.
 
 use std::fs;
@@ -31,7 +40,7 @@ use serde_json::Value;
 
 use crate::bench::Provenance;
 use crate::cuda::{CUDA_TARGET_DIR, GPU_CHECK_LIMIT, SDPA_LIMIT, find_nvcc};
-use crate::{cargo, output, pyenv, write_atomic};
+use crate::{cargo, output, pyenv, run, write_atomic};
 
 /// The bundle's device script.
 const RUN_SH: &str = "run.sh";
@@ -41,10 +50,30 @@ const GPU_CHECK: &str = "bin/qattn-gpu-check";
 const GPU_TESTS: &str = "bin/gpu-tests";
 /// The SDPA baseline inside the bundle, and where it comes from in the repository.
 const SDPA: (&str, &str) = ("python/sdpa_baseline.py", "benchmarks/gpu/sdpa_baseline.py");
+/// The model-level check inside the bundle, and where it comes from in the repository.
+const MODEL_CHECK: (&str, &str) = ("python/model_check.py", "benchmarks/gpu/model_check.py");
+/// The qattn-model example `bench_forward` (CUDA build) inside the bundle.
+const BENCH_FORWARD: &str = "bin/bench_forward";
+/// The qattn-train example `bench_train` (CUDA build) inside the bundle.
+const BENCH_TRAIN: &str = "bin/bench_train";
+/// all-MiniLM-L6-v2's configuration and tokenizer files (no weights: the model check uses the
+/// device's cached weights or a random initialisation), as (file in the snapshot, bundle path).
+const MODEL_FILES: &[(&str, &str)] = &[
+    ("config.json", "model-files/config.json"),
+    ("tokenizer.json", "model-files/tokenizer.json"),
+    ("tokenizer_config.json", "model-files/tokenizer_config.json"),
+    (
+        "special_tokens_map.json",
+        "model-files/special_tokens_map.json",
+    ),
+    ("vocab.txt", "model-files/vocab.txt"),
+];
 /// What the bundle was built from.
 const INFO: &str = "BUNDLE.json";
 /// Time limit of the GPU tests on the device.
 const GPU_TESTS_LIMIT_S: u64 = 400;
+/// Time limit of the model-level check on the device.
+const MODEL_LIMIT_S: u64 = 500;
 
 /// Options of `cargo xtask gpu-bundle`.
 #[derive(Debug, PartialEq, Eq)]
@@ -81,25 +110,72 @@ struct Entry {
     executable: bool,
 }
 
-/// The bundle's files besides run.sh and BUNDLE.json.
-fn entries(root: &Path, gpu_check: PathBuf, gpu_tests: PathBuf) -> Vec<Entry> {
-    vec![
-        Entry {
-            src: gpu_check,
-            dest: GPU_CHECK,
-            executable: true,
-        },
-        Entry {
-            src: gpu_tests,
-            dest: GPU_TESTS,
-            executable: true,
-        },
-        Entry {
-            src: root.join(SDPA.1),
-            dest: SDPA.0,
+/// The binaries built for the bundle.
+struct Binaries {
+    gpu_check: PathBuf,
+    gpu_tests: PathBuf,
+    bench_forward: PathBuf,
+    bench_train: PathBuf,
+}
+
+/// The bundle's files besides run.sh and BUNDLE.json; `snapshot` is the all-MiniLM-L6-v2
+/// snapshot folder the model files come from.
+fn entries(root: &Path, bins: &Binaries, snapshot: &Path) -> Vec<Entry> {
+    let exe = |src: &PathBuf, dest| Entry {
+        src: src.clone(),
+        dest,
+        executable: true,
+    };
+    let mut v = vec![
+        exe(&bins.gpu_check, GPU_CHECK),
+        exe(&bins.gpu_tests, GPU_TESTS),
+        exe(&bins.bench_forward, BENCH_FORWARD),
+        exe(&bins.bench_train, BENCH_TRAIN),
+    ];
+    for (src, dest) in [SDPA, MODEL_CHECK].map(|(d, s)| (root.join(s), d)) {
+        v.push(Entry {
+            src,
+            dest,
             executable: false,
-        },
-    ]
+        });
+    }
+    for &(name, dest) in MODEL_FILES {
+        v.push(Entry {
+            src: snapshot.join(name),
+            dest,
+            executable: false,
+        });
+    }
+    v
+}
+
+/// The all-MiniLM-L6-v2 snapshot folder in the first Hugging Face cache that has one:
+/// `$HF_HUB_CACHE`, `$QATTN_HF_CACHE`, then the shared data beside the repository
+/// (`../shared/data/hf`).
+fn minilm_snapshot(root: &Path) -> Result<PathBuf> {
+    let mut caches: Vec<PathBuf> = ["HF_HUB_CACHE", "QATTN_HF_CACHE"]
+        .iter()
+        .filter_map(std::env::var_os)
+        .map(PathBuf::from)
+        .collect();
+    caches.push(root.join("../shared/data/hf"));
+    for cache in &caches {
+        let snaps = cache.join("models--sentence-transformers--all-MiniLM-L6-v2/snapshots");
+        if let Ok(rd) = fs::read_dir(&snaps) {
+            let mut found: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.join("config.json").is_file())
+                .collect();
+            found.sort();
+            if let Some(p) = found.pop() {
+                return Ok(p);
+            }
+        }
+    }
+    bail!(
+        "all-MiniLM-L6-v2 (config and tokenizer, for the model check) is in none of the Hugging \
+         Face caches {caches:?}: set HF_HUB_CACHE to a cache that has it"
+    )
 }
 
 /// The device script. Every bundle file it uses is named as `"$HERE/<path>"`.
@@ -107,13 +183,15 @@ fn run_script(info: &str) -> String {
     let gpu_check_s = GPU_CHECK_LIMIT.as_secs();
     let sdpa_s = SDPA_LIMIT.as_secs();
     let sdpa = SDPA.0;
+    let model_check = MODEL_CHECK.0;
+    let model_config = MODEL_FILES[0].1;
     format!(
         r#"#!/usr/bin/env bash
 # Device script of a qattn GPU bundle, written by `cargo xtask gpu-bundle` (xtask/src/gpu_bundle.rs).
 # Built from: {info}
 # Needs: an NVIDIA GPU and its driver, bash, coreutils `timeout`, Python 3 with torch
 # ($PYTHON, default python3). No Rust toolchain, no network.
-# Usage: ./run.sh [OUT_DIR]   (default: results/ beside this script)
+# Usage: [STEPS="check sdpa tests model"] ./run.sh [OUT_DIR]   (default: results/ beside this script)
 set -uo pipefail
 HERE="$(cd "$(dirname "${{BASH_SOURCE[0]}}")" && pwd)"
 OUT="${{1:-$HERE/results}}"
@@ -144,22 +222,39 @@ failed=0
   ldd "$HERE/{GPU_CHECK}"
 }} > "$OUT/env.txt" 2>&1
 
+# Which steps run: STEPS="check sdpa tests model" (the default; any subset, in this order).
+STEPS=" ${{STEPS:-check sdpa tests model}} "
+want() {{ case "$STEPS" in *" $1 "*) return 0 ;; *) return 1 ;; esac; }}
+
 # 1. Correctness against the CPU reference and timings (as `cargo xtask gpu-check`).
-timeout {gpu_check_s} "$HERE/{GPU_CHECK}" --out "$OUT/gpu-rust.json" 2>&1 | tee "$OUT/rust.log"
-rust_status=${{PIPESTATUS[0]}}
-case $rust_status in
-  0) ;;
-  2) echo "qattn-gpu-check found no usable GPU" >&2; exit 2 ;;
-  *) echo "qattn-gpu-check failed ($rust_status); running the baseline anyway" >&2; failed=1 ;;
-esac
+if want check; then
+  timeout {gpu_check_s} "$HERE/{GPU_CHECK}" --out "$OUT/gpu-rust.json" 2>&1 | tee "$OUT/rust.log"
+  rust_status=${{PIPESTATUS[0]}}
+  case $rust_status in
+    0) ;;
+    2) echo "qattn-gpu-check found no usable GPU" >&2; exit 2 ;;
+    *) echo "qattn-gpu-check failed ($rust_status); running the baseline anyway" >&2; failed=1 ;;
+  esac
+fi
 
 # 2. PyTorch SDPA baseline, merged with the Rust results into gpu.json.
-timeout {sdpa_s} "$PYTHON" "$HERE/{sdpa}" --rust "$OUT/gpu-rust.json" --out "$OUT/gpu.json" 2>&1 | tee "$OUT/sdpa.log"
-[ "${{PIPESTATUS[0]}}" -eq 0 ] || {{ echo "sdpa_baseline.py failed" >&2; failed=1; }}
+if want sdpa; then
+  timeout {sdpa_s} "$PYTHON" "$HERE/{sdpa}" --rust "$OUT/gpu-rust.json" --out "$OUT/gpu.json" 2>&1 | tee "$OUT/sdpa.log"
+  [ "${{PIPESTATUS[0]}}" -eq 0 ] || {{ echo "sdpa_baseline.py failed" >&2; failed=1; }}
+fi
 
 # 3. The GPU tests of qattn-kernels (tests/gpu.rs), one at a time.
-timeout {GPU_TESTS_LIMIT_S} "$HERE/{GPU_TESTS}" --test-threads=1 2>&1 | tee "$OUT/gpu-tests.log"
-[ "${{PIPESTATUS[0]}}" -eq 0 ] || {{ echo "GPU tests failed" >&2; failed=1; }}
+if want tests; then
+  timeout {GPU_TESTS_LIMIT_S} "$HERE/{GPU_TESTS}" --test-threads=1 2>&1 | tee "$OUT/gpu-tests.log"
+  [ "${{PIPESTATUS[0]}}" -eq 0 ] || {{ echo "GPU tests failed" >&2; failed=1; }}
+fi
+
+# 4. Models on the GPU: parity with the CPU, throughput against PyTorch (gpu-model.json/.md).
+if want model; then
+  timeout {MODEL_LIMIT_S} "$PYTHON" "$HERE/{model_check}" --forward "$HERE/{BENCH_FORWARD}" \
+    --train "$HERE/{BENCH_TRAIN}" --model-config "$HERE/{model_config}" --out "$OUT" 2>&1 | tee "$OUT/model.log"
+  [ "${{PIPESTATUS[0]}}" -eq 0 ] || {{ echo "model check failed" >&2; failed=1; }}
+fi
 
 echo "results in $OUT"
 exit $failed
@@ -349,7 +444,33 @@ pub(crate) fn gpu_bundle(root: &Path, opts: &Options) -> Result<()> {
         );
         obj.insert("nvcc".into(), Value::from(nvcc_version));
     }
-    let files = entries(root, target.join("release/qattn-gpu-check"), gpu_tests);
+    let mut examples = cargo();
+    examples
+        .current_dir(root)
+        .env("CARGO_TARGET_DIR", &target)
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "qattn-model",
+            "-p",
+            "qattn-train",
+            "--features",
+            "qattn-model/cuda,qattn-train/cuda",
+            "--example",
+            "bench_forward",
+            "--example",
+            "bench_train",
+        ]);
+    crate::cuda::cuda_env(&mut examples, root, &nvcc, true)?;
+    run(&mut examples)?;
+    let bins = Binaries {
+        gpu_check: target.join("release/qattn-gpu-check"),
+        gpu_tests,
+        bench_forward: target.join("release/examples/bench_forward"),
+        bench_train: target.join("release/examples/bench_train"),
+    };
+    let files = entries(root, &bins, &minilm_snapshot(root)?);
     write_bundle(&out, &files, &info)?;
     println!(
         "wrote the GPU bundle to {} ({}); on the device: {}/run.sh [OUT_DIR]",
@@ -391,19 +512,45 @@ mod tests {
         let root = tmp.join("repo");
         fs::create_dir_all(root.join("benchmarks/gpu")).unwrap();
         fs::write(root.join(SDPA.1), "print('baseline')\n").unwrap();
-        let (check, tests) = (tmp.join("qattn-gpu-check"), tmp.join("gpu-1234abcd"));
-        fs::write(&check, "binary").unwrap();
-        fs::write(&tests, "binary").unwrap();
+        fs::write(root.join(MODEL_CHECK.1), "print('models')\n").unwrap();
+        let snapshot = tmp.join("snapshot");
+        fs::create_dir_all(&snapshot).unwrap();
+        for (name, _) in MODEL_FILES {
+            fs::write(snapshot.join(name), "{}").unwrap();
+        }
+        let bin = |name: &str| {
+            let p = tmp.join(name);
+            fs::write(&p, "binary").unwrap();
+            p
+        };
+        let bins = Binaries {
+            gpu_check: bin("qattn-gpu-check"),
+            gpu_tests: bin("gpu-1234abcd"),
+            bench_forward: bin("bench_forward"),
+            bench_train: bin("bench_train"),
+        };
         let info = serde_json::json!({
             "git_commit": "0123456789ab", "git_dirty": false, "date_utc": "2026-12-06T00:00:00Z"
         });
         let out = tmp.join("bundle");
-        write_bundle(&out, &entries(&root, check, tests), &info).unwrap();
+        write_bundle(&out, &entries(&root, &bins, &snapshot), &info).unwrap();
 
         let script = fs::read_to_string(out.join(RUN_SH)).unwrap();
         let used = referenced_files(&script);
-        for f in [GPU_CHECK, GPU_TESTS, SDPA.0, INFO] {
+        for f in [
+            GPU_CHECK,
+            GPU_TESTS,
+            BENCH_FORWARD,
+            BENCH_TRAIN,
+            SDPA.0,
+            MODEL_CHECK.0,
+            MODEL_FILES[0].1,
+            INFO,
+        ] {
             assert!(used.iter().any(|u| u == f), "run.sh does not use {f}");
+        }
+        for (_, dest) in MODEL_FILES {
+            assert!(out.join(dest).is_file(), "{dest} missing from the bundle");
         }
         for f in &used {
             assert!(
@@ -412,7 +559,7 @@ mod tests {
             );
         }
         // Executables are stored compressed; run.sh unpacks them.
-        for f in [GPU_CHECK, GPU_TESTS] {
+        for f in [GPU_CHECK, GPU_TESTS, BENCH_FORWARD, BENCH_TRAIN] {
             assert!(!out.join(f).exists(), "{f} stored uncompressed");
             let gz = fs::read(out.join(format!("{f}.gz"))).unwrap();
             assert_eq!(&gz[..2], &[0x1f, 0x8b], "{f}.gz is not gzip");
@@ -442,18 +589,30 @@ mod tests {
         assert_eq!(written, info);
 
         // Rewriting replaces an earlier bundle; a folder that is not a bundle is left alone.
-        let (check, tests) = (tmp.join("qattn-gpu-check"), tmp.join("gpu-1234abcd"));
-        write_bundle(&out, &entries(&root, check.clone(), tests.clone()), &info).unwrap();
+        let bins = Binaries {
+            gpu_check: bin("qattn-gpu-check"),
+            gpu_tests: bin("gpu-1234abcd"),
+            bench_forward: bin("bench_forward"),
+            bench_train: bin("bench_train"),
+        };
+        write_bundle(&out, &entries(&root, &bins, &snapshot), &info).unwrap();
         let other = tmp.join("not-a-bundle");
         fs::create_dir_all(&other).unwrap();
         fs::write(other.join("keep.txt"), "mine").unwrap();
-        let err = write_bundle(&other, &entries(&root, check, tests), &info).unwrap_err();
+        let err = write_bundle(&other, &entries(&root, &bins, &snapshot), &info).unwrap_err();
         assert!(err.to_string().contains("not a GPU bundle"), "{err}");
         assert!(other.join("keep.txt").is_file());
         // A missing source fails without leaving a half-written bundle.
         let err = write_bundle(
             &tmp.join("b2"),
-            &entries(&root, tmp.join("missing"), tmp.join("missing")),
+            &entries(
+                &root,
+                &Binaries {
+                    gpu_check: tmp.join("missing"),
+                    ..bins
+                },
+                &snapshot,
+            ),
             &info,
         );
         assert!(err.is_err());

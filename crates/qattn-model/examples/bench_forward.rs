@@ -8,12 +8,18 @@
 //!     --attention stratified:32 --batch 32 --seq 128 --warmup 2 --iters 10 --json out.json
 //! ```
 //!
+//! `--device cpu|cuda[:N]` (default `cpu`) picks where the model runs; on a GPU each timed pass
+//! ends with a device synchronisation, so the time is the pass's, not its launch's.
+//! `--hidden-out PATH` writes the last timed pass's last hidden state as little-endian f32
+//! (row-major [batch, seq, hidden]) for comparing devices (the GPU bundle's parity check).
+//!
 //! The model is loaded offline from the cache (no tokenizer). The token ids are deterministic
 //! and identical to `benchmarks/baselines/hf_bert.py`: `id[b][j]` is 101 for `j = 0`, 102 for
 //! `j = L-1` and `1000 + (b·7919 + j·104729) mod 28000` otherwise, with no padding. After
 //! `warmup` untimed passes, `iters` forward passes are timed one by one (wall clock). The JSON
 //! written: `{"estimator", "model", "batch", "seq", "warmup", "iters", "times_s": [...],
-//! "median_s", "seqs_per_s", "peak_rss_mb", "threads", "load_s", "cpu_s", "output_abs_mean"}`,
+//! "median_s", "seqs_per_s", "peak_rss_mb", "threads", "load_s", "cpu_s", "output_abs_mean",
+//! "device"}`,
 //! where `seqs_per_s = batch / median_s`, `peak_rss_mb` is `VmHWM` of `/proc/self/status` in
 //! MiB, `threads` is candle's (and rayon's) thread count, set with `RAYON_NUM_THREADS`, and
 //! `cpu_s` the CPU time (user + system, all threads) of the whole process.
@@ -38,6 +44,8 @@ struct Args {
     warmup: usize,
     iters: usize,
     json: Option<PathBuf>,
+    device: String,
+    hidden_out: Option<PathBuf>,
 }
 
 fn parse_args() -> Result<Args> {
@@ -50,6 +58,8 @@ fn parse_args() -> Result<Args> {
         "--warmup",
         "--iters",
         "--json",
+        "--device",
+        "--hidden-out",
     ])?;
     let args = Args {
         model: flags.string("--model", "sentence-transformers/all-MiniLM-L6-v2"),
@@ -60,6 +70,8 @@ fn parse_args() -> Result<Args> {
         warmup: flags.number("--warmup", 2)?,
         iters: flags.number("--iters", 10)?,
         json: flags.path("--json"),
+        device: flags.string("--device", "cpu"),
+        hidden_out: flags.path("--hidden-out"),
     };
     if args.batch == 0 || args.seq < 2 || args.iters == 0 {
         bail!("need --batch ≥ 1, --seq ≥ 2 and --iters ≥ 1");
@@ -70,6 +82,7 @@ fn parse_args() -> Result<Args> {
 fn main() -> Result<()> {
     let args = parse_args()?;
     let threads = candle_core::utils::get_num_threads();
+    let device = qattn_model::parse_device(&args.device)?;
     let opts = LoadOptions {
         hub: HubOptions {
             cache_dir: args.cache_dir.clone(),
@@ -78,6 +91,7 @@ fn main() -> Result<()> {
         },
         attention: Some(AttentionConfig::parse(&args.attention)?),
         tokenizer: false,
+        device: device.clone(),
         ..Default::default()
     };
     let started = Instant::now();
@@ -87,24 +101,37 @@ fn main() -> Result<()> {
     let ids = Tensor::from_vec(
         token_ids(0, args.batch, args.seq),
         (args.batch, args.seq),
-        &Device::Cpu,
+        &device,
     )?;
     let inputs = Inputs::from_ids(ids);
 
     for _ in 0..args.warmup {
         model.forward(&inputs, Mode::EVAL)?;
     }
+    device.synchronize()?;
     let mut times = Vec::with_capacity(args.iters);
     let mut output_abs_mean = 0.0;
+    let mut last = None;
     for _ in 0..args.iters {
         let t0 = Instant::now();
         let out = model.forward(&inputs, Mode::EVAL)?;
+        device.synchronize()?;
         times.push(t0.elapsed().as_secs_f64());
         output_abs_mean = out
             .last_hidden_state
             .abs()?
             .mean_all()?
             .to_scalar::<f32>()? as f64;
+        last = Some(out.last_hidden_state);
+    }
+    if let (Some(path), Some(h)) = (&args.hidden_out, last) {
+        let values = h
+            .to_device(&Device::Cpu)?
+            .to_dtype(candle_core::DType::F32)?
+            .flatten_all()?
+            .to_vec1::<f32>()?;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))?;
     }
     let median_s = median(&times);
     let seqs_per_s = args.batch as f64 / median_s;
@@ -127,6 +154,7 @@ fn main() -> Result<()> {
         "load_s": load_s,
         "cpu_s": cpu_seconds(),
         "output_abs_mean": output_abs_mean,
+        "device": qattn_model::device_spec(&device),
     });
     write_report(&report, args.json.as_deref())
 }

@@ -9,6 +9,10 @@
 //!     --warmup 2 --steps 8 --json out.json
 //! ```
 //!
+//! `--device cpu|cuda[:N]` (default `cpu`) picks where the model trains (the GPU bundle runs it
+//! on both and compares the per-step losses); step times are then wall-clock times of steps
+//! that end in the trainer's loss read-back, which waits for the device.
+//!
 //! The model is loaded offline from the cache, trainable, with a new 2-label classification
 //! head (and its tokenizer, for the pad id). The training set is built in memory:
 //! `(warmup + steps) · batch` examples of exactly `seq` tokens (no padding), with the token ids
@@ -37,7 +41,7 @@
 //! The JSON written: `{"attention", "grad_mode", "model", "batch", "seq", "warmup", "steps",
 //! "step_times_s": [...], "median_s", "samples_per_s", "losses": [...], "mean_loss",
 //! "peak_rss_mb", "peak_rss_with_checkpoint_mb", "threads", "load_s", "train_s", "cpu_s",
-//! "hyperparameters": {...}}`, where `step_times_s` are the timed steps (after the warm-up),
+//! "hyperparameters": {...}, "device"}`, where `step_times_s` are the timed steps (after the warm-up),
 //! `samples_per_s = batch / median_s`, `losses` the training loss of every step, `mean_loss`
 //! their mean over the timed steps, RSS in MiB, `threads` candle's (and rayon's) thread count,
 //! set with `RAYON_NUM_THREADS`, and `cpu_s` the CPU time of the whole process (checkpoint
@@ -163,6 +167,7 @@ fn main() -> Result<()> {
         "--steps",
         "--seed",
         "--json",
+        "--device",
     ])?;
     let model_id = flags.string("--model", "sentence-transformers/all-MiniLM-L6-v2");
     let spec = flags.string("--attention", "exact");
@@ -180,6 +185,7 @@ fn main() -> Result<()> {
     }
     let total = warmup + steps;
     let threads = candle_core::utils::get_num_threads();
+    let device = qattn_model::parse_device(&flags.string("--device", "cpu"))?;
 
     let attention = AttentionConfig::parse(&spec)?
         .with_grad_mode(grad_mode)
@@ -196,6 +202,7 @@ fn main() -> Result<()> {
         tokenizer: true,
         trainable: true,
         init_seed: seed,
+        device: device.clone(),
         ..Default::default()
     };
     let started = Instant::now();
@@ -264,6 +271,7 @@ fn main() -> Result<()> {
         "peak_rss_mb": training_peak,
         "peak_rss_with_checkpoint_mb": peak_rss_mib(),
         "threads": threads,
+        "device": qattn_model::device_spec(&device),
         "load_s": load_s,
         "train_s": train_s,
         "cpu_s": cpu_seconds(),
