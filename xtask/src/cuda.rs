@@ -100,8 +100,8 @@ fn cudarc_version(nvcc_version: &str) -> Option<String> {
 
 /// Sets what a `--features cuda` cargo command needs on a machine without a GPU or a system
 /// CUDA toolkit: nvcc's folder first on PATH (candle-kernels and cudarc call `nvcc`), `NVCC`,
-/// `CUDA_COMPUTE_CAP` (default [`DEFAULT_COMPUTE_CAP`]) and `CUDARC_CUDA_VERSION` from nvcc,
-/// unless already set; with `link`, also `CUDA_ROOT` at the link stubs of [`link_stubs`], so
+/// `CUDA_COMPUTE_CAP` (default [`DEFAULT_COMPUTE_CAP`]), `CUDAFORGE_THREADS` (every core for
+/// candle-kernels' nvcc jobs) and `CUDARC_CUDA_VERSION` from nvcc, unless already set; with `link`, also `CUDA_ROOT` at the link stubs of [`link_stubs`], so
 /// binaries link.
 pub(crate) fn cuda_env(cmd: &mut Command, root: &Path, nvcc: &Path, link: bool) -> Result<()> {
     let bin = nvcc.parent().context("nvcc has no parent folder")?;
@@ -112,6 +112,11 @@ pub(crate) fn cuda_env(cmd: &mut Command, root: &Path, nvcc: &Path, link: bool) 
         .env("NVCC", nvcc);
     if std::env::var_os("CUDA_COMPUTE_CAP").is_none() {
         cmd.env("CUDA_COMPUTE_CAP", DEFAULT_COMPUTE_CAP);
+    }
+    if std::env::var_os("CUDAFORGE_THREADS").is_none() {
+        // candle-kernels' build (cudaforge) compiles on half the cores by default.
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        cmd.env("CUDAFORGE_THREADS", cores.to_string());
     }
     if std::env::var_os("CUDARC_CUDA_VERSION").is_none() {
         let text = crate::output(Command::new(nvcc).arg("--version"))?;
