@@ -48,7 +48,8 @@ pub(crate) struct Args {
     /// Weight precision for the --model models: f32, f16 or int8.
     #[arg(long)]
     precision: Option<String>,
-    /// Device for the --model models: cpu, cuda or cuda:N (checked at start-up).
+    /// Device for the --model models, and for the serve.toml models that set no `device`:
+    /// cpu, cuda or cuda:N (checked at start-up).
     #[arg(long)]
     device: Option<String>,
     /// Task head for the --model models: classification:N, regression or none.
@@ -113,6 +114,11 @@ fn build_config(a: &Args) -> Result<ServeConfig> {
         Some(p) => ServeConfig::from_file(p)?,
         None => ServeConfig::default(),
     };
+    if let Some(d) = &a.device {
+        for m in cfg.models.iter_mut().filter(|m| m.device.is_none()) {
+            m.device = Some(d.clone());
+        }
+    }
     let fail = a
         .fail_mc
         .as_deref()
@@ -289,4 +295,54 @@ pub(crate) fn health(a: HealthArgs) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        serve: Args,
+    }
+
+    fn config(args: &[&str]) -> ServeConfig {
+        let cli = Cli::try_parse_from(std::iter::once("serve").chain(args.iter().copied()))
+            .expect("arguments parse");
+        build_config(&cli.serve).expect("config builds")
+    }
+
+    #[test]
+    fn device_flag_sets_flag_models_and_config_models_without_a_device() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("serve.toml");
+        std::fs::write(
+            &path,
+            "[[models]]\nname = \"a\"\nsource = \"x/a\"\ndevice = \"cpu\"\n\n\
+             [[models]]\nname = \"b\"\nsource = \"x/b\"\n",
+        )
+        .unwrap();
+        let p = path.to_str().unwrap();
+        let cfg = config(&["--config", p, "--model", "x/c=c", "--device", "cuda:1"]);
+        let device = |name: &str| {
+            cfg.models
+                .iter()
+                .find(|m| m.name == name)
+                .unwrap_or_else(|| panic!("model {name}"))
+                .device
+                .clone()
+        };
+        assert_eq!(
+            device("a").as_deref(),
+            Some("cpu"),
+            "an explicit device stays"
+        );
+        assert_eq!(device("b").as_deref(), Some("cuda:1"));
+        assert_eq!(device("c").as_deref(), Some("cuda:1"));
+        // Without the flag nothing is set: the model's own default (cpu) applies.
+        let cfg = config(&["--config", p]);
+        assert_eq!(cfg.models[1].device, None);
+    }
 }
