@@ -443,8 +443,8 @@ mod tests {
     fn sys_functions_lists_each_declared_function_once() {
         let src = "pub type CUresult = u32;\n\
                    pub unsafe fn cuInit(flags: u32) -> CUresult {\n    extern \"C\" { fn cuInit(f: u32) -> CUresult; }\n}\n\
-                   pub unsafe fn cuCtxCreate_v2(p: *mut u8) -> CUresult { todo!() }\n\
-                   pub unsafe fn cuInit(flags: u32) -> CUresult { todo!() }\n\
+                   pub unsafe fn cuCtxCreate_v2(p: *mut u8) -> CUresult { 0 }\n\
+                   pub unsafe fn cuInit(flags: u32) -> CUresult { 0 }\n\
                    pub fn not_a_binding() {}\n\
                    pub unsafe fn is_culib_present() -> bool { true }\n";
         assert_eq!(
