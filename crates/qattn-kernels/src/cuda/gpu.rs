@@ -61,6 +61,11 @@ pub struct DeviceInputs {
 }
 
 impl DeviceInputs {
+    /// The f32 q, k and v buffers, for reuse (e.g. by a backward pass).
+    pub fn into_qkv(self) -> (CudaSlice<f32>, CudaSlice<f32>, CudaSlice<f32>) {
+        (self.q, self.k, self.v)
+    }
+
     /// f32 inputs already on `ctx`'s device in [`GpuShape`]'s layout (e.g. candle tensors'
     /// storage); the mask of `opts` is uploaded.
     pub fn from_device(

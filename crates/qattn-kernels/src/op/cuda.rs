@@ -112,10 +112,15 @@ fn tensor_copy(t: &Tensor, name: &str) -> candle_core::Result<CudaSlice<f32>> {
 }
 
 fn host_copy(s: &CudaStorage, layout: &Layout, name: &str) -> candle_core::Result<Vec<f32>> {
-    let d = device_copy(s, layout, name)?;
+    let data = s.as_cuda_slice::<f32>()?;
+    let (a, b) = layout.contiguous_offsets().ok_or_else(|| {
+        candle_core::Error::Msg(format!(
+            "qattn attention: `{name}` must be contiguous inside the op"
+        ))
+    })?;
     s.device
         .cuda_stream()
-        .clone_dtoh(&d)
+        .clone_dtoh(&data.slice(a..b))
         .map_err(|e| candle_core::Error::Msg(format!("qattn attention: download of `{name}`: {e}")))
 }
 
@@ -216,21 +221,24 @@ pub(super) fn backward(
     } else {
         None
     };
-    let (out, lse) = match saved {
-        Some(lse) => (copy(res, "out")?, lse),
+    let (qd, kd, vd) = (copy(q, "q")?, copy(k, "k")?, copy(v, "v")?);
+    let (qd, kd, vd, out, lse) = match saved {
+        Some(lse) => (qd, kd, vd, copy(res, "out")?, lse),
         None => {
             // Straight-through (or an exact forward that ran on the host): the exact forward,
-            // recomputed on the GPU.
-            let (q, k, v) = (copy(q, "q")?, copy(k, "k")?, copy(v, "v")?);
-            let inp = DeviceInputs::from_device(&ctx, q, k, v, shape, &opts).map_err(to_candle)?;
-            exact_on_device(&ctx, &inp)?
+            // recomputed on the GPU from the same device copies.
+            let inp =
+                DeviceInputs::from_device(&ctx, qd, kd, vd, shape, &opts).map_err(to_candle)?;
+            let (out, lse) = exact_on_device(&ctx, &inp)?;
+            let (qd, kd, vd) = inp.into_qkv();
+            (qd, kd, vd, out, lse)
         }
     };
     let bw = BwdDevice::from_device(
         &ctx,
-        copy(q, "q")?,
-        copy(k, "k")?,
-        copy(v, "v")?,
+        qd,
+        kd,
+        vd,
         out,
         copy(grad_res, "grad")?,
         lse,
