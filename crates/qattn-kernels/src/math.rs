@@ -8,29 +8,59 @@
 
 const LANES: usize = 16;
 
+const LOG2E: f32 = std::f32::consts::LOG2_E;
+/// 1.5 · 2²³: adding it rounds to an integer.
+const MAGIC: f32 = 12_582_912.0;
+/// ln 2 split in two (Cody–Waite): `n · LN2_HI` is exact for |n| < 2¹⁴.
+const LN2_HI: f32 = 0.693_359_4;
+const LN2_LO: f32 = -2.121_944_4e-4;
+
 /// exp(x) for f32 with ~2 ulp relative error on [-87, 88]; exactly 0 below -87 (so masked
 /// logits set to -inf contribute nothing). Cephes-style range reduction and polynomial.
 #[inline(always)]
 pub(crate) fn exp_approx(x: f32) -> f32 {
-    const LOG2E: f32 = std::f32::consts::LOG2_E;
-    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    const LN2_HI: f32 = 0.693_359_4;
-    const LN2_LO: f32 = -2.121_944_4e-4;
     let xc = x.clamp(-87.0, 88.0);
     let t = xc * LOG2E + MAGIC;
     let n = t - MAGIC;
-    let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
     let r = xc - n * LN2_HI - n * LN2_LO;
+    let res = exp_reduced(t, r);
+    if x < -87.0 { 0.0 } else { res }
+}
+
+/// exp(hi + lo) for a sum that f32 cannot hold exactly (`lo` small against `hi`, both
+/// finite), as `(y, a, b)` with exp(hi + lo) = y·a·b: `lo` joins the reduced argument after the
+/// exact step `hi − n·ln2_hi`, so the value has the accuracy of [`exp_approx`] on the exact sum.
+/// The power of two comes as two normal factors, so callers can scale `y` first and round into
+/// the subnormal range only once, at the end. Valid for −174 ≤ hi + lo ≤ 88.
+#[inline(always)]
+fn exp_sum_parts(hi: f32, lo: f32) -> (f32, f32, f32) {
+    let t = (hi + lo).clamp(-174.0, 88.0) * LOG2E + MAGIC;
+    let n = t - MAGIC;
+    let r = (hi - n * LN2_HI) - n * LN2_LO + lo;
+    let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let (na, nb) = (ni >> 1, ni - (ni >> 1));
+    let pow2 = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    (exp_poly_fused(r), pow2(na), pow2(nb))
+}
+
+/// 2ⁿ · exp(r) for |r| ≤ ln2/2 (plus rounding), with n encoded in `t = n + MAGIC`.
+#[inline(always)]
+fn exp_reduced(t: f32, r: f32) -> f32 {
+    let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
+    exp_poly(r) * scale
+}
+
+/// exp(r) for |r| ≤ ln2/2 (plus rounding): the Cephes polynomial.
+#[inline(always)]
+fn exp_poly(r: f32) -> f32 {
     let mut p = 1.987_569_1e-4_f32;
     p = p * r + 1.398_199_9e-3;
     p = p * r + 8.333_452e-3;
     p = p * r + 4.166_579_6e-2;
     p = p * r + 1.666_666_5e-1;
     p = p * r + 0.5;
-    let y = p * r * r + r + 1.0;
-    let scale = f32::from_bits(((ni + 127) as u32) << 23);
-    let res = y * scale;
-    if x < -87.0 { 0.0 } else { res }
+    p * r * r + r + 1.0
 }
 
 #[inline(always)]
@@ -150,28 +180,59 @@ fn normal_tail_parts(x: f32) -> (f32, f32, f32) {
     let e = x.mul_add(x, -p);
     let z = x.abs() * std::f32::consts::FRAC_1_SQRT_2;
     let t = 1.0 / (1.0 + 0.5 * z);
-    let mut poly = ERFC_P[9];
-    for &c in ERFC_P[..9].iter().rev() {
-        poly = poly * t + c;
-    }
     (
         exp_approx(-0.5 * p),
-        0.5 * t * exp_approx(poly - 0.5 * e),
+        0.5 * t * exp_approx(erfc_poly_fused(t) - 0.5 * e),
         e,
     )
 }
 
+/// [`exp_poly`] with fused multiply-adds: a shorter dependency chain (rounded differently,
+/// so only for callers with no cross-device identity to keep; [`exp_approx`] keeps the
+/// unfused form the GPU kernels reproduce).
+#[inline(always)]
+fn exp_poly_fused(r: f32) -> f32 {
+    let mut p = 1.987_569_1e-4_f32;
+    p = p.mul_add(r, 1.398_199_9e-3);
+    p = p.mul_add(r, 8.333_452e-3);
+    p = p.mul_add(r, 4.166_579_6e-2);
+    p = p.mul_add(r, 1.666_666_5e-1);
+    p = p.mul_add(r, 0.5);
+    (p * r).mul_add(r, r) + 1.0
+}
+
+/// P(t) of [`ERFC_P`] by Horner's rule with fused multiply-adds.
+#[inline(always)]
+fn erfc_poly_fused(t: f32) -> f32 {
+    let mut poly = ERFC_P[9];
+    for &c in ERFC_P[..9].iter().rev() {
+        poly = poly.mul_add(t, c);
+    }
+    poly
+}
+
 /// GELU, exact erf form: x·Φ(x). Relative error ≤ 1e-6 against f64 wherever the result is a
 /// normal f32 (tested).
+///
+/// The tail Φ(−|x|) = ½·t·exp(−x²/2 + P(t)) takes one exponential of the two-part sum
+/// (−p/2) + (P(t) − e/2), p + e = x² exactly ([`normal_tail_parts`] splits it into two
+/// exponentials because the derivative needs exp(−x²/2) on its own).
 #[inline(always)]
 fn gelu_scalar(x: f32) -> f32 {
     // Beyond ±14 the lower tail is below f32's range; clamping keeps ±inf out of the tails.
     let xc = x.clamp(-14.0, 14.0);
-    let (g, rest, _) = normal_tail_parts(xc);
+    let p = xc * xc;
+    let e = xc.mul_add(xc, -p);
+    let z = xc.abs() * std::f32::consts::FRAC_1_SQRT_2;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let (y, a, b) = exp_sum_parts(-0.5 * p, erfc_poly_fused(t) - 0.5 * e);
+    let m = 0.5 * t * y;
+    // Below zero x·tail takes the powers of two last: a result near f32's smallest normal is
+    // rounded once, not first as a subnormal tail.
     if x >= 0.0 {
-        x * (1.0 - rest * g)
+        x * (1.0 - m * a * b)
     } else {
-        (x * rest) * g
+        (x * m) * a * b
     }
 }
 
