@@ -212,6 +212,8 @@ async fn shutdown_signal() {
 
 pub(crate) fn run(a: Args) -> Result<()> {
     init_tracing(a.log_format);
+    // Each batch allocates and frees the same activation buffers: keep them in the heap.
+    qattn_model::memory::retain_freed_memory();
     let cfg = build_config(&a)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -45,6 +45,7 @@ pub mod cuda;
 pub mod dense;
 mod error;
 pub mod fused;
+pub mod heads;
 mod math;
 pub mod noise;
 mod op;

@@ -80,6 +80,8 @@ fn parse_args() -> Result<Args> {
 }
 
 fn main() -> Result<()> {
+    // As `qattn serve` does: freed activation buffers stay in the heap between passes.
+    qattn_model::memory::retain_freed_memory();
     let args = parse_args()?;
     let threads = candle_core::utils::get_num_threads();
     let device = qattn_model::parse_device(&args.device)?;

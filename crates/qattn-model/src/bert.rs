@@ -666,14 +666,9 @@ impl Bert {
                         .to_vec1::<f32>()?;
                 Ok((w, bias))
             })?;
-            // [B·L, 3H] → [B, L, 3, nh, dh]; each of q, k, v → [B, nh, L, dh].
-            let y = w
-                .matmul_bias_t(&x2, Some(bias))?
-                .reshape((b, l, 3, nh, dh))?;
-            let part = |j: usize| -> Result<Tensor> {
-                Ok(y.i((.., .., j))?.transpose(1, 2)?.contiguous()?)
-            };
-            return Ok((part(0)?, part(1)?, part(2)?));
+            // [B·L, 3H] → q, k, v [B, nh, L, dh], in one parallel pass.
+            let y = w.matmul_bias_t(&x2, Some(bias))?;
+            return Ok(qattn_kernels::heads::split_qkv(&y, b, l, nh, dh)?);
         }
         Ok((
             heads(layer.query.forward(x)?)?,
@@ -694,7 +689,11 @@ impl Bert {
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, l, h) = x.dims3()?;
-        let ctx = ctx.transpose(1, 2)?.contiguous()?.reshape((b, l, h))?;
+        let ctx = if !mode.train && !ctx.track_op() && qattn_kernels::fused::supported(ctx) {
+            qattn_kernels::heads::merge_heads(ctx)?
+        } else {
+            ctx.transpose(1, 2)?.contiguous()?.reshape((b, l, h))?
+        };
         // Dropout acts between the dense bias and the residual: with it on, the bias is added
         // first; without it, the bias folds into the fused residual + LayerNorm.
         let dropout_on = mode.train && cfg.hidden_dropout_prob > 0.0;

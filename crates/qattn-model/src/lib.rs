@@ -45,6 +45,7 @@ pub mod error;
 pub mod heads;
 pub mod hub;
 pub mod io;
+pub mod memory;
 pub mod model;
 pub mod params;
 pub mod precision;

@@ -29,7 +29,9 @@ pub mod collective;
 pub mod data;
 pub mod error;
 pub mod launch;
-pub mod memory;
+/// Keeping freed buffers in the process (moved to `qattn_model::memory`, which inference
+/// uses too; re-exported here for the training commands).
+pub use qattn_model::memory;
 #[cfg(feature = "mpi")]
 pub mod mpi;
 pub mod optim;
