@@ -301,15 +301,21 @@ fn walk(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32]) {
                 let s1 = (s0 + SUB).min(stop);
                 let ss = f64::from(sum16(&w[s0..s1]));
                 if ss > 0.0 && targets[t].0 < c + ss {
+                    // The running sums cc_j, left to right in f64 (a zero weight adds exactly
+                    // nothing, and ss > 0 rules out NaN); a target goes to the first key whose
+                    // running sum exceeds it, which has a positive weight. Counting the sums at
+                    // or below it finds that key without a branch per key.
+                    let mut pre = [f64::INFINITY; SUB];
                     let mut cc = c;
-                    for (j, &x) in w[s0..s1].iter().enumerate().map(|(i, x)| (s0 + i, x)) {
-                        if x > 0.0 {
-                            cc += f64::from(x);
-                            while t < n && targets[t].0 < cc {
-                                out[targets[t].1 as usize] = j as u32;
-                                t += 1;
-                            }
-                        }
+                    for (p, &x) in pre.iter_mut().zip(&w[s0..s1]) {
+                        cc += f64::from(x);
+                        *p = cc;
+                    }
+                    while t < n && targets[t].0 < cc {
+                        let tv = targets[t].0;
+                        let j = pre.iter().map(|&p| usize::from(p <= tv)).sum::<usize>();
+                        out[targets[t].1 as usize] = (s0 + j) as u32;
+                        t += 1;
                     }
                     if let Some(last) = last_pos(s0, s1) {
                         while t < n && targets[t].0 < c + ss {
