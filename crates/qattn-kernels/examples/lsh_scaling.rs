@@ -10,8 +10,11 @@
 //! made for. **diffuse**: i.i.d. N(0, 1.5²) entries: peaked attention (logits ≈ N(0, 2.25²)) with
 //! no angular structure for the hash to find, so the remainder draws carry the estimate. Forward passes only, no
 //! autograd. Prints one JSON object per (L, input kind): median seconds of our exact kernel
-//! (skipped above EXACT_MAX_L, default 65536) and of SPEC, and SPEC's relative error
-//! ‖o − o_exact‖_F / ‖o_exact‖_F (null where exact was skipped).
+//! (skipped above EXACT_MAX_L, default 65536) and of SPEC, SPEC's relative error
+//! ‖o − o_exact‖_F / ‖o_exact‖_F (null where exact was skipped), and each kernel's peak memory:
+//! how far the process's resident set rose above its level at the start of the first call
+//! (Linux: `VmHWM` after resetting it through `/proc/self/clear_refs`; null elsewhere), in MiB —
+//! the same measure `benchmarks/lsh/sdpa.py` takes for PyTorch.
 
 use candle_core::{Device, Tensor};
 use qattn_kernels::{AttentionOptions, attention};
@@ -72,20 +75,59 @@ fn inputs(kind: &str, l: usize, seed: u64) -> candle_core::Result<(Tensor, Tenso
     ))
 }
 
+/// A field of `/proc/self/status` in KiB.
+fn status_kib(field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = text.lines().find(|l| l.starts_with(field))?;
+    line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Runs `f` once and returns its result with the rise of the resident set above its level at
+/// the start (MiB), or `None` where the peak cannot be reset and read (not Linux).
+fn peak_rise<T>(f: impl FnOnce() -> T) -> (T, Option<f64>) {
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = status_kib("VmRSS:");
+    let out = f();
+    let peak = status_kib("VmHWM:");
+    let rise = match (reset, before, peak) {
+        (true, Some(b), Some(p)) => Some(p.saturating_sub(b) as f64 / 1024.0),
+        _ => None,
+    };
+    (out, rise)
+}
+
+/// The median wall time of `repeats` calls, the last output, and the memory rise of the first
+/// call ([`peak_rise`]).
 fn median_time(
     repeats: usize,
     mut f: impl FnMut() -> candle_core::Result<Tensor>,
-) -> candle_core::Result<(f64, Tensor)> {
+) -> candle_core::Result<(f64, Tensor, Option<f64>)> {
     let mut times = Vec::with_capacity(repeats);
     let mut last = None;
-    for _ in 0..repeats {
+    let mut mem = None;
+    for r in 0..repeats {
         let t = Instant::now();
-        let o = f()?;
+        let o = if r == 0 {
+            let (o, rise) = peak_rise(&mut f);
+            mem = rise;
+            o?
+        } else {
+            f()?
+        };
         times.push(t.elapsed().as_secs_f64());
         last = Some(o);
     }
     times.sort_by(f64::total_cmp);
-    Ok((times[times.len() / 2], last.expect("at least one repeat")))
+    Ok((
+        times[times.len() / 2],
+        last.expect("at least one repeat"),
+        mem,
+    ))
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -115,20 +157,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for &l in &lengths {
         for kind in ["clustered", "diffuse"] {
             let (q, k, v) = inputs(kind, l, l as u64)?;
-            let (t_lsh, o_lsh) = median_time(repeats, || {
+            let (t_lsh, o_lsh, mem_lsh) = median_time(repeats, || {
                 attention(&q, &k, &v, &lsh).map_err(|e| candle_core::Error::Msg(e.to_string()))
             })?;
-            let (t_exact, err) = if l <= exact_max {
+            let (t_exact, err, mem_exact) = if l <= exact_max {
                 let reps = if l >= 32768 { 1 } else { repeats };
-                let (t, o) = median_time(reps, || {
+                let (t, o, mem) = median_time(reps, || {
                     attention(&q, &k, &v, &exact)
                         .map_err(|e| candle_core::Error::Msg(e.to_string()))
                 })?;
                 let diff = (&o_lsh - &o)?.sqr()?.sum_all()?.to_scalar::<f32>()?;
                 let norm = o.sqr()?.sum_all()?.to_scalar::<f32>()?;
-                (Some(t), Some((diff / norm).sqrt()))
+                (Some(t), Some((diff / norm).sqrt()), mem)
             } else {
-                (None, None)
+                (None, None, None)
             };
             println!(
                 "{}",
@@ -136,6 +178,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     "spec": spec, "length": l, "inputs": kind, "batch_heads": 8, "head_dim": 64,
                     "lsh_seconds": t_lsh, "exact_seconds": t_exact, "relative_error": err,
                     "speedup": t_exact.map(|t| t / t_lsh),
+                    "lsh_peak_mib": mem_lsh, "exact_peak_mib": mem_exact,
                 })
             );
         }
