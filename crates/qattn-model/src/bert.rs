@@ -101,6 +101,10 @@ pub(crate) struct Linear {
     /// The weight packed for small-batch inference ([`qattn_kernels::packed`]), built on the
     /// first call that takes that path. Shared by clones of the layer.
     packed: Arc<OnceLock<PackedWeight>>,
+    /// Autocast: the matmul runs in this dtype (inputs and weight cast to it, the product cast
+    /// back to the input's dtype, the bias added there), so the weight keeps its own dtype —
+    /// f32 master weights — and its gradient flows back through the casts.
+    autocast: Option<DType>,
 }
 
 impl Linear {
@@ -110,6 +114,7 @@ impl Linear {
             bias: p.get(&format!("{name}.bias"), out_dim)?,
             reduced: None,
             packed: Arc::default(),
+            autocast: None,
         })
     }
 
@@ -120,6 +125,9 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.autocasts(x) {
+            return add_bias(&self.project(x)?, &self.bias);
+        }
         if self.takes_dense(x) {
             return Ok(qattn_kernels::dense::linear(
                 x,
@@ -132,7 +140,8 @@ impl Linear {
 
     /// x Wᵀ without the bias (for the fused bias + activation / bias + residual + LayerNorm).
     pub(crate) fn project(&self, x: &Tensor) -> Result<Tensor> {
-        if self.takes_dense(x) {
+        let autocast = self.autocasts(x);
+        if !autocast && self.takes_dense(x) {
             return Ok(qattn_kernels::dense::linear(x, &self.weight, None)?);
         }
         let dims = x.dims().to_vec();
@@ -141,17 +150,27 @@ impl Linear {
             .ok_or_else(|| Error::Input("a dense layer needs at least one dimension".into()))?;
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, *last))?;
-        let y = match &self.reduced {
-            Some(r) => r.matmul_t(&x2)?,
-            None if self.takes_packed(&x2) => once(&self.packed, || {
+        let y = match (&self.reduced, self.autocast) {
+            (_, Some(dt)) if autocast => x2
+                .to_dtype(dt)?
+                .matmul(&self.weight.to_dtype(dt)?.t()?)?
+                .to_dtype(x.dtype())?,
+            (Some(r), _) => r.matmul_t(&x2)?,
+            (None, _) if self.takes_packed(&x2) => once(&self.packed, || {
                 Ok(PackedWeight::from_tensor(&self.weight)?)
             })?
             .matmul_t(&x2)?,
-            None => x2.matmul(&self.weight.t()?)?,
+            (None, _) => x2.matmul(&self.weight.t()?)?,
         };
         let mut out = lead.to_vec();
         out.push(self.weight.dim(0)?);
         Ok(y.reshape(out)?)
+    }
+
+    /// Whether the matmul runs under autocast: a compute dtype is set and differs from the
+    /// input's.
+    fn autocasts(&self, x: &Tensor) -> bool {
+        self.autocast.is_some_and(|dt| dt != x.dtype())
     }
 
     /// Whether `x Wᵀ` takes [`qattn_kernels::dense::linear`] (one autograd node, the bias
@@ -472,6 +491,32 @@ impl Bert {
         }
         self.layers = layers;
         self.precision = precision;
+        Ok(())
+    }
+
+    /// Autocast for training in reduced precision: the matmuls of every encoder layer's six
+    /// dense layers run in `dtype` (bf16 or f16; `None` turns it off), their inputs and the
+    /// f32 weights cast to it and the products cast back to f32, so parameters stay f32
+    /// (master weights) and receive f32 gradients through the casts. Embeddings, attention,
+    /// LayerNorm, GELU, the pooler and task heads stay f32, as under PyTorch's autocast.
+    /// On the CPU candle widens bf16 matmuls to f32 internally, so there this reproduces the
+    /// rounding of reduced precision without its speed.
+    ///
+    /// # Errors
+    /// When `dtype` is not bf16 or f16.
+    pub fn set_autocast(&mut self, dtype: Option<DType>) -> Result<()> {
+        if let Some(dt) = dtype
+            && !matches!(dt, DType::BF16 | DType::F16)
+        {
+            return Err(Error::Config(format!(
+                "autocast runs matmuls in bf16 or f16, not {dt:?}"
+            )));
+        }
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            for (lin, _) in layer.dense_mut(i) {
+                lin.autocast = dtype;
+            }
+        }
         Ok(())
     }
 
@@ -865,6 +910,7 @@ mod tests {
             bias: Tensor::zeros(40, DType::F32, &dev).unwrap(),
             reduced: None,
             packed: Arc::default(),
+            autocast: None,
         };
         let x = Tensor::randn(0f32, 1.0, (2, 5, 24), &dev).unwrap();
         let got = lin.project(&x).unwrap();
@@ -884,6 +930,69 @@ mod tests {
         );
     }
 
+    /// Under autocast the product is the reduced-precision matmul of the rounded operands,
+    /// cast back to f32 with the bias added there; the f32 master weight stays f32 and gets an
+    /// f32 gradient close to the f32 layer's.
+    #[test]
+    fn autocast_linear_rounds_the_matmul_and_keeps_f32_gradients() {
+        let dev = Device::Cpu;
+        let var = candle_core::Var::from_tensor(&Tensor::randn(0f32, 0.3, (16, 32), &dev).unwrap())
+            .unwrap();
+        let bias = Tensor::randn(0f32, 0.1, 16, &dev).unwrap();
+        let x = Tensor::randn(0f32, 1.0, (2, 3, 32), &dev).unwrap();
+        for dt in [DType::BF16, DType::F16] {
+            let mut lin = Linear {
+                weight: var.as_tensor().clone(),
+                bias: bias.clone(),
+                reduced: None,
+                packed: Arc::default(),
+                autocast: Some(dt),
+            };
+            let got = lin.forward(&x).unwrap();
+            assert_eq!(got.dtype(), DType::F32);
+            let want = x
+                .reshape((6, 32))
+                .unwrap()
+                .to_dtype(dt)
+                .unwrap()
+                .matmul(&var.as_tensor().to_dtype(dt).unwrap().t().unwrap())
+                .unwrap()
+                .to_dtype(DType::F32)
+                .unwrap()
+                .broadcast_add(&bias)
+                .unwrap()
+                .reshape((2, 3, 16))
+                .unwrap();
+            assert_eq!(max_abs_diff(&got, &want), 0.0, "{dt:?}");
+            let g = got.sum_all().unwrap().backward().unwrap();
+            let gw = g
+                .get(var.as_tensor())
+                .expect("the master weight gets a gradient");
+            assert_eq!(gw.dtype(), DType::F32);
+            lin.autocast = None;
+            let full = lin.forward(&x).unwrap();
+            let diff = max_abs_diff(&got, &full);
+            // bf16 keeps 8 significant bits, f16 11: the products differ, but only by rounding.
+            let tol = if dt == DType::BF16 { 5e-2 } else { 5e-3 };
+            assert!(diff > 0.0 && diff < tol, "{dt:?}: {diff}");
+            let gf = full.sum_all().unwrap().backward().unwrap();
+            let gd = max_abs_diff(gw, gf.get(var.as_tensor()).unwrap());
+            assert!(gd < tol * 4.0, "{dt:?} gradient: {gd}");
+        }
+        let mut bert_err = Linear {
+            weight: var.as_tensor().clone(),
+            bias,
+            reduced: None,
+            packed: Arc::default(),
+            autocast: None,
+        };
+        bert_err.autocast = Some(DType::F32);
+        assert!(
+            !bert_err.autocasts(&x),
+            "autocast to the input's own dtype is a no-op"
+        );
+    }
+
     /// A trainable weight never takes the packed path: after the variable changes, the layer's
     /// output follows it (a packed copy would be stale).
     #[test]
@@ -896,6 +1005,7 @@ mod tests {
             bias: Tensor::zeros(8, DType::F32, &dev).unwrap(),
             reduced: None,
             packed: Arc::default(),
+            autocast: None,
         };
         let x = Tensor::randn(0f32, 1.0, (3, 6), &dev).unwrap();
         assert!(!lin.takes_packed(&x));

@@ -451,6 +451,15 @@ impl Model {
         self.bert.set_precision(precision)
     }
 
+    /// Autocast of the encoder's dense matmuls for reduced-precision training (see
+    /// [`Bert::set_autocast`]): the parameters stay f32.
+    ///
+    /// # Errors
+    /// When `dtype` is not bf16 or f16.
+    pub fn set_autocast(&mut self, dtype: Option<candle_core::DType>) -> Result<()> {
+        self.bert.set_autocast(dtype)
+    }
+
     /// The task head, if any.
     pub fn head(&self) -> Option<HeadKind> {
         self.head.as_ref().map(|(k, _)| *k)

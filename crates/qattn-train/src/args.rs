@@ -15,13 +15,28 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Precision {
-    /// f32 everywhere (the CPU path).
+    /// f32 everywhere.
     #[default]
     F32,
-    /// bf16 autocast with f32 master weights (CUDA only).
+    /// bf16 autocast with f32 master weights: the encoder's dense matmuls run in bf16
+    /// (`qattn_model::Model::set_autocast`), everything else and the optimiser in f32. On the
+    /// CPU candle widens bf16 matmuls to f32, so this reproduces bf16's rounding (useful to
+    /// check a GPU recipe) but is slower than f32 there.
     Bf16,
-    /// f16 autocast with f32 master weights and dynamic loss scaling (CUDA only).
+    /// f16 autocast with f32 master weights and dynamic loss scaling ([`LossScaler`]): a step
+    /// whose gradients overflow is skipped and the scale halved.
     F16,
+}
+
+impl Precision {
+    /// The dtype the autocast matmuls run in (`None` for f32).
+    pub fn autocast_dtype(self) -> Option<candle_core::DType> {
+        match self {
+            Precision::F32 => None,
+            Precision::Bf16 => Some(candle_core::DType::BF16),
+            Precision::F16 => Some(candle_core::DType::F16),
+        }
+    }
 }
 
 /// The arguments of a training run. Field names follow transformers' `TrainingArguments`
@@ -249,13 +264,6 @@ impl TrainingArgs {
         if !(self.consistency_weight >= 0.0 && self.consistency_weight.is_finite()) {
             return bad("consistency_weight must be ≥ 0".into());
         }
-        if self.precision != Precision::F32 {
-            return bad(format!(
-                "precision {:?}: bf16/f16 autocast needs the `cuda` feature and a GPU, which this \
-                 build does not have; training on the CPU is f32",
-                self.precision
-            ));
-        }
         if let Some(spec) = &self.attention {
             spec.parse::<qattn_model::EstimatorSpec>()
                 .map_err(|e| Error::Args(format!("attention: {e}")))?;
@@ -308,17 +316,21 @@ impl TrainingArgs {
     }
 }
 
-/// A dynamic loss scaler for f16 training (the CUDA path): multiply the loss by `scale`,
-/// unscale the gradients; on overflow skip the step and halve the scale, after
-/// `growth_interval` clean steps double it.
+/// A dynamic loss scaler for f16 training (PyTorch's `GradScaler` rule): multiply the loss by
+/// `scale`, unscale the gradients; on overflow skip the step and halve the scale, after
+/// `growth_interval` clean steps double it. Kept in the trainer state, so a resumed run
+/// continues with the same scale.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LossScaler {
-    /// Current scale.
+    /// Current scale (a power of two, so scaling and unscaling are exact).
     pub scale: f64,
     /// Clean steps since the last change.
     pub clean_steps: u64,
     /// Clean steps before the scale doubles.
     pub growth_interval: u64,
+    /// Steps skipped because their gradients overflowed.
+    #[serde(default)]
+    pub skipped: u64,
 }
 
 impl Default for LossScaler {
@@ -327,6 +339,7 @@ impl Default for LossScaler {
             scale: 65536.0,
             clean_steps: 0,
             growth_interval: 2000,
+            skipped: 0,
         }
     }
 }
@@ -338,6 +351,7 @@ impl LossScaler {
         if !finite {
             self.scale = (self.scale / 2.0).max(1.0);
             self.clean_steps = 0;
+            self.skipped += 1;
             return false;
         }
         self.clean_steps += 1;
@@ -407,11 +421,18 @@ mod tests {
                 .to_string()
                 .contains("gradient_accumulation")
         );
-        let bf = TrainingArgs {
-            precision: Precision::Bf16,
-            ..Default::default()
-        };
-        assert!(bf.validate().unwrap_err().to_string().contains("cuda"));
+        for precision in [Precision::Bf16, Precision::F16] {
+            let mixed = TrainingArgs {
+                precision,
+                ..Default::default()
+            };
+            mixed.validate().unwrap();
+        }
+        assert_eq!(Precision::F32.autocast_dtype(), None);
+        assert_eq!(
+            Precision::Bf16.autocast_dtype(),
+            Some(candle_core::DType::BF16)
+        );
     }
 
     #[test]
@@ -445,5 +466,6 @@ mod tests {
         assert!(s.update(true));
         assert!(s.update(true));
         assert_eq!(s.scale, 65536.0);
+        assert_eq!(s.skipped, 1);
     }
 }

@@ -35,7 +35,7 @@
 //! metrics and tracking; the metrics of each evaluation are sent to every rank so early
 //! stopping ends all of them at the same step.
 
-use crate::args::TrainingArgs;
+use crate::args::{LossScaler, Precision, TrainingArgs};
 use crate::checkpoint::CheckpointManager;
 use crate::collective::{
     BUCKET_ELEMS, Collective, SingleProcess, average_gradients, broadcast_f32, shard,
@@ -81,6 +81,9 @@ pub struct TrainerState {
     /// trajectory-affecting arguments or data is refused. Absent in older checkpoints.
     #[serde(default)]
     pub run_fingerprint: Option<String>,
+    /// The dynamic loss scaler of f16 training (absent otherwise, and in older checkpoints).
+    #[serde(default)]
+    pub loss_scaler: Option<LossScaler>,
 }
 
 /// A hash of everything that decides a run's trajectory: the training arguments except the
@@ -192,6 +195,8 @@ impl Trainer {
         if train.is_empty() {
             return Err(Error::Args("the training set is empty".into()));
         }
+        let mut model = model;
+        model.set_autocast(args.precision.autocast_dtype())?;
         Ok(Trainer {
             args,
             model,
@@ -328,6 +333,10 @@ impl Trainer {
         let (world, rank) = (self.collective.world_size(), self.collective.rank());
         let rows = self.rows_per_example();
         let step = state.step;
+        // f16: the loss is multiplied by the scaler's power of two and the gradients divided by
+        // it, both exactly.
+        let loss_scale = state.loss_scaler.map_or(1.0, |s| s.scale);
+        let unscale = (1.0 / loss_scale) as f32;
         // Filled by the first micro-batch that has a gradient for the parameter (moved in, not
         // added to zeros); parameters no micro-batch reached get zeros at the end.
         let mut grads: Vec<Vec<f32>> = vec![Vec::new(); params.len()];
@@ -360,7 +369,7 @@ impl Trainer {
             let mode =
                 Mode::train(step * accum as u64 + micro as u64).at_row((part.start * rows) as u64);
             let (loss, task_value) =
-                self.micro_loss(&idx, mode, attention, accum as f64 / weight)?;
+                self.micro_loss(&idx, mode, attention, accum as f64 / weight / loss_scale)?;
             if !task_value.is_finite() {
                 return Err(Error::Training(format!(
                     "loss is {task_value} at step {step}; lower the learning rate"
@@ -369,7 +378,10 @@ impl Trainer {
             let g = loss.backward()?;
             for ((_, var), acc) in params.iter().zip(grads.iter_mut()) {
                 if let Some(gt) = g.get(var.as_tensor()) {
-                    let v = gt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    let mut v = gt.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                    if loss_scale != 1.0 {
+                        v.iter_mut().for_each(|x| *x *= unscale);
+                    }
                     if acc.is_empty() {
                         *acc = v;
                     } else {
@@ -550,6 +562,7 @@ impl Trainer {
             attention: base_attention.clone(),
             labels: Some(self.train.labels.clone()),
             run_fingerprint: Some(fingerprint.clone()),
+            loss_scaler: (self.args.precision == Precision::F16).then(LossScaler::default),
             ..Default::default()
         };
         if resume && main {
@@ -598,11 +611,12 @@ impl Trainer {
                         });
                     }
                     state.run_fingerprint = Some(fingerprint.clone());
-                    if opt.steps() != state.step {
+                    let skipped = state.loss_scaler.map_or(0, |s| s.skipped);
+                    if opt.steps() + skipped != state.step {
                         return Err(Error::Checkpoint {
                             path: c.dir.clone(),
                             message: format!(
-                                "optimizer step {} ≠ trainer step {}",
+                                "optimizer step {} + {skipped} skipped ≠ trainer step {}",
                                 opt.steps(),
                                 state.step
                             ),
@@ -679,7 +693,28 @@ impl Trainer {
             comm_window.0 += comm.seconds;
             comm_window.1 += comm.bytes;
             let factor = self.args.lr_scheduler_type.factor(step, warmup, total);
-            let report = opt.step(&mut grads, factor)?;
+            // f16: a step whose gradients overflowed is skipped (the scale halves); the
+            // optimiser's step count then trails the trainer's by the skipped steps.
+            let apply = match state.loss_scaler.as_mut() {
+                Some(s) => {
+                    let finite = grads.iter().all(|g| g.iter().all(|x| x.is_finite()));
+                    let apply = s.update(finite);
+                    if !apply {
+                        let scale = s.scale;
+                        self.note(&format!(
+                            "step {}: f16 gradients overflowed; step skipped, loss scale now {scale}",
+                            step + 1
+                        ));
+                    }
+                    apply
+                }
+                None => true,
+            };
+            let report = if apply {
+                opt.step(&mut grads, factor)?
+            } else {
+                Default::default()
+            };
             state.step += 1;
             let now_step = state.step;
             let loss_now = state.running_loss / state.running_count.max(1) as f64;
@@ -720,6 +755,10 @@ impl Trainer {
                     "mc_samples".to_string(),
                     attention.default.estimator.nominal_samples() as f64,
                 );
+                if let Some(s) = &state.loss_scaler {
+                    m.insert("loss_scale".to_string(), s.scale);
+                    m.insert("skipped_steps".to_string(), s.skipped as f64);
+                }
                 self.log(now_step, &m)?;
                 summary.last_loss = Some(loss_now);
                 state.running_loss = 0.0;

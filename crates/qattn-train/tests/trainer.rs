@@ -369,3 +369,55 @@ fn multiple_choice_trains() {
     let last = losses[losses.len() - 5..].iter().map(|x| x.1).sum::<f64>() / 5.0;
     assert!(losses[0].1 > 0.5 && last < 0.1, "{} → {last}", losses[0].1);
 }
+
+/// bf16 and f16 autocast (f32 master weights; f16 with the dynamic loss scaler) start from
+/// the f32 run's loss within their rounding and fit the task as f32 does; the parameters stay
+/// f32, and f16 logs its loss scale (a power of two, never above the initial 65536).
+#[test]
+fn mixed_precision_tracks_f32_and_fits() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = write_task(dir.path(), 48);
+    let run = |precision: &str| {
+        let mut a = args(&dir.path().join(precision));
+        a.precision = serde_json::from_value(serde_json::json!(precision)).unwrap();
+        let mut t = trainer(a.clone(), &data, "exact", false);
+        let s = t.train(false).unwrap();
+        assert_eq!(s.steps, 100);
+        for (name, p) in t.model().params().tensors() {
+            assert_eq!(p.dtype(), candle_core::DType::F32, "{precision}: {name}");
+        }
+        (logged_losses(&a.output_dir), a.output_dir)
+    };
+    let (f32_losses, _) = run("f32");
+    for (precision, tol) in [("bf16", 2e-2), ("f16", 2e-3)] {
+        let (losses, out) = run(precision);
+        let (l0, r0) = (losses[0].1, f32_losses[0].1);
+        let rel = ((l0 - r0) / r0).abs();
+        let last = losses[losses.len() - 5..].iter().map(|x| x.1).sum::<f64>() / 5.0;
+        eprintln!("{precision}: first loss {l0:.5} (f32 {r0:.5}, rel {rel:.1e}), last {last:.4}");
+        assert!(
+            rel > 0.0,
+            "{precision}: no rounding at all: is autocast on?"
+        );
+        assert!(rel < tol, "{precision}: first loss {l0} vs f32 {r0}");
+        assert!(last < 0.05, "{precision}: loss did not go to ~0: {last}");
+        let scales: Vec<f64> = std::fs::read_to_string(out.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .filter_map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss_scale"].as_f64()
+            })
+            .collect();
+        if precision == "f16" {
+            assert_eq!(scales.len(), 100, "f16 logs its loss scale every step");
+            for s in scales {
+                assert!(
+                    (1.0..=65536.0).contains(&s) && s.log2().fract() == 0.0,
+                    "{s}"
+                );
+            }
+        } else {
+            assert!(scales.is_empty(), "only f16 scales the loss");
+        }
+    }
+}
