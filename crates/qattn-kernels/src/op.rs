@@ -257,6 +257,7 @@ impl OpConfig {
                 block,
                 samples,
                 rounds,
+                noise: self.spec.noise,
             }),
             _ => None,
         }

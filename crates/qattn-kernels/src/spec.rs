@@ -466,11 +466,13 @@ impl FromStr for EstimatorSpec {
                 "`exact` makes no measurement, so noise terms do not apply to it",
             ));
         }
-        if matches!(estimator, Estimator::Lsh { .. }) && !noise.is_none() {
+        if matches!(estimator, Estimator::Lsh { .. }) && noise.mitigate {
             return Err(bad(
                 spec,
-                "`lsh` draws its remainder keys uniformly rather than by measuring an amplitude-encoded \
-                 register, so measurement-noise terms do not apply to it (yet)",
+                "`+mitigate` is not available for `lsh`: readout mitigation gives signed \
+                 (quasi-probability) weights, and the lsh kernel merges its terms in log-sum-exp \
+                 form, which needs positive ones; the noise terms themselves apply to its \
+                 remainder draws",
             ));
         }
         if noise.mitigate {
@@ -584,6 +586,7 @@ mod tests {
             "adaptive:4:64",
             "lsh:8:128:64",
             "lsh:8:128:64:3",
+            "lsh:8:128:64+depol:0.01+readout:0.02:0.03",
             "stratified:32+readout:0.02:0.03+mitigate",
             "multinomial:8+depol:0.1+readout:0.01:0.02+damp:0.05+mitigate",
         ] {
@@ -621,7 +624,10 @@ mod tests {
             ("lsh:4:64:32:0", "at least 1"),
             ("lsh:17:64:32", "BITS ≤ 16"),
             ("lsh:4:0:32", "at least 1"),
-            ("lsh:4:64:32+readout:0.1:0.1", "do not apply"),
+            (
+                "lsh:4:64:32+readout:0.1:0.1+mitigate",
+                "not available for `lsh`",
+            ),
         ] {
             let err = s.parse::<EstimatorSpec>().unwrap_err().to_string();
             assert!(

@@ -34,7 +34,9 @@
 use super::gemm::{Mat, matmul};
 use super::{HeadInput, Problem};
 use crate::math;
+use crate::noise::Channel;
 use crate::philox::{SampleStream, Stream};
+use crate::spec::Noise;
 use rayon::prelude::*;
 
 use super::mc::{McForward, QueryDiagnostics, RowRecord};
@@ -47,6 +49,8 @@ pub(crate) struct Lsh {
     pub(crate) samples: usize,
     /// Independent hashings (rounds) whose blocks are united.
     pub(crate) rounds: usize,
+    /// Measurement noise on the remainder draws (none: the ideal uniform draws).
+    pub(crate) noise: Noise,
 }
 
 /// The hashing and sorting of one head.
@@ -236,10 +240,22 @@ fn gray_rank(g: u32) -> u32 {
 /// may see it and it is not among i's block keys: then E[Σ_s w·[j_s counts]·f(j_s)] =
 /// Σ_{j ∈ V_i \ B_i} f(j), so every query's estimate is unbiased, and the block's draws make
 /// one GEMM.
+///
+/// With measurement noise each draw is read out through the noise channel (the drawn index
+/// held in ⌈log2 Lk⌉ qubits, as for the other estimators): an outcome that is not a key the
+/// block drew from (≥ Lk, masked, or past the last query when causal) is discarded, the kept
+/// ones share the weight m/kept, and another round of S draws is made while none is kept (at
+/// most [`MAX_DRAW_ROUNDS`]). The noisy outcomes are not uniform over the visible keys, so the
+/// estimate is biased by the noise — what the noise terms exist to show.
 struct Draws {
     keys: Vec<u32>,
     weight: f32,
+    /// Outcomes the noise made unusable for the block (discarded before any query sees them).
+    discarded: u32,
 }
+
+/// Rounds of S noisy draws a block makes at most while every outcome is discarded.
+const MAX_DRAW_ROUNDS: usize = 16;
 
 fn block_draws(
     plan: &Plan,
@@ -254,17 +270,51 @@ fn block_draws(
         return Draws {
             keys: Vec::new(),
             weight: 0.0,
+            discarded: 0,
         };
     }
-    let keys = (0..lsh.samples)
-        .map(|s| {
-            let u = stream.uniform(Stream::Draw, s as u64);
-            plan.visible[((u * m as f64) as usize).min(m - 1)]
-        })
-        .collect();
+    let ideal = |shot: u64| {
+        let u = stream.uniform(Stream::Draw, shot);
+        plan.visible[((u * m as f64) as usize).min(m - 1)]
+    };
+    if lsh.noise.is_none() {
+        let keys = (0..lsh.samples as u64).map(ideal).collect();
+        return Draws {
+            keys,
+            weight: m as f32 / lsh.samples as f32,
+            discarded: 0,
+        };
+    }
+    let lk = plan.k_pos.len();
+    let channel = Channel::new(lsh.noise, lk);
+    let usable = |j: u32| {
+        (j as usize) < lk && plan.k_pos[j as usize] != u32::MAX && (!causal || j as usize <= last)
+    };
+    let mut keys = Vec::with_capacity(lsh.samples);
+    let mut discarded = 0u32;
+    for round in 0..MAX_DRAW_ROUNDS {
+        for s in 0..lsh.samples {
+            let shot = (round * lsh.samples + s) as u64;
+            let o = channel.apply(ideal(shot), stream, shot);
+            if usable(o) {
+                keys.push(o);
+            } else {
+                discarded += 1;
+            }
+        }
+        if !keys.is_empty() {
+            break;
+        }
+    }
+    let weight = if keys.is_empty() {
+        0.0
+    } else {
+        m as f32 / keys.len() as f32
+    };
     Draws {
         keys,
-        weight: m as f32 / lsh.samples as f32,
+        weight,
+        discarded,
     }
 }
 
@@ -491,6 +541,7 @@ fn block_forward(
         Draws {
             keys: Vec::new(),
             weight: 1.0,
+            discarded: 0,
         }
     };
     let ns = draws.keys.len();
@@ -548,8 +599,8 @@ fn block_forward(
         recs.push((record && round == 0).then(|| {
             RowRecord {
                 diag: QueryDiagnostics {
-                    shots: ns as u32,
-                    discarded: ns as u32 - used,
+                    shots: ns as u32 + draws.discarded,
+                    discarded: ns as u32 - used + draws.discarded,
                     ess: f32::NAN,
                     variance: f32::NAN,
                     samples: draws
@@ -776,6 +827,7 @@ mod tests {
                 block: 64,
                 samples: 5,
                 rounds: 1,
+                noise: Noise::default(),
             };
             let f = forward(&c.problem(), lsh, 11, 0, true);
             let (o, l) = exact_out(&c);
@@ -809,6 +861,7 @@ mod tests {
                 block: 4,
                 samples: 3,
                 rounds,
+                noise: Noise::default(),
             };
             let n = 4000;
             for i in [0usize, 5, 13, 23] {
@@ -845,6 +898,7 @@ mod tests {
                 block: 16,
                 samples: s,
                 rounds: 1,
+                noise: Noise::default(),
             };
             let mut total = 0.0;
             for seed in 0..8 {
@@ -885,6 +939,7 @@ mod tests {
             block: 8,
             samples: 16,
             rounds: 1,
+            noise: Noise::default(),
         };
         let f = forward(&c.problem(), lsh, 3, 0, true);
         assert!(f.out.iter().all(|x| x.is_finite()));
@@ -897,6 +952,62 @@ mod tests {
                     .all(|&j| mask[b * c.l + j as usize] != 0)
             );
         }
+    }
+
+    /// Noise on the remainder draws: outcomes that are not usable keys (masked keys, or past
+    /// Lk in the 6-qubit register of Lk = 40) are discarded and counted, never used; the
+    /// estimate moves with the noise, stays finite and is reproducible.
+    #[test]
+    fn noisy_draws_discard_unusable_outcomes() {
+        let mut c = Case::new(2, 2, 40, 8, false, true);
+        let mask = c.mask.clone().unwrap();
+        for b in 0..c.b {
+            for hh in 0..c.h {
+                for j in 0..c.l {
+                    if mask[b * c.l + j] == 0 {
+                        let at = ((b * c.h + hh) * c.l + j) * c.d;
+                        c.v[at..at + c.d].fill(f32::NAN);
+                        c.k[at..at + c.d].fill(f32::NAN);
+                    }
+                }
+            }
+        }
+        let spec: crate::spec::EstimatorSpec =
+            "lsh:2:8:16+depol:0.5+readout:0.05:0.05".parse().unwrap();
+        let clean = Lsh {
+            bits: 2,
+            block: 8,
+            samples: 16,
+            rounds: 1,
+            noise: Noise::default(),
+        };
+        let noisy = Lsh {
+            noise: spec.noise,
+            ..clean
+        };
+        let f = forward(&c.problem(), noisy, 3, 0, true);
+        assert!(f.out.iter().all(|x| x.is_finite()));
+        let rows = f.rows.unwrap();
+        let mut discarded = 0u64;
+        for (row, r) in rows.iter().enumerate() {
+            let b = row / (c.h * c.l);
+            assert!(
+                r.diag
+                    .samples
+                    .iter()
+                    .all(|&j| (j as usize) < c.l && mask[b * c.l + j as usize] != 0)
+            );
+            assert!(r.diag.discarded <= r.diag.shots);
+            discarded += u64::from(r.diag.discarded);
+        }
+        assert!(
+            discarded > 0,
+            "depolarising half the draws must hit unusable outcomes"
+        );
+        let again = forward(&c.problem(), noisy, 3, 0, false);
+        assert_eq!(f.out, again.out, "same seed, same noisy draws");
+        let ideal = forward(&c.problem(), clean, 3, 0, false);
+        assert_ne!(f.out, ideal.out, "the noise changes the draws");
     }
 
     /// Clustered inputs (each query's mass on the keys of its cluster; clusters of unequal
@@ -945,12 +1056,14 @@ mod tests {
             block: 64,
             samples: 32,
             rounds: 1,
+            noise: Noise::default(),
         });
         let two = rel(Lsh {
             bits: 6,
             block: 64,
             samples: 32,
             rounds: 2,
+            noise: Noise::default(),
         });
         assert!(one < 0.1, "one round: relative error {one}");
         assert!(two <= one * 1.05 + 1e-6, "two rounds {two} vs one {one}");
@@ -959,6 +1072,7 @@ mod tests {
             block: 1024,
             samples: 8,
             rounds: 3,
+            noise: Noise::default(),
         });
         assert!(all < 1e-5, "blocks covering every key, three rounds: {all}");
     }
@@ -971,6 +1085,7 @@ mod tests {
             block: 7,
             samples: 9,
             rounds: 2,
+            noise: Noise::default(),
         };
         let run = |threads: usize| {
             rayon::ThreadPoolBuilder::new()
@@ -1006,6 +1121,7 @@ mod tests {
             block: 4,
             samples: 6,
             rounds: 1,
+            noise: Noise::default(),
         };
         let seed = 9;
         let f = forward(&c.problem(), lsh, seed, 0, false);
