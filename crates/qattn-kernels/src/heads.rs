@@ -8,11 +8,11 @@
 //! for tensors that track no gradient (the model keeps candle's ops when training), and a
 //! tensor that does is an error rather than a silently detached result.
 
-use candle_core::{Device, Storage, Tensor};
+use candle_core::{Device, Tensor};
 use rayon::prelude::*;
 use std::mem::MaybeUninit;
 
-use crate::fused::{contiguous_f32, err, supported};
+use crate::fused::{err, supported, with_slice};
 
 /// Rows of the merged output per rayon task.
 const MERGE_ROWS: usize = 64;
@@ -31,20 +31,6 @@ fn check(t: &Tensor, op: &str) -> candle_core::Result<()> {
         )));
     }
     Ok(())
-}
-
-/// Runs `f` on the contiguous data of `t`.
-fn with_data<R>(
-    t: &Tensor,
-    op: &str,
-    f: impl FnOnce(&[f32]) -> candle_core::Result<R>,
-) -> candle_core::Result<R> {
-    let t = t.contiguous()?;
-    let (s, l) = t.storage_and_layout();
-    match &*s {
-        Storage::Cpu(cpu) => f(contiguous_f32(cpu, l, op, "input")?),
-        _ => Err(err(format!("{op}: the input must be on the CPU"))),
-    }
 }
 
 /// A buffer of `len` values, every one of them written by `fill` (which gets it uninitialised).
@@ -87,7 +73,7 @@ pub fn split_qkv(
         )));
     }
     let block = l * dh;
-    let parts = with_data(y, OP, |data| {
+    let parts = with_slice(y, OP, "input", |data| {
         let part = |j: usize| {
             filled(b * nh * block, |out| {
                 if block == 0 {
@@ -118,7 +104,7 @@ pub fn merge_heads(ctx: &Tensor) -> candle_core::Result<Tensor> {
     check(ctx, OP)?;
     let (b, nh, l, dh) = ctx.dims4()?;
     let h = nh * dh;
-    let out = with_data(ctx, OP, |data| {
+    let out = with_slice(ctx, OP, "input", |data| {
         Ok(filled(b * l * h, |out| {
             if h == 0 {
                 return;

@@ -737,6 +737,25 @@ mod tests {
     }
 
     impl Case {
+        /// A masked case (2 × 2 heads, 40 keys) whose masked keys and values are NaN, so any
+        /// use of one shows up in the output; with its mask.
+        fn poisoned() -> (Case, Vec<u8>) {
+            let mut c = Case::new(2, 2, 40, 8, false, true);
+            let mask = c.mask.clone().unwrap();
+            for b in 0..c.b {
+                for hh in 0..c.h {
+                    for j in 0..c.l {
+                        if mask[b * c.l + j] == 0 {
+                            let at = ((b * c.h + hh) * c.l + j) * c.d;
+                            c.v[at..at + c.d].fill(f32::NAN);
+                            c.k[at..at + c.d].fill(f32::NAN);
+                        }
+                    }
+                }
+            }
+            (c, mask)
+        }
+
         fn new(b: usize, h: usize, l: usize, d: usize, causal: bool, masked: bool) -> Case {
             Case {
                 q: vals(b * h * l * d, 1, 1.5),
@@ -920,20 +939,7 @@ mod tests {
 
     #[test]
     fn masked_keys_are_never_used() {
-        let mut c = Case::new(2, 2, 40, 8, false, true);
-        let mask = c.mask.clone().unwrap();
-        // Poison the masked keys' values and keys: any use would show up as NaN.
-        for b in 0..c.b {
-            for hh in 0..c.h {
-                for j in 0..c.l {
-                    if mask[b * c.l + j] == 0 {
-                        let at = ((b * c.h + hh) * c.l + j) * c.d;
-                        c.v[at..at + c.d].fill(f32::NAN);
-                        c.k[at..at + c.d].fill(f32::NAN);
-                    }
-                }
-            }
-        }
+        let (c, mask) = Case::poisoned();
         let lsh = Lsh {
             bits: 2,
             block: 8,
@@ -959,19 +965,7 @@ mod tests {
     /// estimate moves with the noise, stays finite and is reproducible.
     #[test]
     fn noisy_draws_discard_unusable_outcomes() {
-        let mut c = Case::new(2, 2, 40, 8, false, true);
-        let mask = c.mask.clone().unwrap();
-        for b in 0..c.b {
-            for hh in 0..c.h {
-                for j in 0..c.l {
-                    if mask[b * c.l + j] == 0 {
-                        let at = ((b * c.h + hh) * c.l + j) * c.d;
-                        c.v[at..at + c.d].fill(f32::NAN);
-                        c.k[at..at + c.d].fill(f32::NAN);
-                    }
-                }
-            }
-        }
+        let (c, mask) = Case::poisoned();
         let spec: crate::spec::EstimatorSpec =
             "lsh:2:8:16+depol:0.5+readout:0.05:0.05".parse().unwrap();
         let clean = Lsh {
