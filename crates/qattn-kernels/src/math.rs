@@ -228,11 +228,12 @@ fn gelu_scalar(x: f32) -> f32 {
     let (y, a, b) = exp_sum_parts(-0.5 * p, erfc_poly_fused(t) - 0.5 * e);
     let m = 0.5 * t * y;
     // Below zero x·tail takes the powers of two last: a result near f32's smallest normal is
-    // rounded once, not first as a subnormal tail.
+    // rounded once, not first as a subnormal tail. Below −14 the clamped x keeps the result
+    // at a subnormal (0 in the limit) instead of x·0 (−∞ or NaN at x = −∞).
     if x >= 0.0 {
         x * (1.0 - m * a * b)
     } else {
-        (x * m) * a * b
+        (xc * m) * a * b
     }
 }
 

@@ -66,6 +66,13 @@ fn gelu_relative_error_is_within_1e_6_of_f64() {
         values(&gelu_erf(&Tensor::new(&[f32::INFINITY, f32::NAN], &Device::Cpu).unwrap()).unwrap());
     assert_eq!(special[0], f32::INFINITY);
     assert!(special[1].is_nan());
+    // GELU(x) → 0 as x → −∞.
+    let low = values(
+        &gelu_erf(&Tensor::new(&[f32::NEG_INFINITY, -1e30, -30.0], &Device::Cpu).unwrap()).unwrap(),
+    );
+    for (x, g) in [f32::NEG_INFINITY, -1e30, -30.0].iter().zip(&low) {
+        assert!(g.is_finite() && g.abs() < 1e-37, "gelu({x}) = {g}");
+    }
 }
 
 #[test]
