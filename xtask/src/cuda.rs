@@ -19,7 +19,8 @@ use crate::{cargo, run};
 /// Kernel sources compiled with `--use_fast_math` (as in build.rs); every other `.cu` is built
 /// with `-fmad=false` because its arithmetic must equal the CPU's.
 const FAST_MATH: &[&str] = &["exact", "flash"];
-/// Target directory of every `--features cuda` build (kept apart from the shared `target/`).
+/// Target directory of the `--features cuda` release builds (`gpu-check`, `gpu-bundle`), kept
+/// apart from the shared `target/`; the compile check (`cuda-check`) uses the shared one.
 pub(crate) const CUDA_TARGET_DIR: &str = "target/cuda";
 
 /// nvcc, or why none was found.
