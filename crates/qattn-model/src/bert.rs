@@ -125,9 +125,6 @@ impl Linear {
     }
 
     pub(crate) fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.autocasts(x) {
-            return add_bias(&self.project(x)?, &self.bias);
-        }
         if self.takes_dense(x) {
             return Ok(qattn_kernels::dense::linear(
                 x,
@@ -140,8 +137,7 @@ impl Linear {
 
     /// x Wᵀ without the bias (for the fused bias + activation / bias + residual + LayerNorm).
     pub(crate) fn project(&self, x: &Tensor) -> Result<Tensor> {
-        let autocast = self.autocasts(x);
-        if !autocast && self.takes_dense(x) {
+        if self.takes_dense(x) {
             return Ok(qattn_kernels::dense::linear(x, &self.weight, None)?);
         }
         let dims = x.dims().to_vec();
@@ -151,7 +147,7 @@ impl Linear {
         let rows: usize = lead.iter().product();
         let x2 = x.reshape((rows, *last))?;
         let y = match (&self.reduced, self.autocast) {
-            (_, Some(dt)) if autocast => x2
+            (_, Some(dt)) if self.autocasts(x) => x2
                 .to_dtype(dt)?
                 .matmul(&self.weight.to_dtype(dt)?.t()?)?
                 .to_dtype(x.dtype())?,
@@ -174,10 +170,11 @@ impl Linear {
     }
 
     /// Whether `x Wᵀ` takes [`qattn_kernels::dense::linear`] (one autograd node, the bias
-    /// accumulated by the GEMM): an f32 weight on the CPU that the packed kernel does not take
-    /// — in practice the training path, where the weight is a `Var`.
+    /// accumulated by the GEMM): an f32 weight on the CPU, no autocast, and not the packed
+    /// kernel — in practice the f32 training path, where the weight is a `Var`.
     fn takes_dense(&self, x: &Tensor) -> bool {
         self.reduced.is_none()
+            && !self.autocasts(x)
             && !self.takes_packed(x)
             && qattn_kernels::fused::supported(x)
             && qattn_kernels::fused::supported(&self.weight)
