@@ -11,9 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use qattn_glue::tasks::{self, Task};
 use qattn_train::records::RunRecord;
 use qattn_verify::claims::{self, ClaimsFile};
-use qattn_verify::compare::{
-    CompareOptions, CompareProgress, SyntheticPreset, TaskSource, run_compare,
-};
+use qattn_verify::compare::{CompareOptions, CompareProgress, TaskSource, run_compare};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -25,8 +23,8 @@ pub(crate) struct Args {
     baseline: String,
     /// Comma-separated Monte-Carlo attention specs compared against the baseline (default:
     /// stratified:32, multinomial:8, and stratified:32 with readout noise, without and with
-    /// mitigation).
-    #[arg(long, value_delimiter = ',', default_values_t = qattn_verify::compare::DEFAULT_MC_SYSTEMS.map(String::from))]
+    /// mitigation; with --long: lsh:6:256:256 and lsh:6:128:32).
+    #[arg(long, value_delimiter = ',')]
     systems: Vec<String>,
     /// Comma-separated seeds: one fine-tuning run per system and seed.
     #[arg(long, value_delimiter = ',', default_value = "1,2,3")]
@@ -35,6 +33,12 @@ pub(crate) struct Args {
     /// steps; GLUE: 1 epoch on at most 1000 train / 500 dev examples).
     #[arg(long)]
     quick: bool,
+    /// The long-context comparison: the majority task at 4096 words (4098 tokens) with
+    /// 257–1025 markers, exact attention against the sub-quadratic lsh estimator, 120 steps of
+    /// batch 8 (several minutes per run on one core; with --quick: 4 steps on 32 examples, a
+    /// smoke test).
+    #[arg(long, conflicts_with = "task")]
+    long: bool,
     /// Comma-separated sequence lengths (words) of the synthetic majority task, one comparison
     /// each (default: 64,128; --quick: 32).
     #[arg(long, value_delimiter = ',', conflicts_with = "task")]
@@ -136,8 +140,19 @@ pub(crate) fn run(a: Args) -> Result<()> {
         crate::rayon_global(n)?;
     }
     let started = Instant::now();
+    let mc_systems: Vec<String> = if !a.systems.is_empty() {
+        a.systems.clone()
+    } else if a.long {
+        qattn_verify::compare::LONG_MC_SYSTEMS
+            .map(String::from)
+            .to_vec()
+    } else {
+        qattn_verify::compare::DEFAULT_MC_SYSTEMS
+            .map(String::from)
+            .to_vec()
+    };
     let mut systems = vec![a.baseline.clone()];
-    for s in &a.systems {
+    for s in &mc_systems {
         anyhow::ensure!(
             *s != a.baseline,
             "--systems {s:?} is the baseline; give Monte-Carlo specs to compare against it"
@@ -166,11 +181,12 @@ pub(crate) fn run(a: Args) -> Result<()> {
             let tasks = if a.lengths.is_empty() {
                 None
             } else {
-                let preset = if a.quick {
-                    SyntheticPreset::quick_preset()
-                } else {
-                    SyntheticPreset::default_preset()
-                };
+                let preset = CompareOptions {
+                    quick: a.quick,
+                    long: a.long,
+                    ..CompareOptions::default()
+                }
+                .preset();
                 Some(preset.tasks_at(&a.lengths)?)
             };
             (
@@ -183,6 +199,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         systems: systems.clone(),
         seeds: a.seeds.clone(),
         quick: a.quick,
+        long: a.long,
         task,
         max_steps: a.max_steps,
         epochs: a.epochs,
@@ -198,7 +215,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         "qattn compare: {} — {} vs {} × seeds {:?}{}",
         task_names.join(", "),
         a.baseline,
-        a.systems.join(", "),
+        mc_systems.join(", "),
         a.seeds,
         if a.quick { " (quick)" } else { "" }
     );
@@ -215,7 +232,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
     bar.finish_and_clear();
     let records = records?;
 
-    let mut file = ClaimsFile::beats_on(&task_names, metric, &a.baseline, &a.systems);
+    let mut file = ClaimsFile::beats_on(&task_names, metric, &a.baseline, &mc_systems);
     anyhow::ensure!(
         a.resamples >= 100,
         "--resamples {}: at least 100",

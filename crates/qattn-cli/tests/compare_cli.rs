@@ -107,6 +107,36 @@ fn a_clearly_weaker_system_is_reported_worse_at_every_length() {
 }
 
 #[test]
+fn long_compare_runs_exact_against_lsh_at_4096_words() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("cmp");
+    let (stdout, report) = compare(&["--long", "--quick", "--seeds", "1,2"], &out);
+    // The default systems of --long: exact against the two lsh settings, 2 seeds each.
+    let results = report["results"].as_array().unwrap();
+    let systems: Vec<&str> = results
+        .iter()
+        .map(|r| r["claim"]["system"].as_str().unwrap())
+        .collect();
+    assert_eq!(systems, ["lsh:6:256:256", "lsh:6:128:32"], "{report}");
+    for r in results {
+        assert_eq!(r["claim"]["task"], "synthetic-majority-4096", "{r}");
+        assert_eq!(r["system"]["scores"].as_array().unwrap().len(), 2, "{r}");
+    }
+    assert!(
+        stdout.contains("synthetic-majority-4096") && stdout.contains("lsh:6:256:256 beats exact"),
+        "{stdout}"
+    );
+    let runs = qattn_glue_runs(&out.join("runs"));
+    assert_eq!(runs.len(), 6, "{runs:?}");
+    for r in &runs {
+        let rec: Value = serde_json::from_str(&std::fs::read_to_string(r).unwrap()).unwrap();
+        assert_eq!(rec["task"], "synthetic-majority-4096", "{rec}");
+        // Every dev example was scored: 32 predictions of 4098-token examples.
+        assert_eq!(rec["predictions"].as_array().unwrap().len(), 32, "{r:?}");
+    }
+}
+
+#[test]
 fn compare_rejects_the_baseline_as_a_system_and_bad_specs() {
     let run = |args: &[&str]| {
         let o = Command::new(env!("CARGO_BIN_EXE_qattn"))
@@ -134,6 +164,8 @@ fn compare_rejects_the_baseline_as_a_system_and_bad_specs() {
         "m",
     ]);
     assert!(e.contains("--lengths") && e.contains("--task"), "{e}");
+    let e = run(&["compare", "--long", "--task", "rte", "--model", "m"]);
+    assert!(e.contains("--long") && e.contains("--task"), "{e}");
 }
 
 fn qattn_glue_runs(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

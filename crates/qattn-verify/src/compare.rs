@@ -42,6 +42,12 @@
 //! ceiling. Wall time of the default (2 lengths × 5 systems × 3 seeds = 30 runs, two at a
 //! time): 222–228 s; `--quick` (L = 32, 100 steps, 15 runs): 17 s.
 //!
+//! **Long context** ([`SyntheticPreset::long_preset`], `qattn compare --long`): the majority
+//! task at 4096 words (4098 tokens) with 257–1025 markers, exact attention against the
+//! sub-quadratic `lsh` estimator ([`LONG_MC_SYSTEMS`]), 120 steps of batch 8 at 3e-3; about 7
+//! minutes per run on one core. `--long --quick` runs the same length for 4 steps on 32
+//! examples, a smoke test of the path.
+//!
 //! **Default systems** [`DEFAULT_SYSTEMS`]: `exact` (the baseline), `stratified:32` (one
 //! inverse-CDF draw per stratum, the plain Monte-Carlo estimator with the least variance at a
 //! given shot count: a key with probability ≥ 2/S is measured in every draw), `multinomial:8`
@@ -83,6 +89,11 @@ pub const DEFAULT_SYSTEMS: [&str; 5] = [
     DEFAULT_MC_SYSTEMS[2],
     DEFAULT_MC_SYSTEMS[3],
 ];
+/// The Monte-Carlo systems of the long-context comparison ([`SyntheticPreset::long_preset`],
+/// `qattn compare --long`): the sub-quadratic `lsh` estimator with one key block of 256 and
+/// 256 remainder draws per query block (about 1/8 of the 4098 keys), and a cheaper setting
+/// (blocks of 128, 32 draws).
+pub const LONG_MC_SYSTEMS: [&str; 2] = ["lsh:6:256:256", "lsh:6:128:32"];
 /// The seeds used when none are given.
 pub const DEFAULT_SEEDS: [u64; 3] = [1, 2, 3];
 
@@ -177,6 +188,10 @@ pub struct SyntheticPreset {
     pub attention_lr_factor: f64,
 }
 
+/// The words per example of the long-context comparison: the shortest length the issue of
+/// sub-quadratic attention asks for (encodings have 4098 tokens).
+pub const LONG_SEQ_LEN: usize = 4096;
+
 /// The majority task at `seq_len` words with the preset's sizes.
 fn majority(seq_len: usize, train_size: usize, dev_size: usize) -> SyntheticSpec {
     SyntheticSpec::Majority(MajorityTask {
@@ -249,6 +264,56 @@ impl SyntheticPreset {
         }
     }
 
+    /// The long-context setting (`qattn compare --long`): the majority task at
+    /// [`LONG_SEQ_LEN`] words, compared between exact attention and [`LONG_MC_SYSTEMS`].
+    ///
+    /// What was measured for the choices (exact attention, seed 1, one core each on the
+    /// 2-core Intel Xeon development machine, about 3 s per step at batch 8):
+    /// - the default task's 9–25 markers are 0.2–0.6% of 4096 words: a randomly initialised
+    ///   encoder attends almost uniformly, the markers' share of the `[CLS]` output is below
+    ///   the fillers' random fluctuation, and the loss stayed at ln 2 (0.694 after 30 of 150
+    ///   steps at batch 16);
+    /// - 65–257 markers, learning rate 1e-3, batch 8: still 0.694 after 70 of 120 steps;
+    /// - 257–1025 markers (6–25% of the words, about the density of the default task at
+    ///   L = 128), every odd margin possible: at 1e-3 the loss left ln 2 at step 70 and dev
+    ///   accuracy reached 0.838; at 3e-3 it left at step 40 and reached 0.875 (the ceiling
+    ///   with 10% label noise is 0.9).
+    ///
+    /// So this preset uses 257–1025 markers and 3e-3 (the same rate on the attention group),
+    /// 120 steps of batch 8 and 400 dev examples: about 7 minutes per run on one core, most
+    /// of it attention over 4098 tokens.
+    pub fn long_preset() -> Self {
+        SyntheticPreset {
+            tasks: vec![SyntheticSpec::Majority(MajorityTask {
+                seq_len: LONG_SEQ_LEN,
+                min_markers: 257,
+                max_markers: 1025,
+                max_margin: 1025,
+                train_size: 960,
+                dev_size: 400,
+                ..MajorityTask::default()
+            })],
+            max_steps: 120,
+            batch_size: 8,
+            learning_rate: 3e-3,
+            ..Self::default_preset()
+        }
+    }
+
+    /// The long-context setting at smoke-test size (`qattn compare --long --quick`): the same
+    /// task at 4096 words with 32 train and 32 dev examples and 4 steps of batch 4: it checks
+    /// the path end to end, it does not train.
+    pub fn long_quick_preset() -> Self {
+        let mut p = Self::long_preset();
+        if let Some(SyntheticSpec::Majority(t)) = p.tasks.first_mut() {
+            t.train_size = 32;
+            t.dev_size = 32;
+        }
+        p.max_steps = 4;
+        p.batch_size = 4;
+        p
+    }
+
     /// The training arguments of this preset for sequences of `max_length` tokens: no
     /// intermediate checkpoints, no length grouping (every sequence has the same length).
     pub fn training_args(&self, max_length: usize) -> TrainingArgs {
@@ -316,6 +381,9 @@ pub struct CompareOptions {
     pub seeds: Vec<u64>,
     /// Use the quick preset for everything not set explicitly.
     pub quick: bool,
+    /// Use the long-context preset ([`SyntheticPreset::long_preset`]; with `quick`, its
+    /// smoke-test size) for everything not set explicitly. Synthetic source only.
+    pub long: bool,
     /// The task.
     pub task: TaskSource,
     /// Optimiser steps (synthetic default: the preset's; GLUE: epochs unless set).
@@ -348,6 +416,7 @@ impl Default for CompareOptions {
             systems: DEFAULT_SYSTEMS.iter().map(|s| s.to_string()).collect(),
             seeds: DEFAULT_SEEDS.to_vec(),
             quick: false,
+            long: false,
             task: TaskSource::default(),
             max_steps: None,
             epochs: None,
@@ -370,12 +439,13 @@ impl CompareOptions {
         }
     }
 
-    /// The synthetic preset selected by `quick`.
+    /// The synthetic preset selected by `quick` and `long`.
     pub fn preset(&self) -> SyntheticPreset {
-        if self.quick {
-            SyntheticPreset::quick_preset()
-        } else {
-            SyntheticPreset::default_preset()
+        match (self.long, self.quick) {
+            (true, true) => SyntheticPreset::long_quick_preset(),
+            (true, false) => SyntheticPreset::long_preset(),
+            (false, true) => SyntheticPreset::quick_preset(),
+            (false, false) => SyntheticPreset::default_preset(),
         }
     }
 
@@ -467,6 +537,12 @@ impl CompareOptions {
         }
         if self.seeds.is_empty() {
             return Err(invalid("compare: no seeds given"));
+        }
+        if let (true, TaskSource::Glue { task, .. }) = (self.long, &self.task) {
+            return Err(invalid(format!(
+                "compare: the long-context preset is a synthetic task; it does not apply to {}",
+                task.name()
+            )));
         }
         for (i, s) in self.systems.iter().enumerate() {
             AttentionConfig::parse(s)

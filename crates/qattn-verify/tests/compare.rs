@@ -329,6 +329,50 @@ fn defaults_compare_five_systems_on_two_lengths_over_three_seeds() {
     assert_eq!(args.attention_learning_rate, Some(1e-3 * factor));
 }
 
+#[test]
+fn the_long_preset_is_at_least_4096_tokens_and_refuses_glue() {
+    let o = CompareOptions {
+        long: true,
+        ..CompareOptions::default()
+    };
+    assert_eq!(o.task_names().unwrap(), ["synthetic-majority-4096"]);
+    let args = o.training_args().unwrap();
+    assert_eq!(args.max_length, 4098);
+    let (tasks, model) = o.synthetic().unwrap();
+    // The model has positions for every token of the long task.
+    assert!(model.config(&tasks[0]).unwrap().max_position_embeddings >= 4098);
+    match &tasks[0] {
+        SyntheticSpec::Majority(t) => assert!(t.min_markers > 25 && t.max_markers <= 4096),
+        other => panic!("{other:?}"),
+    }
+    // --long --quick: the same length, a smoke-test budget.
+    let q = CompareOptions {
+        long: true,
+        quick: true,
+        ..CompareOptions::default()
+    };
+    assert_eq!(q.training_args().unwrap().max_length, 4098);
+    assert!(q.training_args().unwrap().max_steps < args.max_steps);
+    let e = run_compare(
+        &CompareOptions {
+            long: true,
+            task: TaskSource::Glue {
+                task: qattn_glue::tasks::Task::from_name("rte").unwrap(),
+                model: "m".into(),
+                data_dir: "/nonexistent".into(),
+                hub: Default::default(),
+                train_limit: None,
+                eval_limit: None,
+            },
+            ..CompareOptions::default()
+        },
+        &NoProgress,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("long-context") && e.contains("rte"), "{e}");
+}
+
 /// The quick compare with its default systems and seeds, run once for the tests below.
 fn quick_records() -> &'static Vec<RunRecord> {
     static RECORDS: OnceLock<Vec<RunRecord>> = OnceLock::new();
