@@ -190,7 +190,9 @@ impl Linear {
             && !self.weight.track_op()
             && qattn_kernels::fused::supported(x)
             && qattn_kernels::fused::supported(&self.weight)
-            && qattn_kernels::packed::available()
+            && qattn_kernels::packed::worth_it(
+                x.elem_count() / x.dim(D::Minus1).unwrap_or(1).max(1),
+            )
     }
 }
 
