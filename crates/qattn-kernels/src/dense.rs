@@ -22,7 +22,7 @@
 //! Only f32 tensors on the CPU take this path ([`crate::fused::supported`]); callers keep
 //! candle's ops for other dtypes and devices.
 
-use crate::cpu::gemm::{Mat, matmul_par};
+use crate::cpu::gemm::{Mat, matmul_par, matmul_par_uninit};
 use crate::fused::{column_sums, contiguous_f32, err, rows_per_block, with_slice};
 use candle_core::{CpuStorage, Layout, Shape, Tensor};
 use rayon::prelude::*;
@@ -90,19 +90,38 @@ impl Linear {
     ) -> candle_core::Result<(CpuStorage, Shape)> {
         let k = w.len() / m.max(1);
         let n = rows(xl.dims());
-        let mut out = vec![0f32; n * m];
-        if let Some(b) = bias {
-            out.par_chunks_mut(rows_per_block(m) * m.max(1))
-                .for_each(|rows| rows.chunks_mut(m).for_each(|r| r.copy_from_slice(b)));
+        if let Some(b) = bias.filter(|b| b.len() != m) {
+            return Err(err(format!(
+                "linear: {} biases for {m} outputs (internal error)",
+                b.len()
+            )));
         }
-        matmul_par(
-            &mut out,
-            m,
-            bias.is_some(),
-            Mat::rows(x, n, k, k),
-            Mat::rows(w, m, k, k).t(),
-            1.0,
-        );
+        let (xm, wm) = (Mat::rows(x, n, k, k), Mat::rows(w, m, k, k).t());
+        // Fresh outputs are never zeroed first: gemm either adds x·Wᵀ to the bias rows written
+        // straight into the new buffer, or overwrites the buffer without reading it.
+        let mut out = Vec::<f32>::with_capacity(n * m);
+        let fresh = &mut out.spare_capacity_mut()[..n * m];
+        match bias {
+            Some(b) if m > 0 => {
+                fresh
+                    .par_chunks_mut(rows_per_block(m) * m)
+                    .for_each(|rows| {
+                        for r in rows.chunks_mut(m) {
+                            for (d, &v) in r.iter_mut().zip(b) {
+                                d.write(v);
+                            }
+                        }
+                    });
+            }
+            _ => matmul_par_uninit(fresh, xm, wm, 1.0),
+        }
+        // SAFETY: every one of the n·m elements was written above: the bias rows (b.len() == m
+        // was checked, and the n·m elements split into whole rows of m), or by
+        // `matmul_par_uninit`, which writes its whole destination.
+        unsafe { out.set_len(n * m) };
+        if bias.is_some() && m > 0 {
+            matmul_par(&mut out, m, true, xm, wm, 1.0);
+        }
         Ok((CpuStorage::F32(out), out_shape(xl, m)))
     }
 

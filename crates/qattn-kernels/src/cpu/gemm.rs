@@ -80,6 +80,29 @@ pub(crate) fn matmul_par(
     matmul_in(dst, dst_rs, accumulate, lhs, rhs, beta, par)
 }
 
+/// `dst = beta · lhs · rhs` into fresh, uninitialised memory: `dst` holds exactly the
+/// `rows × cols` product, row-major, and every element is written (gemm with `read_dst` off
+/// never reads the destination), so the caller may treat it as initialised afterwards.
+pub(crate) fn matmul_par_uninit(
+    dst: &mut [std::mem::MaybeUninit<f32>],
+    lhs: Mat<'_>,
+    rhs: Mat<'_>,
+    beta: f32,
+) {
+    let (m, n) = (lhs.rows, rhs.cols);
+    assert_eq!(dst.len(), m * n, "destination is not rows × cols");
+    if lhs.cols == 0 {
+        for d in dst.iter_mut() {
+            d.write(0.0);
+        }
+        return;
+    }
+    // SAFETY: MaybeUninit<f32> has the layout of f32. The slice is only written through (gemm
+    // with `read_dst` = false does not read it), and a plain f32 has no invalid bit patterns.
+    let dst = unsafe { std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<f32>(), m * n) };
+    matmul_par(dst, n, false, lhs, rhs, beta)
+}
+
 fn matmul_in(
     dst: &mut [f32],
     dst_rs: usize,
