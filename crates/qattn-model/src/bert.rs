@@ -382,6 +382,11 @@ struct Layer {
     /// Query, key and value packed as one `[3H, H]` weight with their biases, for inference:
     /// one matmul instead of three. Built on first use, shared by clones.
     qkv: Arc<OnceLock<(PackedWeight, Vec<f32>)>>,
+    /// The same three weights stacked as one dense `[3H, H]` tensor with their `[3H]` biases,
+    /// for inference through gemm (when the packed kernel is not taken): one matmul and one
+    /// parallel split instead of three matmuls and three single-threaded transposes. Built on
+    /// first use, shared by clones.
+    qkv_dense: Arc<OnceLock<(Tensor, Tensor)>>,
 }
 
 impl Layer {
@@ -404,6 +409,7 @@ impl Layer {
             output: Linear::load(p, &format!("{pre}.output.dense"), cfg.intermediate_size, h)?,
             out_norm: LayerNorm::load(p, &format!("{pre}.output.LayerNorm"), h, eps)?,
             qkv: Arc::default(),
+            qkv_dense: Arc::default(),
         })
     }
 
@@ -714,6 +720,21 @@ impl Bert {
             let y = w.matmul_bias_t(&x2, Some(bias))?;
             return Ok(qattn_kernels::heads::split_qkv(&y, b, l, nh, dh)?);
         }
+        let qkv = [&layer.query, &layer.key, &layer.value];
+        if !x2.track_op()
+            && qkv
+                .iter()
+                .all(|d| d.takes_dense(&x2) && !d.weight.track_op() && !d.bias.track_op())
+        {
+            let (w, bias) = once(&layer.qkv_dense, || {
+                let w = Tensor::cat(&qkv.map(|d| &d.weight), 0)?.contiguous()?;
+                let bias = Tensor::cat(&qkv.map(|d| &d.bias), 0)?.to_dtype(DType::F32)?;
+                Ok((w, bias))
+            })?;
+            // [B·L, 3H] → q, k, v [B, nh, L, dh], in one parallel pass.
+            let y = qattn_kernels::dense::linear(&x2, w, Some(bias))?;
+            return Ok(qattn_kernels::heads::split_qkv(&y, b, l, nh, dh)?);
+        }
         Ok((
             heads(layer.query.forward(x)?)?,
             heads(layer.key.forward(x)?)?,
@@ -1016,6 +1037,53 @@ mod tests {
         assert!(max_abs_diff(&after, &want) < 1e-6);
         assert!(max_abs_diff(&after, &before) > 1e-3);
         assert!(lin.packed.get().is_none());
+    }
+
+    /// At inference the query, key and value projections run as one matmul (packed for few
+    /// rows, the stacked dense weight through gemm for many on AVX-512) and agree with the
+    /// three projections and transposes done separately, at both row counts.
+    #[test]
+    fn fused_qkv_projection_matches_separate_projections() {
+        let cfg = Config::tiny();
+        let model = Model::random(
+            cfg.clone(),
+            AttentionConfig::default(),
+            None,
+            5,
+            &Device::Cpu,
+        )
+        .unwrap();
+        let bert = model.bert();
+        let layer = &bert.layers[0];
+        let (nh, dh) = (cfg.num_attention_heads, cfg.head_dim());
+        for (b, l) in [(2, 5), (4, 80)] {
+            let x = Tensor::randn(0f32, 1.0, (b, l, cfg.hidden_size), &Device::Cpu).unwrap();
+            let (q, k, v) = bert.project_qkv(layer, &x).unwrap();
+            for (got, lin) in [(q, &layer.query), (k, &layer.key), (v, &layer.value)] {
+                let want = x
+                    .broadcast_matmul(&lin.weight.t().unwrap())
+                    .unwrap()
+                    .broadcast_add(&lin.bias)
+                    .unwrap()
+                    .reshape((b, l, nh, dh))
+                    .unwrap()
+                    .transpose(1, 2)
+                    .unwrap()
+                    .contiguous()
+                    .unwrap();
+                assert_eq!(got.dims(), want.dims());
+                let d = max_abs_diff(&got, &want);
+                assert!(d < 1e-5, "{b}×{l}: {d}");
+            }
+        }
+        // The many-row call built the stacked dense copy exactly when it did not take the
+        // packed kernel.
+        let packed_many = [&layer.query, &layer.key, &layer.value].iter().all(|d| {
+            d.takes_packed(
+                &Tensor::zeros((320, cfg.hidden_size), DType::F32, &Device::Cpu).unwrap(),
+            )
+        });
+        assert_eq!(layer.qkv_dense.get().is_some(), !packed_many);
     }
 
     /// Exact attention on [`Bert::attention_inputs`], followed by the rest of the layer,
