@@ -1039,20 +1039,26 @@ mod tests {
         assert!(lin.packed.get().is_none());
     }
 
-    /// At inference the query, key and value projections run as one matmul (packed for few
-    /// rows, the stacked dense weight through gemm for many on AVX-512) and agree with the
-    /// three projections and transposes done separately, at both row counts.
-    #[test]
-    fn fused_qkv_projection_matches_separate_projections() {
+    /// A random `Config::tiny()` model with exact attention, seeded.
+    fn tiny_model(seed: u64) -> (Config, Model) {
         let cfg = Config::tiny();
         let model = Model::random(
             cfg.clone(),
             AttentionConfig::default(),
             None,
-            5,
+            seed,
             &Device::Cpu,
         )
         .unwrap();
+        (cfg, model)
+    }
+
+    /// At inference the query, key and value projections run as one matmul (packed for few
+    /// rows, the stacked dense weight through gemm for many on AVX-512) and agree with the
+    /// three projections and transposes done separately, at both row counts.
+    #[test]
+    fn fused_qkv_projection_matches_separate_projections() {
+        let (cfg, model) = tiny_model(5);
         let bert = model.bert();
         let layer = &bert.layers[0];
         let (nh, dh) = (cfg.num_attention_heads, cfg.head_dim());
@@ -1090,15 +1096,7 @@ mod tests {
     /// reproduces the layer's output in a full forward pass, for every layer, with padding.
     #[test]
     fn attention_inputs_reproduce_each_layers_context() {
-        let cfg = Config::tiny();
-        let model = Model::random(
-            cfg.clone(),
-            AttentionConfig::default(),
-            None,
-            3,
-            &Device::Cpu,
-        )
-        .unwrap();
+        let (cfg, model) = tiny_model(3);
         let bert = model.bert();
         let ids = Tensor::new(&[[2u32, 7, 9, 4, 3, 0], [2, 5, 3, 0, 0, 0]], &Device::Cpu).unwrap();
         let mask = Tensor::new(&[[1u32, 1, 1, 1, 1, 0], [1, 1, 1, 0, 0, 0]], &Device::Cpu).unwrap();
