@@ -101,17 +101,22 @@ pub const AVX512_GEMM_FROM_ROWS: usize = 256;
 /// takes it at every row count).
 pub fn worth_it(rows: usize) -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if !available() {
-        return false;
-    }
-    let forced =
-        *FORCED.get_or_init(|| std::env::var("QATTN_PACKED_MATMUL").is_ok_and(|v| v.trim() == "1"));
+    let forced = || {
+        *FORCED.get_or_init(|| std::env::var("QATTN_PACKED_MATMUL").is_ok_and(|v| v.trim() == "1"))
+    };
+    available() && (rows < AVX512_GEMM_FROM_ROWS || !has_avx512f() || forced())
+}
+
+/// Whether the CPU has AVX-512F (runtime detection; `false` off x86-64).
+fn has_avx512f() -> bool {
     #[cfg(target_arch = "x86_64")]
-    if !forced && rows >= AVX512_GEMM_FROM_ROWS && std::is_x86_feature_detected!("avx512f") {
-        return false;
+    {
+        std::is_x86_feature_detected!("avx512f")
     }
-    let _ = (rows, forced);
-    true
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 impl PackedWeight {
@@ -499,10 +504,7 @@ mod tests {
             assert!(!worth_it(1) && !worth_it(1 << 20));
             return;
         }
-        #[cfg(target_arch = "x86_64")]
-        let avx512 = std::is_x86_feature_detected!("avx512f");
-        #[cfg(not(target_arch = "x86_64"))]
-        let avx512 = false;
+        let avx512 = has_avx512f();
         let forced = std::env::var("QATTN_PACKED_MATMUL").is_ok_and(|v| v.trim() == "1");
         assert!(worth_it(1) && worth_it(AVX512_GEMM_FROM_ROWS - 1));
         assert_eq!(worth_it(AVX512_GEMM_FROM_ROWS), !avx512 || forced);
