@@ -136,6 +136,72 @@ fn wilcoxon_matches_scipy_auto() {
 }
 
 #[test]
+fn wilcoxon_interval_by_hand_for_five_differences() {
+    // d = 1..5: the Walsh averages run from 1 to 5 with median 3. With n = 5 the smallest
+    // two-sided tail of the signed-rank statistic is 2/32, so the best achievable level is
+    // 1 − 2/32 = 0.9375 and the interval is [min d, max d].
+    let a = [2.0, 4.0, 6.0, 8.0, 10.0];
+    let b = [1.0, 2.0, 3.0, 4.0, 5.0];
+    let r = wilcoxon(&a, &b).unwrap();
+    assert_eq!(r.estimate, Some(3.0));
+    assert_eq!((r.ci_low, r.ci_high), (Some(1.0), Some(5.0)));
+    close(r.ci_level.unwrap(), 1.0 - 2.0 / 32.0, "achieved level");
+    // n = 10 reaches 95%: k = 9 (P(V ≤ 8) = 25/1024 < 0.025 ≤ P(V ≤ 9) = 33/1024), achieved
+    // level 1 − 50/1024
+    let a: Vec<f64> = (1..=10).map(|i| f64::from(i * i)).collect();
+    let r = wilcoxon(&a, &[0.0; 10]).unwrap();
+    close(r.ci_level.unwrap(), 1.0 - 50.0 / 1024.0, "n = 10 level");
+    let a = &a;
+    let mut walsh: Vec<f64> = (0..10)
+        .flat_map(|i| (i..10).map(move |j| 0.5 * (a[i] + a[j])))
+        .collect();
+    walsh.sort_by(f64::total_cmp);
+    assert_eq!((r.ci_low, r.ci_high), (Some(walsh[8]), Some(walsh[55 - 9])));
+}
+
+#[test]
+fn wilcoxon_interval_inverts_the_exact_test() {
+    // The exact interval is the set of shifts θ whose test of d − θ does not reject at the
+    // achieved level: just outside either end it rejects, just inside it does not.
+    let mut rng = Resampler::new(7);
+    for n in [6usize, 9, 14, 20] {
+        let d: Vec<f64> = (0..n).map(|_| rng.uniform() * 4.0 - 1.0).collect();
+        let r = wilcoxon(&d, &vec![0.0; n]).unwrap();
+        assert_eq!(r.method.as_deref(), Some("exact"), "n = {n}");
+        let (lo, hi, level) = (r.ci_low.unwrap(), r.ci_high.unwrap(), r.ci_level.unwrap());
+        assert!(level >= 0.95 || n < 7, "n = {n}: level {level}");
+        assert!(lo < r.estimate.unwrap() && r.estimate.unwrap() < hi, "n = {n}");
+        let p_at = |theta: f64| {
+            let shifted: Vec<f64> = d.iter().map(|x| x - theta).collect();
+            wilcoxon(&shifted, &vec![0.0; n]).unwrap().p_value
+        };
+        let alpha = 1.0 - level;
+        let eps = 1e-9;
+        for (inside, outside) in [(lo + eps, lo - eps), (hi - eps, hi + eps)] {
+            assert!(p_at(inside) > alpha + 1e-12, "n = {n}: θ = {inside} inside");
+            assert!(p_at(outside) <= alpha + 1e-12, "n = {n}: θ = {outside} outside");
+        }
+    }
+}
+
+#[test]
+fn wilcoxon_normal_interval_is_close_to_the_exact_one() {
+    // n = 45 without ties takes the exact branch; a tied copy (one value repeated) takes the
+    // normal approximation. Their ends lie within a few Walsh averages of each other.
+    let mut rng = Resampler::new(3);
+    let d: Vec<f64> = (0..45).map(|_| rng.uniform() - 0.3).collect();
+    let exact = wilcoxon(&d, &[0.0; 45]).unwrap();
+    let mut tied = d.clone();
+    tied[1] = tied[0];
+    let approx = wilcoxon(&tied, &[0.0; 45]).unwrap();
+    assert_eq!(exact.method.as_deref(), Some("exact"));
+    assert_eq!(approx.ci_level, Some(0.95));
+    let width = exact.ci_high.unwrap() - exact.ci_low.unwrap();
+    assert!((exact.ci_low.unwrap() - approx.ci_low.unwrap()).abs() < 0.1 * width);
+    assert!((exact.ci_high.unwrap() - approx.ci_high.unwrap()).abs() < 0.1 * width);
+}
+
+#[test]
 fn welch_matches_scipy() {
     for (k, c) in cases("welch").iter().enumerate() {
         let r = welch_with_level(&floats(&c["a"]), &floats(&c["b"]), f(&c["level"])).unwrap();

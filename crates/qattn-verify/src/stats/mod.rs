@@ -34,7 +34,10 @@ pub use paired::{
 };
 pub use power::{seeds_needed, welch_power};
 pub use rng::Resampler;
-pub use seeds::{AsoResult, TestResult, aso, welch, welch_with_level, wilcoxon};
+pub use seeds::{
+    AsoResult, TestResult, WILCOXON_CI_MAX_N, aso, welch, welch_with_level, wilcoxon,
+    wilcoxon_with_level,
+};
 
 use crate::error::{Error, Result, invalid};
 

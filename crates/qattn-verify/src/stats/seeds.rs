@@ -37,6 +37,13 @@ pub struct TestResult {
     pub ci_low: Option<f64>,
     /// Upper end of the CI of `delta` (Welch).
     pub ci_high: Option<f64>,
+    /// Confidence level of `ci_low`/`ci_high`: the requested one (Welch) or the one the exact
+    /// signed-rank distribution achieves (Wilcoxon; see [`wilcoxon`]).
+    pub ci_level: Option<f64>,
+    /// Wilcoxon: the Hodges–Lehmann estimate of the location of `a − b` (median of the Walsh
+    /// averages), the point estimate that goes with its interval.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub estimate: Option<f64>,
 }
 
 /// Two-sided p-value of a t statistic with `df` degrees of freedom:
@@ -132,6 +139,8 @@ pub fn welch_with_level(a: &[f64], b: &[f64], level: f64) -> Result<TestResult> 
         delta,
         ci_low: Some(delta - q * se),
         ci_high: Some(delta + q * se),
+        ci_level: Some(level),
+        estimate: None,
     })
 }
 
@@ -169,12 +178,41 @@ fn signed_rank_counts(n: usize) -> Vec<f64> {
 ///     `σ² = (m(m+1)(2m+1) − Σ(t³ − t)/2)/24` over tie-group sizes `t` (tie correction, no
 ///     continuity correction), `p = 2·Φ(−|z|)`.
 ///
-/// `delta` is `mean(a) − mean(b)`; there is no CI (`ci_low`/`ci_high` are `None`).
+/// `delta` is `mean(a) − mean(b)`. The interval is the Hodges–Lehmann interval at 95% that
+/// goes with the test ([`wilcoxon_with_level`]); `estimate` is its point estimate.
 ///
 /// Errors: different lengths, empty input, non-finite values, all differences zero (the test
 /// is undefined; SciPy returns NaN).
 pub fn wilcoxon(a: &[f64], b: &[f64]) -> Result<TestResult> {
+    wilcoxon_with_level(a, b, 0.95)
+}
+
+/// Most paired differences for which [`wilcoxon_with_level`] forms the Walsh averages
+/// (n(n+1)/2 of them: 4.5 million at this size); above it the interval is left out.
+pub const WILCOXON_CI_MAX_N: usize = 3000;
+
+/// [`wilcoxon`] with the Hodges–Lehmann confidence interval of the location of `d = a − b` at
+/// `level` (the interval that inverts the signed-rank test; R's
+/// `wilcox.test(a, b, paired = TRUE, conf.int = TRUE)` in its exact branch).
+///
+/// The `M = n(n+1)/2` Walsh averages `(d_i + d_j)/2, i ≤ j` of all `n` differences are sorted
+/// as `W_(1) ≤ … ≤ W_(M)`; `estimate` is their median. The interval is `[W_(k), W_(M+1−k)]`:
+/// - **exact** (`n ≤ 50`, no zero and no tied `|d|`): `k` is the smallest `x` with
+///   `P(V ≤ x) ≥ (1 − level)/2` under the exact null distribution of `V = W+`, at least 1.
+///   Because `V` is discrete the achieved level `1 − 2·P(V ≤ k − 1)` is reported in
+///   `ci_level`; it is at least `level` when `k` > 1 was reachable, and below it for very few
+///   differences (n = 5 gives at best 1 − 2/32 = 0.9375, the interval [min d, max d]);
+/// - **normal approximation** otherwise: `k = max(1, ⌊M/2 − z_{(1+level)/2}·σ⌋)` with the
+///   tie-corrected `σ` of the test's asymptotic branch; `ci_level` is `level`.
+///
+/// Every shift θ inside the exact interval leaves the test of `d − θ` unrejected at the
+/// achieved level, every θ outside rejects it (tested). With more than
+/// [`WILCOXON_CI_MAX_N`] differences the interval and estimate are `None`.
+///
+/// Errors: as [`wilcoxon`], and `level` outside (0, 1).
+pub fn wilcoxon_with_level(a: &[f64], b: &[f64], level: f64) -> Result<TestResult> {
     let what = "wilcoxon";
+    check_level(what, "level", level)?;
     if a.len() != b.len() {
         return Err(invalid(format!(
             "{what}: paired samples need equal lengths, got a: {}, b: {}",
@@ -247,6 +285,12 @@ pub fn wilcoxon(a: &[f64], b: &[f64]) -> Result<TestResult> {
         ((2.0 * normal.cdf(-z.abs())).min(1.0), "asymptotic")
     };
     let (ma, mb) = (mean(a), mean(b));
+    let interval = if n <= WILCOXON_CI_MAX_N {
+        let tie: f64 = ties.iter().map(|&t| (t * t * t - t) as f64).sum();
+        Some(hodges_lehmann(&d, level, n <= 50 && !has_ties && n_zero == 0, tie)?)
+    } else {
+        None
+    };
     Ok(TestResult {
         test: "wilcoxon".into(),
         statistic: w_plus.min(w_minus),
@@ -256,9 +300,57 @@ pub fn wilcoxon(a: &[f64], b: &[f64]) -> Result<TestResult> {
         mean_a: ma,
         mean_b: mb,
         delta: ma - mb,
-        ci_low: None,
-        ci_high: None,
+        ci_low: interval.map(|i| i.1),
+        ci_high: interval.map(|i| i.2),
+        ci_level: interval.map(|i| i.3),
+        estimate: interval.map(|i| i.0),
     })
+}
+
+/// (estimate, low, high, achieved level) of the Hodges–Lehmann interval of [`wilcoxon_with_level`]
+/// for the differences `d`; `exact` picks the branch, `tie` is Σ(t³ − t) over the tie groups of
+/// the non-zero `|d|` (normal branch only).
+fn hodges_lehmann(d: &[f64], level: f64, exact: bool, tie: f64) -> Result<(f64, f64, f64, f64)> {
+    let n = d.len();
+    let mut walsh = Vec::with_capacity(n * (n + 1) / 2);
+    for i in 0..n {
+        for j in i..n {
+            walsh.push(0.5 * (d[i] + d[j]));
+        }
+    }
+    walsh.sort_by(f64::total_cmp);
+    let m = walsh.len();
+    let estimate = if m % 2 == 1 {
+        walsh[m / 2]
+    } else {
+        0.5 * (walsh[m / 2 - 1] + walsh[m / 2])
+    };
+    let alpha = 1.0 - level;
+    let (k, achieved) = if exact {
+        let counts = signed_rank_counts(n);
+        let total = 2f64.powi(n as i32);
+        let mut cdf = 0.0;
+        let mut k = counts.len() - 1;
+        for (x, c) in counts.iter().enumerate() {
+            cdf += c / total;
+            if cdf >= alpha / 2.0 {
+                k = x;
+                break;
+            }
+        }
+        let k = k.max(1);
+        let below: f64 = counts[..k].iter().sum::<f64>() / total;
+        (k, 1.0 - 2.0 * below)
+    } else {
+        let nf = n as f64;
+        let sigma = ((nf * (nf + 1.0) * (2.0 * nf + 1.0) - tie / 2.0) / 24.0).sqrt();
+        let z = Normal::new(0.0, 1.0)
+            .map_err(|e| dist_err("wilcoxon", e))?
+            .inverse_cdf(1.0 - alpha / 2.0);
+        let k = (m as f64 / 2.0 - z * sigma).floor().max(1.0) as usize;
+        (k.min(m.div_ceil(2)), level)
+    };
+    Ok((estimate, walsh[k - 1], walsh[m - k], achieved))
 }
 
 /// The result of [`aso`].
