@@ -120,12 +120,17 @@ pub(crate) struct CalibrateArgs {
 #[derive(clap::Args)]
 pub(crate) struct ClaimsArgs {
     /// Directory of run records (TASK/ATTENTION/seed-S/run.json below it, as `qattn glue run`
-    /// and `qattn compare` write them).
+    /// and `qattn compare` write them); repeat it to read several (a run of the same task,
+    /// attention and seed in two of them is an error).
     #[arg(long)]
-    records: PathBuf,
+    records: Vec<PathBuf>,
     /// Claims file (TOML; see benchmarks/claims/source-document.toml and docs/verify.md).
     #[arg(long)]
     claims: PathBuf,
+    /// The `report.json` of `qattn verify estimators`, which decides the file's
+    /// `[[variance_claim]]` and `[[noise_claim]]` entries (without it they are INCONCLUSIVE).
+    #[arg(long)]
+    estimators: Option<PathBuf>,
     /// Where to write claims-report.md and claims-report.json.
     #[arg(long, default_value = "claims-report")]
     output_dir: PathBuf,
@@ -316,17 +321,46 @@ fn claims(args: ClaimsArgs) -> Result<()> {
             .map_err(|_| anyhow::anyhow!("--correction {c:?}: expected holm, bh or none"))?;
         file.defaults.correction = c.clone();
     }
-    let records: Vec<_> = qattn_glue::report::load_runs(&args.records)?
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    let report = claims::evaluate(&file, &records)?;
-    let command = format!(
-        "qattn verify claims --records {} --claims {} --output-dir {}",
-        args.records.display(),
-        args.claims.display(),
-        args.output_dir.display()
+    anyhow::ensure!(
+        !args.records.is_empty() || !file.has_run_claims(),
+        "{}: [[claim]] entries are decided from run records: give --records DIR",
+        args.claims.display()
     );
+    let mut records = Vec::new();
+    let mut seen: std::collections::BTreeMap<(String, String, u64), PathBuf> =
+        std::collections::BTreeMap::new();
+    for dir in &args.records {
+        for (path, r) in qattn_glue::report::load_runs(dir)? {
+            let key = (r.task.to_ascii_lowercase(), r.attention.clone(), r.seed);
+            if let Some(first) = seen.insert(key, path.clone()) {
+                anyhow::bail!(
+                    "run records {} and {} are the same run (task {}, attention {}, seed {}): \
+                     give each run once",
+                    first.display(),
+                    path.display(),
+                    r.task,
+                    r.attention,
+                    r.seed
+                );
+            }
+            records.push(r);
+        }
+    }
+    let study = args
+        .estimators
+        .as_deref()
+        .map(claims::StudyEvidence::read)
+        .transpose()?;
+    let report = claims::evaluate_with_study(&file, &records, study.as_ref())?;
+    let mut command = String::from("qattn verify claims");
+    for dir in &args.records {
+        command.push_str(&format!(" --records {}", dir.display()));
+    }
+    command.push_str(&format!(" --claims {}", args.claims.display()));
+    if let Some(e) = &args.estimators {
+        command.push_str(&format!(" --estimators {}", e.display()));
+    }
+    command.push_str(&format!(" --output-dir {}", args.output_dir.display()));
     let written = claims::write_report(&report, &args.output_dir, &command)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
@@ -336,7 +370,7 @@ fn claims(args: ClaimsArgs) -> Result<()> {
     let tally = claims::tally(&report);
     eprintln!(
         "{} claims: {}; wrote {}",
-        report.results.len(),
+        report.results.len() + report.study_results.len(),
         tally
             .iter()
             .map(|(k, v)| format!("{v} {k}"))

@@ -274,6 +274,10 @@ fn seeds_welch_and_wilcoxon_match_scipy() {
         close(f(&v["statistic"]), f(&c["statistic"]), "W");
         close(f(&v["p_value"]), f(&c["pvalue"]), "p");
         assert_eq!(v["method"], c["method"]);
+        // the Hodges–Lehmann interval comes with its estimate and achieved level
+        let (lo, hi) = (f(&v["ci_low"]), f(&v["ci_high"]));
+        assert!(lo <= f(&v["estimate"]) && f(&v["estimate"]) <= hi, "{v}");
+        assert!(f(&v["ci_level"]) > 0.0 && f(&v["ci_level"]) < 1.0, "{v}");
     }
 }
 
@@ -546,6 +550,54 @@ fn estimators_quick_on_synthetic_rows_writes_the_report() {
     }
     let md = String::from_utf8_lossy(&o.stdout);
     assert!(md.contains("stratified"), "{md}");
+
+    // The same report decides variance and noise claims (no run records needed for them).
+    let claims = dir.path().join("study.toml");
+    std::fs::write(
+        &claims,
+        "[[variance_claim]]\nid = \"less variance\"\nestimator = \"stratified\"\n\
+         claimed_reduction = 0.0\n\n[[noise_claim]]\nid = \"readout mitigation\"\n\
+         system = \"stratified:S+readout:0.05:0.05+mitigate\"\n\
+         baseline = \"stratified:S+readout:0.05:0.05\"\n",
+    )
+    .unwrap();
+    let rep_dir = dir.path().join("claims");
+    let o = qattn(&[
+        "verify",
+        "claims",
+        "--claims",
+        claims.to_str().unwrap(),
+        "--estimators",
+        out.join("report.json").to_str().unwrap(),
+        "--output-dir",
+        rep_dir.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rep: Value = serde_json::from_slice(&o.stdout).unwrap();
+    let r = rep["study_results"].as_array().unwrap();
+    // one variance result per S of the quick study (4 and 16), then the noise claim
+    assert_eq!(r.len(), 3, "{rep}");
+    assert_eq!(r[0]["id"], "less variance (S = 4)");
+    assert_eq!(r[2]["system"], "stratified:16+readout:0.05:0.05+mitigate");
+    for x in r {
+        assert!(x["p_value"].is_number() && x["ci_low"].is_number(), "{x}");
+        let v = x["verdict"].as_str().unwrap();
+        assert!(["VERIFIED", "REFUTED", "INCONCLUSIVE"].contains(&v), "{x}");
+    }
+    let md = std::fs::read_to_string(rep_dir.join("claims-report.md")).unwrap();
+    assert!(md.contains("## Claims about the estimators"), "{md}");
+    // a file with run-record claims needs --records
+    let e = fails(&[
+        "verify",
+        "claims",
+        "--claims",
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../benchmarks/claims/source-document.toml"
+        ),
+    ]);
+    assert!(e.contains("--records"), "{e}");
 }
 
 #[test]
@@ -612,4 +664,20 @@ fn claims_on_hand_made_records_gives_verdicts_and_files() {
         claims.to_str().unwrap(),
     ]);
     assert!(e.contains("no run.json"), "{e}");
+    // the same directory twice holds every run twice: refused, naming both files
+    let runs = dir.path().join("runs");
+    let e = fails(&[
+        "verify",
+        "claims",
+        "--records",
+        runs.to_str().unwrap(),
+        "--records",
+        runs.to_str().unwrap(),
+        "--claims",
+        claims.to_str().unwrap(),
+    ]);
+    assert!(
+        e.contains("are the same run") && e.contains("seed-1"),
+        "{e}"
+    );
 }

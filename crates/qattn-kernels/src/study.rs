@@ -6,7 +6,8 @@ use crate::spec::EstimatorSpec;
 use candle_core::{DType, Tensor};
 
 /// Mean over `seeds` of the relative L2 error ‖ô − o‖ / ‖o‖ of `estimator` against exact
-/// attention with the same options (mask, causal, scale). Returns (mean, standard error).
+/// attention with the same options (mask, causal, scale). Returns (mean, standard error); with
+/// one seed the standard error is NaN, with none both are.
 pub fn relative_error(
     q: &Tensor,
     k: &Tensor,
@@ -15,6 +16,31 @@ pub fn relative_error(
     estimator: EstimatorSpec,
     seeds: std::ops::Range<u64>,
 ) -> Result<(f64, f64)> {
+    let errs = relative_errors(q, k, v, base, estimator, seeds)?;
+    let n = errs.len() as f64;
+    if errs.is_empty() {
+        return Ok((f64::NAN, f64::NAN));
+    }
+    let mean = errs.iter().sum::<f64>() / n;
+    let se = if errs.len() > 1 {
+        (errs.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt()
+    } else {
+        f64::NAN
+    };
+    Ok((mean, se))
+}
+
+/// The relative L2 error ‖ô − o‖ / ‖o‖ of `estimator` against exact attention with the same
+/// options, one value per seed of `seeds` in order (the per-seed values behind
+/// [`relative_error`], for paired comparisons of two estimators on common seeds).
+pub fn relative_errors(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    base: &AttentionOptions,
+    estimator: EstimatorSpec,
+    seeds: std::ops::Range<u64>,
+) -> Result<Vec<f64>> {
     let exact = attention(
         q,
         k,
@@ -49,15 +75,5 @@ pub fn relative_error(
             / norm;
         errs.push(e);
     }
-    let n = errs.len() as f64;
-    if errs.is_empty() {
-        return Ok((f64::NAN, f64::NAN));
-    }
-    let mean = errs.iter().sum::<f64>() / n;
-    let se = if errs.len() > 1 {
-        (errs.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt()
-    } else {
-        f64::NAN
-    };
-    Ok((mean, se))
+    Ok(errs)
 }

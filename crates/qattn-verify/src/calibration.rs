@@ -225,6 +225,7 @@ pub fn claims_file(s: &Settings) -> ClaimsFile {
             min_delta: Some(0.0),
             text: None,
         }],
+        ..ClaimsFile::default()
     }
 }
 

@@ -44,6 +44,12 @@
 //! about α/2 whatever the seeds, so every claim also gets the rule's minimum detectable effect
 //! (`mde`): the true advantage at which VERIFIED has probability `defaults.power`.
 
+mod study;
+
+pub use study::{
+    NoiseClaim, StudyClaimResult, StudyEvidence, VARIANCE_CLAIM_FAMILIES, VarianceClaim,
+};
+
 use crate::error::{Error, Result, invalid};
 use crate::stats::effect::{cliffs_delta, cohens_d};
 use crate::stats::hierarchical::{Design, hierarchical_test, seeds_needed_for, trivial_score};
@@ -178,9 +184,15 @@ pub struct ClaimsFile {
     /// Shared settings.
     #[serde(default)]
     pub defaults: Defaults,
-    /// The claims.
+    /// The claims decided from run records.
     #[serde(default, rename = "claim")]
     pub claims: Vec<Claim>,
+    /// Variance-reduction claims, decided from an estimator study ([`study`] module docs).
+    #[serde(default, rename = "variance_claim")]
+    pub variance_claims: Vec<VarianceClaim>,
+    /// Noise-sweep claims, decided from an estimator study.
+    #[serde(default, rename = "noise_claim")]
+    pub noise_claims: Vec<NoiseClaim>,
 }
 
 impl ClaimsFile {
@@ -206,6 +218,7 @@ impl ClaimsFile {
                     text: None,
                 })
                 .collect(),
+            ..ClaimsFile::default()
         }
     }
 
@@ -229,6 +242,11 @@ impl ClaimsFile {
             })
             .collect();
         file
+    }
+
+    /// Whether the file has `[[claim]]` entries (decided from run records).
+    pub fn has_run_claims(&self) -> bool {
+        !self.claims.is_empty()
     }
 
     /// Parses TOML text; `source` names the file in errors.
@@ -281,10 +299,24 @@ impl ClaimsFile {
                 d.correction
             ))
         })?;
-        if self.claims.is_empty() {
-            return Err(invalid(format!("{source}: no [[claim]] entries")));
+        if self.claims.is_empty() && self.variance_claims.is_empty() && self.noise_claims.is_empty()
+        {
+            return Err(invalid(format!(
+                "{source}: no [[claim]], [[variance_claim]] or [[noise_claim]] entries"
+            )));
         }
+        study::validate(&self.variance_claims, &self.noise_claims, source)?;
         let mut seen = std::collections::BTreeSet::new();
+        for id in self
+            .variance_claims
+            .iter()
+            .map(|c| &c.id)
+            .chain(self.noise_claims.iter().map(|c| &c.id))
+        {
+            if !seen.insert(id.as_str()) {
+                return Err(invalid(format!("{source}: duplicate claim id {id:?}")));
+            }
+        }
         for (i, c) in self.claims.iter().enumerate() {
             let at = format!("{source}: claim #{} ({:?})", i + 1, c.id);
             if !seen.insert(c.id.as_str()) {
@@ -400,8 +432,14 @@ pub struct ClaimsReport {
     pub defaults: Defaults,
     /// Run records read.
     pub records: usize,
-    /// One result per claim, in file order.
+    /// One result per run-record claim, in file order.
     pub results: Vec<ClaimResult>,
+    /// The estimator study the variance and noise claims were decided from, in words.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub study: Option<String>,
+    /// One result per variance claim and shot count, then per noise claim, in file order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub study_results: Vec<StudyClaimResult>,
 }
 
 /// The runs of one (task, attention), keyed by seed.
@@ -676,6 +714,17 @@ fn test_claim(
 /// groups the records lack, runs scored on different dev sets, …) is INCONCLUSIVE with the
 /// reason; it never aborts the others.
 pub fn evaluate(file: &ClaimsFile, records: &[RunRecord]) -> Result<ClaimsReport> {
+    evaluate_with_study(file, records, None)
+}
+
+/// [`evaluate`], with the file's `[[variance_claim]]` and `[[noise_claim]]` entries decided
+/// from `study` (a `qattn verify estimators` report; `None`: they are INCONCLUSIVE for want of
+/// evidence). All p-values share one correction.
+pub fn evaluate_with_study(
+    file: &ClaimsFile,
+    records: &[RunRecord],
+    study: Option<&StudyEvidence>,
+) -> Result<ClaimsReport> {
     let d = &file.defaults;
     let ci_level = 1.0 - d.alpha;
     let mut results = Vec::with_capacity(file.claims.len());
@@ -804,26 +853,42 @@ pub fn evaluate(file: &ClaimsFile, records: &[RunRecord]) -> Result<ClaimsReport
         res.p_value = p_raw[ci];
         results.push(res);
     }
-    // Correct the p-values of the claims that have one.
-    let with_p: Vec<usize> = (0..results.len())
-        .filter(|&i| results[i].p_value.is_some())
+    let mut study_results =
+        study::evaluate(&file.variance_claims, &file.noise_claims, study, d.alpha);
+    // Correct the p-values of the claims that have one, run-record and study claims together.
+    let ps: Vec<f64> = results
+        .iter()
+        .filter_map(|r| r.p_value)
+        .chain(study_results.iter().filter_map(|r| r.p_value))
         .collect();
-    let ps: Vec<f64> = with_p.iter().filter_map(|&i| results[i].p_value).collect();
-    let adjusted = match d.correction.parse::<Correction>()? {
+    let mut adjusted = match d.correction.parse::<Correction>()? {
         Correction::Holm => holm(&ps),
         Correction::Bh => benjamini_hochberg(&ps),
         Correction::None => ps.clone(),
-    };
-    for (&i, p) in with_p.iter().zip(adjusted) {
-        results[i].p_adjusted = Some(p);
+    }
+    .into_iter();
+    for r in &mut results {
+        if r.p_value.is_some() {
+            r.p_adjusted = adjusted.next();
+        }
+    }
+    for r in &mut study_results {
+        if r.p_value.is_some() {
+            r.p_adjusted = adjusted.next();
+        }
     }
     for r in &mut results {
         decide(r, d);
+    }
+    for r in &mut study_results {
+        study::decide(r, d.alpha);
     }
     Ok(ClaimsReport {
         defaults: d.clone(),
         records: records.len(),
         results,
+        study: study.map(StudyEvidence::describe),
+        study_results,
     })
 }
 
@@ -1015,13 +1080,15 @@ pub fn to_markdown(report: &ClaimsReport, command: &str) -> String {
         100.0 * d.power,
         report.records
     ));
-    s.push_str(
-        "| claim | task | metric | claimed | system (n) | baseline (n) | δ | CI | p | p adj | \
-         Welch p | power | MDE | verdict |\n|---|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---|\n",
-    );
     let f = |x: Option<f64>, scale: f64, prec: usize| {
         x.map_or("–".to_string(), |v| format!("{:.*}", prec, v * scale))
     };
+    if !report.results.is_empty() {
+        s.push_str(
+            "| claim | task | metric | claimed | system (n) | baseline (n) | δ | CI | p | p adj | \
+             Welch p | power | MDE | verdict |\n|---|---|---|---|---|---|---:|---|---:|---:|---:|---:|---:|---|\n",
+        );
+    }
     for r in &report.results {
         let claimed = match (r.claim.claimed, r.claim.claimed_baseline) {
             (Some(a), Some(b)) => format!("{a:.1} vs {b:.1}"),
@@ -1059,11 +1126,81 @@ pub fn to_markdown(report: &ClaimsReport, command: &str) -> String {
             r.verdict
         ));
     }
+    if !report.results.is_empty() {
+        s.push_str(&format!(
+            "\n## Effect sizes and seeds needed\n\nPer-seed scores of the paired runs: Cohen's d \
+             (pooled SD) and Cliff's delta. Seeds needed: seeds per system for a {:.0}% chance \
+             that the interval lies above 0 if the advantage were as large as claimed (claims \
+             with a positive margin only).\n\n| claim | Cohen's d | Cliff's δ | seeds | seeds \
+             needed |\n|---|---:|---:|---:|---:|\n",
+            100.0 * d.power
+        ));
+        for r in &report.results {
+            let needed = match (r.seeds_needed, r.power) {
+                (Some(n), _) => n.to_string(),
+                (None, Some(_)) => "> 1000 or never (the dev set limits it)".into(),
+                (None, None) => "–".into(),
+            };
+            s.push_str(&format!(
+                "| {} | {} | {} | {} | {} |\n",
+                r.claim.id,
+                f(r.cohens_d, 1.0, 2),
+                f(r.cliffs_delta, 1.0, 2),
+                r.system.scores.len(),
+                needed
+            ));
+        }
+    }
+    if !report.study_results.is_empty() {
+        s.push_str(&format!(
+            "\n## Claims about the estimators\n\nDecided from the {}. Variance claims: δ = 1 − \
+             variance ratio against multinomial sampling at the same S, 95% interval from the \
+             cluster bootstrap over (head, sentence) clusters. Noise claims: δ = mean over seeds \
+             of the baseline's minus the system's relative error ‖ô − o‖/‖o‖, t interval over \
+             seeds. p-values join the correction above.\n\n| claim | system | baseline | \
+             claimed δ ≥ | δ | CI | n | p | p adj | verdict |\n\
+             |---|---|---|---:|---:|---|---:|---:|---:|---|\n",
+            report
+                .study
+                .as_deref()
+                .unwrap_or("estimator study (none given)")
+        ));
+        for r in &report.study_results {
+            let ci = match (r.ci_low, r.ci_high) {
+                (Some(l), Some(h)) => format!("[{l:+.4}, {h:+.4}]"),
+                _ => "–".into(),
+            };
+            s.push_str(&format!(
+                "| {} | `{}` | `{}` | {:.4} | {} | {} | {} {} | {} | {} | **{}** |\n",
+                r.id,
+                r.system,
+                r.baseline,
+                r.margin,
+                r.delta.map_or("–".into(), |x| format!("{x:+.4}")),
+                ci,
+                r.n,
+                r.unit,
+                r.p_value.map_or("–".into(), p_text),
+                r.p_adjusted.map_or("–".into(), p_text),
+                r.verdict
+            ));
+        }
+    }
     s.push_str("\n## Reasons\n\n");
     for r in &report.results {
         s.push_str(&format!(
             "- **{}** — {}: {}\n",
             r.claim.id, r.verdict, r.reason
+        ));
+    }
+    for r in &report.study_results {
+        let text = r
+            .text
+            .as_deref()
+            .map_or(String::new(), |t| format!(" (\"{t}\")"));
+        s.push_str(&format!(
+            "- **{}**{text} — {}: {}\n",
+            r.id, r.verdict, r.reason
         ));
     }
     s
@@ -1072,8 +1209,9 @@ pub fn to_markdown(report: &ClaimsReport, command: &str) -> String {
 /// Counts of each verdict.
 pub fn tally(report: &ClaimsReport) -> BTreeMap<String, usize> {
     let mut t = BTreeMap::new();
-    for r in &report.results {
-        *t.entry(r.verdict.to_string()).or_insert(0) += 1;
+    let verdicts = report.results.iter().map(|r| r.verdict);
+    for v in verdicts.chain(report.study_results.iter().map(|r| r.verdict)) {
+        *t.entry(v.to_string()).or_insert(0) += 1;
     }
     t
 }

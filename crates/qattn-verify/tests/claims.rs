@@ -191,12 +191,23 @@ fn the_shipped_source_document_claims_parse() {
         "/../../benchmarks/claims/source-document.toml"
     );
     let file = ClaimsFile::read(std::path::Path::new(path)).unwrap();
-    assert_eq!(file.claims.len(), 9);
+    // 9 GLUE claims, then 10 long-range claims (4 systems at 64 and 128 words, 2 at 4096)
+    assert_eq!(file.claims.len(), 19);
     let margins: Vec<f64> = file.claims.iter().map(|c| c.margin_points()).collect();
     let want = [13.1, 0.5, 2.5, 1.5, 0.6, 2.2, 1.4, 8.6, 6.3];
     for (m, w) in margins.iter().zip(want) {
         assert!((m - w).abs() < 1e-9, "{margins:?}");
     }
+    assert!(margins[9..].iter().all(|&m| m == 0.0), "{margins:?}");
+    assert!(
+        file.claims[9..]
+            .iter()
+            .all(|c| c.task.starts_with("synthetic-majority-"))
+    );
+    assert_eq!(file.variance_claims.len(), 1);
+    assert_eq!(file.variance_claims[0].claimed_reduction, 0.40);
+    // mitigation of readout and damping at three levels each, for both samplers
+    assert_eq!(file.noise_claims.len(), 12);
 }
 
 /// Records whose runs all give the same predictions `right[i]` (per example) for every seed.
@@ -544,4 +555,150 @@ mod calibration {
         );
         assert_eq!(r.refuted, 0);
     }
+}
+
+/// An estimator study report with the stratified ratio `ratio` (95% interval `lo..hi`,
+/// bootstrap p 0.001) at S = 16 over 40 clusters, and a noise sweep at S = 16 over 4 seeds in
+/// which mitigation of readout noise lowers the error on every seed (by 0.025–0.03) and mitigation of damping
+/// raises it.
+fn study(ratio: f64, lo: f64, hi: f64) -> qattn_verify::claims::StudyEvidence {
+    let est = |v: f64, l: f64, h: f64| serde_json::json!({"value": v, "boot_mean": v, "boot_se": 0.01, "ci_low": l, "ci_high": h});
+    let point = |spec: &str, errs: [f64; 4]| {
+        serde_json::json!({"base": "stratified", "channel": "readout", "level": 0.05,
+            "mitigate": spec.contains("mitigate"), "spec": spec,
+            "rel_error": errs.iter().sum::<f64>() / 4.0, "se": 0.001, "per_seed": errs})
+    };
+    serde_json::from_value(serde_json::json!({
+        "model": "m", "quick": false, "git_sha": "abc", "git_dirty": false,
+        "variance": {"rows": 400, "clusters": 40, "replications": 8, "bootstrap": 1000,
+            "by_shots": [{"shots": 16, "multinomial_vs_theory": est(1.0, 0.99, 1.01),
+                "estimators": [
+                    {"family": "multinomial", "spec": "multinomial:16", "mean_shots": 16.0,
+                     "mse": 1.0, "rel_rmse": est(0.5, 0.4, 0.6), "ratio": est(1.0, 1.0, 1.0),
+                     "p_value": null},
+                    {"family": "stratified", "spec": "stratified:16", "mean_shots": 16.0,
+                     "mse": ratio, "rel_rmse": est(0.3, 0.2, 0.4), "ratio": est(ratio, lo, hi),
+                     "p_value": 0.001}]}],
+            "claim": []},
+        "noise": {"shots": 16, "seeds": 4, "points": [
+            point("stratified:16+readout:0.05:0.05", [0.47, 0.46, 0.48, 0.465]),
+            point("stratified:16+readout:0.05:0.05+mitigate", [0.44, 0.435, 0.45, 0.44]),
+            point("stratified:16+damp:0.1", [0.36, 0.37, 0.365, 0.366]),
+            point("stratified:16+damp:0.1+mitigate", [0.37, 0.38, 0.376, 0.372])]}
+    }))
+    .unwrap()
+}
+
+const STUDY_CLAIMS: &str = r#"
+[[variance_claim]]
+id = "40% less variance"
+estimator = "stratified"
+claimed_reduction = 0.40
+text = "40% reduction in sampling variance"
+
+[[noise_claim]]
+id = "readout mitigation"
+system = "stratified:S+readout:0.05:0.05+mitigate"
+baseline = "stratified:S+readout:0.05:0.05"
+
+[[noise_claim]]
+id = "damping mitigation"
+system = "stratified:S+damp:0.1+mitigate"
+baseline = "stratified:S+damp:0.1"
+
+[[noise_claim]]
+id = "not in the sweep"
+system = "stratified:S+readout:0.2:0.2+mitigate"
+baseline = "stratified:S"
+"#;
+
+#[test]
+fn variance_and_noise_claims_are_decided_from_the_estimator_study() {
+    use qattn_verify::claims::evaluate_with_study;
+    let file = claims(STUDY_CLAIMS);
+    let verdict_of = |ratio: f64, lo: f64, hi: f64| {
+        let rep = evaluate_with_study(&file, &[], Some(&study(ratio, lo, hi))).unwrap();
+        assert!(rep.results.is_empty());
+        assert_eq!(rep.study_results.len(), 4);
+        rep
+    };
+    // ratio 0.35 [0.33, 0.37]: a 63–67% reduction, at least the claimed 40%
+    let rep = verdict_of(0.35, 0.33, 0.37);
+    let v = &rep.study_results[0];
+    assert_eq!(v.id, "40% less variance (S = 16)");
+    assert_eq!(v.verdict, Verdict::Verified, "{}", v.reason);
+    assert!((v.delta.unwrap() - 0.65).abs() < 1e-12);
+    assert!((v.ci_low.unwrap() - 0.63).abs() < 1e-12 && (v.ci_high.unwrap() - 0.67).abs() < 1e-12);
+    assert_eq!((v.n, v.unit.as_str()), (40, "clusters"));
+    // ratio 0.70 [0.68, 0.72]: less than 40%, refuted; [0.55, 0.65] straddles 0.60
+    assert_eq!(
+        verdict_of(0.70, 0.68, 0.72).study_results[0].verdict,
+        Verdict::Refuted
+    );
+    assert_eq!(
+        verdict_of(0.60, 0.55, 0.65).study_results[0].verdict,
+        Verdict::Inconclusive
+    );
+    // readout mitigation lowers the error on every seed (mean 0.0275): verified
+    let r = &rep.study_results[1];
+    assert_eq!(r.system, "stratified:16+readout:0.05:0.05+mitigate");
+    assert_eq!(r.verdict, Verdict::Verified, "{}", r.reason);
+    assert!((r.delta.unwrap() - 0.0275).abs() < 1e-12, "{:?}", r.delta);
+    assert_eq!((r.n, r.unit.as_str()), (4, "seeds"));
+    // damping mitigation raises it on every seed: refuted
+    let r = &rep.study_results[2];
+    assert_eq!(r.verdict, Verdict::Refuted, "{}", r.reason);
+    assert!(r.delta.unwrap() < 0.0 && r.ci_high.unwrap() < 0.0);
+    // a setting the sweep did not run is named
+    let r = &rep.study_results[3];
+    assert_eq!(r.verdict, Verdict::Inconclusive);
+    assert!(
+        r.reason.contains("stratified:16+readout:0.2:0.2+mitigate"),
+        "{}",
+        r.reason
+    );
+    assert!(
+        r.reason.contains("no setting stratified:16"),
+        "{}",
+        r.reason
+    );
+    // Holm runs over the three claims with a p-value: every adjusted p ≥ its raw p
+    for r in &rep.study_results[..3] {
+        assert!(r.p_adjusted.unwrap() >= r.p_value.unwrap());
+    }
+    let md = to_markdown(&rep, "cmd");
+    assert!(md.contains("## Claims about the estimators"), "{md}");
+    assert!(md.contains("40% reduction in sampling variance"), "{md}");
+    // without a study every such claim is inconclusive and says what is missing
+    let rep = evaluate_with_study(&file, &[], None).unwrap();
+    for r in &rep.study_results {
+        assert_eq!(r.verdict, Verdict::Inconclusive);
+        assert!(r.reason.contains("--estimators"), "{}", r.reason);
+    }
+}
+
+#[test]
+fn study_claims_with_bad_fields_name_the_problem() {
+    let err = |body: &str| {
+        ClaimsFile::parse(body, "x.toml")
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+    };
+    let e = err(
+        "[[variance_claim]]\nid = \"v\"\nestimator = \"multinomial\"\nclaimed_reduction = 0.4\n",
+    );
+    assert!(
+        e.contains("variance_claim #1") && e.contains("multinomial"),
+        "{e}"
+    );
+    let e = err(
+        "[[variance_claim]]\nid = \"v\"\nestimator = \"stratified\"\nclaimed_reduction = 1.5\n",
+    );
+    assert!(e.contains("claimed_reduction"), "{e}");
+    let e = err(
+        "[[noise_claim]]\nid = \"n\"\nsystem = \"a\"\nbaseline = \"b\"\n[[noise_claim]]\nid = \"n\"\nsystem = \"a\"\nbaseline = \"b\"\n",
+    );
+    assert!(e.contains("duplicate"), "{e}");
+    assert!(err("[defaults]\nalpha = 0.05\n").contains("no [[claim]]"));
 }

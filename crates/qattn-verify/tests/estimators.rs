@@ -178,10 +178,20 @@ fn stratified_variance_is_below_multinomial_on_peaked_rows() {
         let w = synthetic_workload(1, 8, 64, 32, sd, 3).unwrap();
         let v = variance_study(&w, &[8], 32, 300, 1, &quiet).unwrap();
         assert_eq!(v.rows, 8 * 64);
+        // the bootstrap resamples the 8 heads of the one input, not the 512 rows
+        assert_eq!(v.clusters, 8);
         let b = &v.by_shots[0];
         let get = |f: &str| b.estimators.iter().find(|e| e.family == f).unwrap();
         let (m, st) = (get("multinomial"), get("stratified"));
         assert_eq!(m.ratio.value, 1.0);
+        assert_eq!(m.p_value, None);
+        let p = st.p_value.unwrap();
+        // two-sided bootstrap p of ratio = 1: at least 2/(B + 1), and small when the whole
+        // interval is below 1
+        assert!((2.0 / 301.0 - 1e-12..=1.0).contains(&p), "p = {p}");
+        if strict {
+            assert!(p < 0.05, "peaked rows: p = {p}");
+        }
         assert!((m.mean_shots - 8.0).abs() < 1e-12);
         assert!(
             st.ratio.value < 1.0,
@@ -226,6 +236,19 @@ fn quick_synthetic_study_writes_every_report_file() {
     assert_eq!(report.timing.series.len(), 6);
     // 2 bases × (5 depol + 4 + 4 readout + 4 + 4 damp) settings.
     assert_eq!(report.noise.points.len(), 2 * (5 + 8 + 8));
+    // every setting carries its per-seed errors, whose mean is the reported error
+    for p in &report.noise.points {
+        assert_eq!(p.per_seed.len(), report.noise.seeds, "{}", p.spec);
+        let mean = p.per_seed.iter().sum::<f64>() / p.per_seed.len() as f64;
+        assert!(
+            (mean - p.rel_error).abs() < 1e-12,
+            "{}: {mean} vs {}",
+            p.spec,
+            p.rel_error
+        );
+    }
+    // 2 synthetic problems × 8 heads
+    assert_eq!(report.variance.clusters, 16);
     eprintln!("quick synthetic study: {:.1} s", report.wall_seconds);
 
     let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("estimator-study-quick");
@@ -262,13 +285,23 @@ fn quick_synthetic_study_writes_every_report_file() {
         .as_f64()
         .unwrap();
     assert_eq!(ratio, report.variance.claim[0].measured.value);
+    let c = &report.variance.claim[0];
+    let want = if c.measured.ci_high <= 0.60 {
+        "at least the claimed reduction"
+    } else if c.measured.ci_low > 0.60 {
+        "less than the claimed reduction"
+    } else {
+        "the CI contains the claimed ratio"
+    };
+    assert_eq!(c.verdict, want);
     let md = std::fs::read_to_string(dir.join("report.md")).unwrap();
     for needle in [
         "## 1. Variance",
         "## 2. Bretagnolle",
         "## 3. Time scaling",
         "## 4. Noise sweep",
-        "with the claim given the CI",
+        "claimed",
+        "(head, sentence) clusters",
         "`stratified:16`",
     ] {
         assert!(md.contains(needle), "report.md lacks {needle:?}");

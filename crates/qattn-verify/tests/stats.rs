@@ -170,7 +170,10 @@ fn wilcoxon_interval_inverts_the_exact_test() {
         assert_eq!(r.method.as_deref(), Some("exact"), "n = {n}");
         let (lo, hi, level) = (r.ci_low.unwrap(), r.ci_high.unwrap(), r.ci_level.unwrap());
         assert!(level >= 0.95 || n < 7, "n = {n}: level {level}");
-        assert!(lo < r.estimate.unwrap() && r.estimate.unwrap() < hi, "n = {n}");
+        assert!(
+            lo < r.estimate.unwrap() && r.estimate.unwrap() < hi,
+            "n = {n}"
+        );
         let p_at = |theta: f64| {
             let shifted: Vec<f64> = d.iter().map(|x| x - theta).collect();
             wilcoxon(&shifted, &vec![0.0; n]).unwrap().p_value
@@ -179,7 +182,10 @@ fn wilcoxon_interval_inverts_the_exact_test() {
         let eps = 1e-9;
         for (inside, outside) in [(lo + eps, lo - eps), (hi - eps, hi + eps)] {
             assert!(p_at(inside) > alpha + 1e-12, "n = {n}: θ = {inside} inside");
-            assert!(p_at(outside) <= alpha + 1e-12, "n = {n}: θ = {outside} outside");
+            assert!(
+                p_at(outside) <= alpha + 1e-12,
+                "n = {n}: θ = {outside} outside"
+            );
         }
     }
 }

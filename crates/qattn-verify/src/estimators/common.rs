@@ -117,7 +117,7 @@ pub(super) fn seed_range(base: u64, n: usize) -> Result<std::ops::Range<u64>> {
 
 /// A point estimate with its bootstrap distribution's mean, standard error and 95%
 /// percentile interval.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Estimate {
     /// The estimate on all rows.
     pub value: f64,

@@ -59,25 +59,28 @@ pub fn to_markdown(r: &StudyReport) -> String {
     let _ = writeln!(
         s,
         "MSE per row over {} seeds (common random numbers), ratio = Σ MSE / Σ MSE(multinomial:S) \
-         over {} rows; [95% percentile interval over {} bootstrap resamples of rows]. Every \
-         estimator here is unbiased without noise, so MSE is the sampling variance.\n",
-        v.replications, v.rows, v.bootstrap
+         over {} rows; [95% percentile interval over {} bootstrap resamples of the {} (head, \
+         sentence) clusters: the rows of one head on one sentence are correlated, so they are \
+         resampled together]; p: two-sided bootstrap p-value of ratio = 1. Every estimator here \
+         is unbiased without noise, so MSE is the sampling variance.\n",
+        v.replications, v.rows, v.bootstrap, v.clusters
     );
     for b in &v.by_shots {
         let _ = writeln!(s, "### S = {}\n", b.shots);
         let _ = writeln!(
             s,
-            "| estimator | mean shots / row | relative RMSE [95% CI] | variance ratio vs multinomial [95% CI] |"
+            "| estimator | mean shots / row | relative RMSE [95% CI] | variance ratio vs multinomial [95% CI] | p |"
         );
-        let _ = writeln!(s, "|---|---:|---:|---:|");
+        let _ = writeln!(s, "|---|---:|---:|---:|---:|");
         for e in &b.estimators {
             let _ = writeln!(
                 s,
-                "| `{}` | {:.2} | {} | {} |",
+                "| `{}` | {:.2} | {} | {} | {} |",
                 e.spec,
                 e.mean_shots,
                 ci(&e.rel_rmse, 4),
-                ci(&e.ratio, 3)
+                ci(&e.ratio, 3),
+                e.p_value.map_or("–".into(), |p| format!("{p:.4}"))
             );
         }
         let _ = writeln!(

@@ -26,12 +26,18 @@
 //! mean squared error MSE_e(r) = mean over seeds of ‖ô_r − o_r‖² is formed. Every estimator
 //! here is unbiased without noise, so MSE is the sampling variance. The variance ratio is
 //! ratio_e = Σ_r MSE_e(r) / Σ_r MSE_multinomial(r) (a ratio of means over rows); its 95%
-//! interval is the percentile interval of the same ratio over bootstrap resamples of rows
-//! (rows drawn with replacement by [`crate::stats::Resampler`]). The relative RMSE
+//! interval is the percentile interval of the same ratio over a cluster bootstrap: the
+//! clusters are the (head, input) pairs — all query rows of one head on one sentence, which
+//! share that sentence's keys and values and are strongly correlated — drawn with replacement
+//! by [`crate::stats::Resampler`] (resampling single rows treated them as independent and gave
+//! intervals that were too narrow). Each non-multinomial ratio also gets the two-sided
+//! bootstrap p-value of ratio = 1. The relative RMSE
 //! √(Σ_r MSE_e(r) / Σ_r ‖o_r‖²) is reported the same way. As a self-check, the measured
 //! multinomial MSE is compared with its exact value (Σ_j p_j‖v_j‖² − ‖o‖²)/S.
 //! The stratified ratio is set next to the claim of a "40% reduction in sampling variance"
-//! (ratio [`CLAIMED_STRATIFIED_RATIO`]): consistent when 0.60 lies in the 95% interval.
+//! (ratio [`CLAIMED_STRATIFIED_RATIO`]), read as "at least 40%": the whole 95% interval at or
+//! below 0.60 supports it, the whole interval above refutes it (`qattn verify claims` decides
+//! it with a `[[variance_claim]]`, together with the document's other claims).
 //!
 //! ## 2. The BHC bound ([`bhc_study`])
 //! For `multinomial:S`, the empirical distribution p̂ of the S measured keys of a row (from
@@ -110,7 +116,7 @@ pub const CLAIM: &str = "40% reduction in sampling variance";
 pub const TOPK_K: usize = 4;
 /// R of the `cv:R:S` estimator in the studies.
 pub const CV_RANK: usize = 4;
-/// The [`Resampler`] stream of the bootstrap over rows.
+/// The [`Resampler`] stream of the cluster bootstrap.
 const BOOTSTRAP_STREAM: u32 = 0xE57_0001;
 /// Version of the layout of `report.json`.
 pub const FORMAT_VERSION: u32 = 1;
@@ -148,7 +154,7 @@ pub struct StudyOptions {
     pub logit_sd: f64,
     /// Replications (seeds) per estimator in the variance study; `None` = 64 (quick: 16).
     pub replications: Option<usize>,
-    /// Bootstrap resamples of rows; `None` = 2000 (quick: 500).
+    /// Bootstrap resamples of (head, input) clusters; `None` = 2000 (quick: 500).
     pub bootstrap: Option<usize>,
 }
 
@@ -178,7 +184,7 @@ pub struct StudyPlan {
     pub variance_shots: Vec<usize>,
     /// Replication seeds per estimator and S.
     pub replications: usize,
-    /// Bootstrap resamples of rows.
+    /// Bootstrap resamples of (head, input) clusters.
     pub bootstrap: usize,
     /// Shot counts of the BHC study.
     pub bhc_shots: Vec<usize>,

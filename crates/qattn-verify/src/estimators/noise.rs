@@ -5,11 +5,11 @@ use super::common::{parse_spec, seed_range};
 use super::*;
 use crate::error::{Result, invalid};
 use qattn_kernels::AttentionOptions;
-use qattn_kernels::study::relative_error;
-use serde::Serialize;
+use qattn_kernels::study::relative_errors;
+use serde::{Deserialize, Serialize};
 
 /// One noise setting.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NoisePoint {
     /// `multinomial` or `stratified`.
     pub base: String,
@@ -25,10 +25,15 @@ pub struct NoisePoint {
     pub rel_error: f64,
     /// Its standard error (over seeds, combined across problems).
     pub se: f64,
+    /// Per seed (in seed order): the mean over problems of the relative error. Every setting
+    /// runs on the same seeds, so two settings can be compared seed by seed (the noise claims
+    /// of [`crate::claims`] do). Empty in reports written before the field existed.
+    #[serde(default)]
+    pub per_seed: Vec<f64>,
 }
 
 /// Result of [`noise_sweep`].
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct NoiseStudy {
     /// S.
     pub shots: usize,
@@ -62,11 +67,14 @@ pub fn noise_sweep(
     for p in &workload.problems {
         p.shape()?;
     }
-    let run = |spec: &str| -> Result<(f64, f64)> {
+    // (mean, se, per-seed mean over problems)
+    let run = |spec: &str| -> Result<(f64, f64, Vec<f64>)> {
         let spec = parse_spec(spec)?;
         let (mut m, mut v) = (0.0, 0.0);
+        let mut per_seed = vec![0.0; seeds];
+        let np = workload.problems.len() as f64;
         for p in &workload.problems {
-            let (e, se) = relative_error(
+            let errs = relative_errors(
                 &p.q,
                 &p.k,
                 &p.v,
@@ -74,17 +82,22 @@ pub fn noise_sweep(
                 spec,
                 seeds_r.clone(),
             )?;
+            let n = errs.len() as f64;
+            let e = errs.iter().sum::<f64>() / n;
+            let var_of_mean = errs.iter().map(|x| (x - e).powi(2)).sum::<f64>() / (n - 1.0) / n;
             m += e;
-            v += se * se;
+            v += var_of_mean;
+            for (acc, x) in per_seed.iter_mut().zip(&errs) {
+                *acc += x / np;
+            }
         }
-        let np = workload.problems.len() as f64;
-        Ok((m / np, v.sqrt() / np))
+        Ok((m / np, v.sqrt() / np, per_seed))
     };
     let mut points = Vec::new();
     for base in ["multinomial", "stratified"] {
         progress(&format!("noise: {base}:{shots}"));
         let clean = format!("{base}:{shots}");
-        let (e0, se0) = run(&clean)?;
+        let (e0, se0, seeds0) = run(&clean)?;
         let channels: [(&str, &[f64], bool); 3] = [
             ("depol", &DEPOL_LEVELS, false),
             ("readout", &READOUT_LEVELS, true),
@@ -96,8 +109,8 @@ pub fn noise_sweep(
                     continue;
                 }
                 for &level in levels {
-                    let (spec, (e, se)) = if level == 0.0 {
-                        (clean.clone(), (e0, se0))
+                    let (spec, (e, se, per_seed)) = if level == 0.0 {
+                        (clean.clone(), (e0, se0, seeds0.clone()))
                     } else {
                         let term = match channel {
                             "readout" => format!("+readout:{level}:{level}"),
@@ -116,6 +129,7 @@ pub fn noise_sweep(
                         spec,
                         rel_error: e,
                         se,
+                        per_seed,
                     });
                 }
             }

@@ -287,7 +287,12 @@ pub fn wilcoxon_with_level(a: &[f64], b: &[f64], level: f64) -> Result<TestResul
     let (ma, mb) = (mean(a), mean(b));
     let interval = if n <= WILCOXON_CI_MAX_N {
         let tie: f64 = ties.iter().map(|&t| (t * t * t - t) as f64).sum();
-        Some(hodges_lehmann(&d, level, n <= 50 && !has_ties && n_zero == 0, tie)?)
+        Some(hodges_lehmann(
+            &d,
+            level,
+            n <= 50 && !has_ties && n_zero == 0,
+            tie,
+        )?)
     } else {
         None
     };
