@@ -11,6 +11,8 @@ use qattn_train::{Dataset, Problem, TrainingArgs};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+mod grid;
+
 /// Arguments of `qattn glue`.
 #[derive(clap::Args)]
 pub(crate) struct Args {
@@ -29,6 +31,9 @@ enum Command {
     /// Summarise run records (mean ± sd over seeds per task and attention) as CSV, Markdown,
     /// LaTeX, JSON and one SVG/PNG plot per task.
     Report(ReportArgs),
+    /// The full table: every task with a recipe × attention system × seed as resumable runs,
+    /// with a plan from measured run times and grid.md / grid.json naming every missing cell.
+    Grid(grid::GridArgs),
 }
 
 #[derive(clap::Args)]
@@ -177,6 +182,7 @@ pub(crate) fn run(a: Args) -> Result<()> {
         Command::Predict(a) => predict(a),
         Command::Score(a) => score(a),
         Command::Report(a) => report_cmd(a),
+        Command::Grid(a) => grid::grid(a),
     }
 }
 
@@ -222,6 +228,58 @@ pub(crate) fn mean_sd(v: &[f64]) -> (f64, f64) {
 fn run_task(a: RunArgs) -> Result<()> {
     // A training process: keep freed activation buffers for the next step (see the module).
     qattn_train::memory::retain_freed_memory();
+    let opts = run_options(&a)?;
+    let (task, attention) = (opts.task, opts.attention.clone());
+    // A non-empty seed directory without --resume / --overwrite is a usage error (exit 2),
+    // found before any run starts.
+    let mode = qattn_train::output::OutputMode::from_flags(a.resume, a.overwrite)?;
+    for &seed in &opts.seeds {
+        qattn_train::output::check(&runner::seed_dir(&opts, seed), mode)
+            .map_err(|e| crate::UsageError(e.to_string()))?;
+    }
+    let records = runner::run(&opts, |m| eprintln!("{m}"))?;
+    println!(
+        "| task | attention | seeds | {} | train s (mean) |",
+        task.metrics().join(" | ")
+    );
+    println!("|---|---|---|{}---:|", "---:|".repeat(task.metrics().len()));
+    let cells: Vec<String> = task
+        .metrics()
+        .iter()
+        .map(|m| {
+            let v: Vec<f64> = records
+                .iter()
+                .filter_map(|r| r.dev_metrics.get(*m).copied())
+                .collect();
+            let (mean, sd) = mean_sd(&v);
+            format!("{:.2} ± {:.2}", 100.0 * mean, 100.0 * sd)
+        })
+        .collect();
+    let train_s: Vec<f64> = records
+        .iter()
+        .filter_map(|r| r.wall_seconds.get("train").copied())
+        .collect();
+    println!(
+        "| {} | {} | {} | {} | {:.0} |",
+        task.name(),
+        attention,
+        records.len(),
+        cells.join(" | "),
+        mean_sd(&train_s).0
+    );
+    println!(
+        "run records: {}",
+        a.output_dir
+            .join(task.name())
+            .join(runner::slug(&attention))
+            .display()
+    );
+    Ok(())
+}
+
+/// The run options of `glue run` (and of each `glue grid` cell): the recipe of `--config`,
+/// overridden by the flags.
+fn run_options(a: &RunArgs) -> Result<RunOptions> {
     let recipe = match &a.config {
         Some(p) => qattn_glue::recipe::Recipe::read(p)?,
         None => qattn_glue::recipe::Recipe::default(),
@@ -276,51 +334,7 @@ fn run_task(a: RunArgs) -> Result<()> {
         device: a.device.clone(),
         pooling: a.pooling.or(recipe.pooling).unwrap_or_default(),
     };
-    // A non-empty seed directory without --resume / --overwrite is a usage error (exit 2),
-    // found before any run starts.
-    let mode = qattn_train::output::OutputMode::from_flags(a.resume, a.overwrite)?;
-    for &seed in &opts.seeds {
-        qattn_train::output::check(&runner::seed_dir(&opts, seed), mode)
-            .map_err(|e| crate::UsageError(e.to_string()))?;
-    }
-    let records = runner::run(&opts, |m| eprintln!("{m}"))?;
-    println!(
-        "| task | attention | seeds | {} | train s (mean) |",
-        task.metrics().join(" | ")
-    );
-    println!("|---|---|---|{}---:|", "---:|".repeat(task.metrics().len()));
-    let cells: Vec<String> = task
-        .metrics()
-        .iter()
-        .map(|m| {
-            let v: Vec<f64> = records
-                .iter()
-                .filter_map(|r| r.dev_metrics.get(*m).copied())
-                .collect();
-            let (mean, sd) = mean_sd(&v);
-            format!("{:.2} ± {:.2}", 100.0 * mean, 100.0 * sd)
-        })
-        .collect();
-    let train_s: Vec<f64> = records
-        .iter()
-        .filter_map(|r| r.wall_seconds.get("train").copied())
-        .collect();
-    println!(
-        "| {} | {} | {} | {} | {:.0} |",
-        task.name(),
-        attention,
-        records.len(),
-        cells.join(" | "),
-        mean_sd(&train_s).0
-    );
-    println!(
-        "run records: {}",
-        a.output_dir
-            .join(task.name())
-            .join(runner::slug(&attention))
-            .display()
-    );
-    Ok(())
+    Ok(opts)
 }
 
 fn predict(a: PredictArgs) -> Result<()> {

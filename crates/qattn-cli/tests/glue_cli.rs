@@ -289,3 +289,137 @@ weight_decay = 0.02
     let e = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && e.contains("--task"), "{e}");
 }
+
+#[test]
+fn grid_plans_runs_resumes_and_names_every_missing_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let recipes = dir.path().join("recipes");
+    std::fs::create_dir_all(&recipes).unwrap();
+    std::fs::write(
+        recipes.join("rte.toml"),
+        r#"task = "rte"
+model = "synthetic/bert-tiny-random-h32"
+max_steps = 2
+batch_size = 8
+max_len = 32
+train_limit = 16
+eval_limit = 12
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("grid");
+    let grid = |extra: &[&str]| {
+        let mut args = vec![
+            "glue",
+            "grid",
+            "--recipes",
+            recipes.to_str().unwrap(),
+            "--systems",
+            "exact,multinomial:4",
+            "--seeds",
+            "1,2",
+            "--tasks",
+            "rte,cb,qqp",
+            "--output-dir",
+            out.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        qattn(&args)
+    };
+    let cells = || -> Vec<Value> {
+        let v: Value =
+            serde_json::from_str(&std::fs::read_to_string(out.join("grid.json")).unwrap()).unwrap();
+        v["cells"].as_array().unwrap().clone()
+    };
+    let state = |cells: &[Value], task: &str, system: &str, seed: u64| -> String {
+        cells
+            .iter()
+            .find(|c| c["task"] == task && c["system"] == system && c["seed"] == seed)
+            .unwrap_or_else(|| panic!("no cell {task} {system} {seed}"))["state"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    // The plan trains nothing: 3 tasks × 2 systems × 2 seeds, every cell named.
+    ok(grid(&["--plan"]));
+    let c = cells();
+    assert_eq!(c.len(), 12);
+    assert_eq!(state(&c, "rte", "exact", 1), "missing");
+    assert_eq!(state(&c, "cb", "exact", 2), "no recipe");
+    assert_eq!(state(&c, "qqp", "multinomial:4", 1), "no data here");
+    assert!(!out.join("rte").exists(), "--plan must not train");
+    // A run leaves the seed directory behind without run.json: the grid resumes it.
+    std::fs::create_dir_all(out.join("rte/multinomial_4/seed-2")).unwrap();
+    ok(grid(&["--plan"]));
+    assert_eq!(state(&cells(), "rte", "multinomial:4", 2), "partial");
+    // The real run trains the four RTE cells and records their scores.
+    let o = ok(grid(&[]));
+    let c = cells();
+    for (system, slug) in [("exact", "exact"), ("multinomial:4", "multinomial_4")] {
+        for seed in [1u64, 2] {
+            assert_eq!(state(&c, "rte", system, seed), "done");
+            let run = out.join(format!("rte/{slug}/seed-{seed}/run.json"));
+            let r: Value = serde_json::from_str(&std::fs::read_to_string(&run).unwrap()).unwrap();
+            assert_eq!(r["attention"], system);
+            assert_eq!(r["seed"], seed);
+            assert_eq!(r["predictions"].as_array().unwrap().len(), 12);
+        }
+    }
+    let md = String::from_utf8_lossy(&o.stdout);
+    assert!(md.contains("| rte | `exact` | accuracy | 1, 2 |"), "{md}");
+    assert!(
+        md.contains("no data here") && md.contains("no recipe"),
+        "{md}"
+    );
+    let on_disk = std::fs::read_to_string(out.join("grid.md")).unwrap();
+    assert!(on_disk.contains("4 done"), "{on_disk}");
+    // A second call has nothing left to train.
+    let o = ok(grid(&[]));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("0 to run"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    // Records in a --done directory count as done, elsewhere too.
+    let other = dir.path().join("other");
+    let o = qattn(&[
+        "glue",
+        "grid",
+        "--recipes",
+        recipes.to_str().unwrap(),
+        "--systems",
+        "exact",
+        "--seeds",
+        "1,3",
+        "--tasks",
+        "rte",
+        "--output-dir",
+        other.to_str().unwrap(),
+        "--done",
+        out.to_str().unwrap(),
+        "--plan",
+    ]);
+    ok(o);
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(other.join("grid.json")).unwrap()).unwrap();
+    let states: Vec<&str> = v["cells"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(states, ["done", "missing"]);
+    // Bad input names what is wrong.
+    let e = qattn(&[
+        "glue",
+        "grid",
+        "--recipes",
+        recipes.to_str().unwrap(),
+        "--systems",
+        "exact,bogus:3",
+        "--output-dir",
+        other.to_str().unwrap(),
+    ]);
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("bogus:3"));
+}
