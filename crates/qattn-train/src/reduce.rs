@@ -18,6 +18,13 @@
 //! all-reduces across the nodes' first ranks, and broadcasts back inside each node (the split
 //! communicators of [`crate::collective::Collective::all_reduce_mean_hierarchical`]).
 //!
+//! The top-k residual is part of the run's state: checkpoints store every rank's residual
+//! (`topk_residual.rank{r}` tensors next to the optimiser moments), and a resume on the same
+//! number of ranks gives each rank its own back ([`residual_for_rank`]); on a different number
+//! of ranks each rank gets the mean of the saved residuals, which keeps the gradient mass still
+//! to be sent — (1/W)·Σ_r residual_r — the same. A single process does not compress, so it
+//! drops the residual (the trainer says so).
+//!
 //! [`Reducer::reduce`] reports [`CommStats`]: the bytes this rank contributed and the
 //! seconds it spent reducing (waiting for slower ranks included), which the trainer logs per
 //! step as `comm_bytes` and `comm_seconds`.
@@ -139,6 +146,17 @@ impl Reducer {
         &self.residual
     }
 
+    /// Replaces the top-k residual (flattened in parameter order), e.g. with the one a
+    /// checkpoint saved for this rank.
+    pub fn set_residual(&mut self, residual: Vec<f32>) {
+        self.residual = residual;
+    }
+
+    /// Whether this reducer keeps a residual between steps (top-k).
+    pub fn has_feedback(&self) -> bool {
+        matches!(self.how, GradientReduction::TopK { .. })
+    }
+
     /// Averages `grads` (per parameter) across the ranks of `c` in place.
     pub fn reduce(&mut self, c: &dyn Collective, grads: &mut [Vec<f32>]) -> Result<CommStats> {
         let n: usize = grads.iter().map(Vec::len).sum();
@@ -202,6 +220,63 @@ impl Reducer {
             seconds: start.elapsed().as_secs_f64(),
         })
     }
+}
+
+/// The name of rank `rank`'s top-k residual in a checkpoint's optimiser tensors.
+pub fn residual_key(rank: usize) -> String {
+    format!("{RESIDUAL_PREFIX}{rank}")
+}
+
+const RESIDUAL_PREFIX: &str = "topk_residual.rank";
+
+/// The top-k residuals a checkpoint's optimiser tensors hold, in rank order (empty when it
+/// has none). Errors when the ranks are not exactly 0..N or the lengths differ.
+pub fn residuals_from_state(
+    state: &std::collections::BTreeMap<String, candle_core::Tensor>,
+) -> Result<Vec<Vec<f32>>> {
+    let mut found: std::collections::BTreeMap<usize, Vec<f32>> = Default::default();
+    for (key, t) in state {
+        let Some(rank) = key.strip_prefix(RESIDUAL_PREFIX) else {
+            continue;
+        };
+        let rank: usize = rank.parse().map_err(|_| {
+            Error::Training(format!("optimizer state: {key:?} is not a rank's residual"))
+        })?;
+        found.insert(rank, t.flatten_all()?.to_vec1::<f32>()?);
+    }
+    let n = found.len();
+    if found.keys().copied().ne(0..n) {
+        return Err(Error::Training(format!(
+            "optimizer state holds top-k residuals of ranks {:?}, not 0..{n}",
+            found.keys().collect::<Vec<_>>()
+        )));
+    }
+    let out: Vec<Vec<f32>> = found.into_values().collect();
+    if out.windows(2).any(|w| w[0].len() != w[1].len()) {
+        return Err(Error::Training(
+            "optimizer state holds top-k residuals of different lengths".into(),
+        ));
+    }
+    Ok(out)
+}
+
+/// The residual rank `rank` of `world` continues with, from the `saved` residuals of a
+/// checkpoint (module docs): its own when the number of ranks is the same, else the mean of
+/// the saved ones. `None` when nothing was saved.
+pub fn residual_for_rank(saved: &[Vec<f32>], world: usize, rank: usize) -> Option<Vec<f32>> {
+    if saved.is_empty() {
+        return None;
+    }
+    if saved.len() == world {
+        return saved.get(rank).cloned();
+    }
+    let mut mean = vec![0.0f32; saved[0].len()];
+    for r in saved {
+        mean.iter_mut().zip(r).for_each(|(m, x)| *m += x);
+    }
+    let n = saved.len() as f32;
+    mean.iter_mut().for_each(|m| *m /= n);
+    Some(mean)
 }
 
 fn flatten(grads: &[Vec<f32>]) -> Vec<f32> {
@@ -300,6 +375,38 @@ pub fn from_bf16(h: u16) -> f32 {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn checkpointed_residuals_round_trip_and_keep_the_pending_mass_across_world_sizes() {
+        use candle_core::{Device, Tensor};
+        let saved = vec![vec![1.0f32, -2.0, 0.5], vec![3.0, 0.0, -0.5]];
+        let mut state = std::collections::BTreeMap::new();
+        state.insert(
+            "exp_avg.w".to_string(),
+            Tensor::zeros(3, candle_core::DType::F32, &Device::Cpu).unwrap(),
+        );
+        for (r, v) in saved.iter().enumerate() {
+            state.insert(
+                residual_key(r),
+                Tensor::from_slice(v, 3, &Device::Cpu).unwrap(),
+            );
+        }
+        assert_eq!(residuals_from_state(&state).unwrap(), saved);
+        // same number of ranks: each its own
+        assert_eq!(residual_for_rank(&saved, 2, 1).unwrap(), saved[1]);
+        // four ranks: each the mean, so (1/W)·Σ residual is the same before and after
+        let mean = residual_for_rank(&saved, 4, 3).unwrap();
+        assert_eq!(mean, vec![2.0, -1.0, 0.0]);
+        let pending_before: Vec<f32> = (0..3).map(|i| (saved[0][i] + saved[1][i]) / 2.0).collect();
+        let pending_after: Vec<f32> = (0..3).map(|i| 4.0 * mean[i] / 4.0).collect();
+        assert_eq!(pending_before, pending_after);
+        assert!(residual_for_rank(&[], 2, 0).is_none());
+        // a gap in the ranks is an error naming them
+        state.remove(&residual_key(0));
+        let e = residuals_from_state(&state).unwrap_err().to_string();
+        assert!(e.contains("[1]"), "{e}");
+    }
+
     use super::*;
     use crate::collective::{Pending, SingleProcess};
     use std::sync::Mutex;

@@ -419,6 +419,76 @@ impl Trainer {
 
     /// Rank 0's weights, optimizer moments and trainer state on every rank: the same start
     /// for all, whether fresh or resumed (only rank 0 reads checkpoints).
+    /// Gives `reducer` the residual this rank continues with: rank 0 read `saved` (every
+    /// rank's residual of the checkpoint) and sends them to the others.
+    fn restore_residual(&self, reducer: &mut Reducer, saved: &[Vec<f32>]) -> Result<()> {
+        let c = self.collective.as_ref();
+        if !reducer.has_feedback() {
+            return Ok(());
+        }
+        if c.world_size() == 1 {
+            if !saved.is_empty() {
+                self.note(
+                    "the checkpoint's top-k residuals are dropped: one process sends its \
+                     gradients uncompressed",
+                );
+            }
+            return Ok(());
+        }
+        // How many residuals of how many values, then the values.
+        let header = if c.is_main() {
+            let n = saved.first().map_or(0, Vec::len) as u64;
+            [saved.len() as u64, n]
+                .iter()
+                .flat_map(|x| x.to_le_bytes())
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let header = c.broadcast(header)?;
+        if header.len() != 16 {
+            return Err(Error::Distributed(format!(
+                "rank 0 sent a {}-byte residual header, expected 16",
+                header.len()
+            )));
+        }
+        let word = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&header[8 * i..8 * i + 8]);
+            u64::from_le_bytes(b) as usize
+        };
+        let (count, len) = (word(0), word(1));
+        if count == 0 {
+            return Ok(());
+        }
+        let flat = broadcast_f32(
+            c,
+            &if c.is_main() {
+                saved.concat()
+            } else {
+                Vec::new()
+            },
+        )?;
+        if flat.len() != count * len {
+            return Err(Error::Distributed(format!(
+                "rank 0 sent {} residual values, expected {count} × {len}",
+                flat.len()
+            )));
+        }
+        let all: Vec<Vec<f32>> = flat.chunks(len.max(1)).map(<[f32]>::to_vec).collect();
+        if let Some(mine) = crate::reduce::residual_for_rank(&all, c.world_size(), c.rank()) {
+            reducer.set_residual(mine);
+        }
+        if c.is_main() && count != c.world_size() {
+            self.note(&format!(
+                "the checkpoint holds top-k residuals of {count} ranks; each of the {} ranks \
+                 continues with their mean",
+                c.world_size()
+            ));
+        }
+        Ok(())
+    }
+
     fn sync_from_main(
         &mut self,
         params: &[(String, candle_core::Var)],
@@ -565,6 +635,8 @@ impl Trainer {
             loss_scaler: (self.args.precision == Precision::F16).then(LossScaler::default),
             ..Default::default()
         };
+        // Every rank's top-k residual, read by rank 0 from the checkpoint it resumes.
+        let mut saved_residuals: Vec<Vec<f32>> = Vec::new();
         if resume && main {
             let removed = ckpts.clean_temporaries()?;
             for r in removed {
@@ -593,7 +665,9 @@ impl Trainer {
                         },
                     )?;
                     copy_params(&restored, &self.model)?;
-                    opt.load_state(&c.optimizer()?)?;
+                    let tensors = c.optimizer()?;
+                    opt.load_state(&tensors)?;
+                    saved_residuals = crate::reduce::residuals_from_state(&tensors)?;
                     state = serde_json::from_value(c.state()?).map_err(|e| Error::Checkpoint {
                         path: c.dir.clone(),
                         message: format!("trainer_state.json: {e}"),
@@ -665,11 +739,12 @@ impl Trainer {
         let mut last_log = (Instant::now(), state.samples_seen);
         // Seconds and payload bytes of gradient reduction since the last log line.
         let mut comm_window = (0.0f64, 0u64);
-        // The top-k residual starts at zero (it is not part of checkpoints).
+        // The top-k residual continues from the checkpoint (module docs of `reduce`).
         let mut reducer = Reducer::new(
             self.args.gradient_reduction,
             self.args.hierarchical_allreduce,
         );
+        self.restore_residual(&mut reducer, &saved_residuals)?;
         let mut stopped_early = false;
         while state.step < total && stop_at.is_none_or(|s| state.step < s) {
             let step = state.step;
@@ -800,16 +875,36 @@ impl Trainer {
                     stopped_early = true;
                 }
             }
+            // Every rank's top-k residual goes into the checkpoint (all ranks take part).
+            let residuals = if (do_save || stopped_early)
+                && reducer.has_feedback()
+                && self.collective.world_size() > 1
+            {
+                let bytes = reducer
+                    .residual()
+                    .iter()
+                    .flat_map(|x| x.to_le_bytes())
+                    .collect();
+                self.collective.all_gather(bytes)?
+            } else {
+                Vec::new()
+            };
             if (do_save || stopped_early) && self.collective.is_main() {
                 let value = serde_json::to_value(&state)
                     .map_err(|e| Error::Training(format!("trainer state: {e}")))?;
-                let c = ckpts.save(
-                    now_step,
-                    &self.model,
-                    &opt.state()?,
-                    &value,
-                    state.best_step,
-                )?;
+                let mut tensors = opt.state()?;
+                for (rank, bytes) in residuals.iter().enumerate() {
+                    let v: Vec<f32> = bytes
+                        .chunks_exact(4)
+                        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    let n = v.len();
+                    tensors.insert(
+                        crate::reduce::residual_key(rank),
+                        Tensor::from_vec(v, n, &candle_core::Device::Cpu)?,
+                    );
+                }
+                let c = ckpts.save(now_step, &self.model, &tensors, &value, state.best_step)?;
                 if let Some(p) = &progress {
                     p.println(&format!("saved {}", c.dir.display()));
                 }
