@@ -409,6 +409,24 @@ eval_limit = 12
         .map(|c| c["state"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["done", "missing"]);
+    // The same records twice are refused, naming both files.
+    let e = qattn(&[
+        "glue",
+        "grid",
+        "--recipes",
+        recipes.to_str().unwrap(),
+        "--tasks",
+        "rte",
+        "--output-dir",
+        other.to_str().unwrap(),
+        "--done",
+        out.to_str().unwrap(),
+        "--done",
+        out.to_str().unwrap(),
+        "--plan",
+    ]);
+    assert!(!e.status.success());
+    assert!(String::from_utf8_lossy(&e.stderr).contains("same cell"));
     // Bad input names what is wrong.
     let e = qattn(&[
         "glue",

@@ -170,7 +170,18 @@ pub(crate) fn grid(a: GridArgs) -> Result<()> {
     for dir in &a.done {
         for (path, r) in qattn_glue::report::load_runs(dir)? {
             let task = Task::from_name(&r.task).map(|t| t.name().to_string())?;
-            finished.insert((task, r.attention.clone(), r.seed), (path, r));
+            let key = (task, r.attention.clone(), r.seed);
+            if let Some((first, _)) = finished.get(&key) {
+                anyhow::bail!(
+                    "--done: {} and {} are the same cell ({} {} seed {}): give each run once",
+                    first.display(),
+                    path.display(),
+                    key.0,
+                    key.1,
+                    key.2
+                );
+            }
+            finished.insert(key, (path, r));
         }
     }
     let mut command = format!(
