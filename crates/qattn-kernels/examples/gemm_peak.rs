@@ -3,8 +3,11 @@
 //!
 //! `cargo run --release -p qattn-kernels --example gemm_peak -- [--quick] [--json PATH]`
 //!
-//! - Clock: a chain of dependent integer adds (one per cycle on every x86-64 core since the
-//!   Pentium Pro), timed on one thread; GHz = adds / seconds.
+//! - Clock: a chain of dependent register-to-register integer adds (one per cycle on every
+//!   x86-64 core since the Pentium Pro), timed on one thread; GHz = adds / seconds. Adds of an
+//!   immediate would not do: Golden Cove cores (Sapphire Rapids, Alder Lake) fold chains of
+//!   `add reg, imm` in the renamer and retire several per cycle (an immediate chain measured
+//!   23.9 "GHz" on a Sapphire Rapids Xeon).
 //! - Width: 16 f32 lanes with AVX-512F, 8 with AVX2+FMA (what gemm's dispatcher picks).
 //! - Peak: clock × lanes × 2 FLOP (multiply + add) × 2 FMA pipes per core × threads. Two FMA
 //!   pipes is the figure of the Zen and Xeon cores this project runs on; a core with one
@@ -33,22 +36,24 @@ fn isa() -> (&'static str, usize) {
     }
 }
 
-/// GHz from a dependent chain of integer adds (1 cycle each).
+/// GHz from a dependent chain of register-to-register integer adds (1 cycle each).
 fn clock_ghz() -> f64 {
     const ADDS_PER_ITER: u64 = 100;
     let iters: u64 = 5_000_000;
     let mut best = f64::INFINITY;
     for _ in 0..5 {
         let mut x: u64 = 0;
+        let one: u64 = std::hint::black_box(1);
         let t = Instant::now();
         for _ in 0..iters {
             // SAFETY: register-only arithmetic on `x`.
             unsafe {
                 std::arch::asm!(
                     ".rept 100",
-                    "add {x}, 1",
+                    "add {x}, {one}",
                     ".endr",
                     x = inout(reg) x,
+                    one = in(reg) one,
                     options(nomem, nostack, pure),
                 );
             }
