@@ -326,26 +326,10 @@ fn claims(args: ClaimsArgs) -> Result<()> {
         "{}: [[claim]] entries are decided from run records: give --records DIR",
         args.claims.display()
     );
-    let mut records = Vec::new();
-    let mut seen: std::collections::BTreeMap<(String, String, u64), PathBuf> =
-        std::collections::BTreeMap::new();
-    for dir in &args.records {
-        for (path, r) in qattn_glue::report::load_runs(dir)? {
-            let key = (r.task.to_ascii_lowercase(), r.attention.clone(), r.seed);
-            if let Some(first) = seen.insert(key, path.clone()) {
-                anyhow::bail!(
-                    "run records {} and {} are the same run (task {}, attention {}, seed {}): \
-                     give each run once",
-                    first.display(),
-                    path.display(),
-                    r.task,
-                    r.attention,
-                    r.seed
-                );
-            }
-            records.push(r);
-        }
-    }
+    let records: Vec<_> = qattn_glue::report::load_runs_from(&args.records)?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
     let study = args
         .estimators
         .as_deref()

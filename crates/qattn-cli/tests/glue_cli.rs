@@ -426,7 +426,7 @@ eval_limit = 12
         "--plan",
     ]);
     assert!(!e.status.success());
-    assert!(String::from_utf8_lossy(&e.stderr).contains("same cell"));
+    assert!(String::from_utf8_lossy(&e.stderr).contains("are the same run"));
     // Bad input names what is wrong.
     let e = qattn(&[
         "glue",

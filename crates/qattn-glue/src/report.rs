@@ -188,19 +188,50 @@ pub fn load_runs(dir: &Path) -> Result<Vec<(PathBuf, RunRecord)>> {
     }
     paths
         .into_iter()
-        .map(|p| {
-            let text = std::fs::read_to_string(&p).map_err(|source| Error::Io {
-                path: p.clone(),
-                source,
-            })?;
-            let rec: RunRecord = serde_json::from_str(&text).map_err(|e| Error::Format {
-                path: p.clone(),
-                line: e.line(),
-                message: format!("not a run record: {e}"),
-            })?;
-            Ok((p, rec))
-        })
+        .map(|p| read_run(&p).map(|r| (p, r)))
         .collect()
+}
+
+/// Reads one `run.json`: an [`Error::Io`] or an [`Error::Format`] naming the file.
+pub fn read_run(path: &Path) -> Result<RunRecord> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| Error::Format {
+        path: path.to_path_buf(),
+        line: e.line(),
+        message: format!("not a run record: {e}"),
+    })
+}
+
+/// [`load_runs`] over several directories. The same run (task — official or command-line
+/// spelling —, attention and seed) in two places is an [`Error::Invalid`] naming both files:
+/// statistics over the union would count it twice or pick one silently.
+pub fn load_runs_from(dirs: &[PathBuf]) -> Result<Vec<(PathBuf, RunRecord)>> {
+    let mut seen: std::collections::BTreeMap<(String, String, u64), PathBuf> = Default::default();
+    let mut out = Vec::new();
+    for dir in dirs {
+        for (path, r) in load_runs(dir)? {
+            let task = crate::tasks::Task::from_name(&r.task)
+                .map(|t| t.name().to_string())
+                .unwrap_or_else(|_| r.task.trim().to_ascii_lowercase());
+            let key = (task, r.attention.clone(), r.seed);
+            if let Some(first) = seen.insert(key, path.clone()) {
+                return Err(Error::Invalid(format!(
+                    "run records {} and {} are the same run (task {}, attention {}, seed {}): \
+                     give each run once",
+                    first.display(),
+                    path.display(),
+                    r.task,
+                    r.attention,
+                    r.seed
+                )));
+            }
+            out.push((path, r));
+        }
+    }
+    Ok(out)
 }
 
 /// Splits into runs of digits and of other characters, for natural ordering.

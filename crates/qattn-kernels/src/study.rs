@@ -16,18 +16,23 @@ pub fn relative_error(
     estimator: EstimatorSpec,
     seeds: std::ops::Range<u64>,
 ) -> Result<(f64, f64)> {
-    let errs = relative_errors(q, k, v, base, estimator, seeds)?;
-    let n = errs.len() as f64;
-    if errs.is_empty() {
-        return Ok((f64::NAN, f64::NAN));
+    Ok(mean_se(&relative_errors(q, k, v, base, estimator, seeds)?))
+}
+
+/// Mean and standard error of the mean (sample variance, n − 1) of `x`; the standard error is
+/// NaN for one value, both are NaN for none.
+pub fn mean_se(x: &[f64]) -> (f64, f64) {
+    let n = x.len() as f64;
+    if x.is_empty() {
+        return (f64::NAN, f64::NAN);
     }
-    let mean = errs.iter().sum::<f64>() / n;
-    let se = if errs.len() > 1 {
-        (errs.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt()
+    let mean = x.iter().sum::<f64>() / n;
+    let se = if x.len() > 1 {
+        (x.iter().map(|e| (e - mean).powi(2)).sum::<f64>() / (n - 1.0) / n).sqrt()
     } else {
         f64::NAN
     };
-    Ok((mean, se))
+    (mean, se)
 }
 
 /// The relative L2 error ‖ô − o‖ / ‖o‖ of `estimator` against exact attention with the same

@@ -167,22 +167,9 @@ pub(crate) fn grid(a: GridArgs) -> Result<()> {
     let data_dir = tasks::data_dir(a.data_dir.as_deref());
     // Finished runs in --done directories, by (task, system, seed).
     let mut finished: BTreeMap<(String, String, u64), (PathBuf, RunRecord)> = BTreeMap::new();
-    for dir in &a.done {
-        for (path, r) in qattn_glue::report::load_runs(dir)? {
-            let task = Task::from_name(&r.task).map(|t| t.name().to_string())?;
-            let key = (task, r.attention.clone(), r.seed);
-            if let Some((first, _)) = finished.get(&key) {
-                anyhow::bail!(
-                    "--done: {} and {} are the same cell ({} {} seed {}): give each run once",
-                    first.display(),
-                    path.display(),
-                    key.0,
-                    key.1,
-                    key.2
-                );
-            }
-            finished.insert(key, (path, r));
-        }
+    for (path, r) in qattn_glue::report::load_runs_from(&a.done)? {
+        let task = Task::from_name(&r.task).map(|t| t.name().to_string())?;
+        finished.insert((task, r.attention.clone(), r.seed), (path, r));
     }
     let mut command = format!(
         "qattn glue grid --recipes {} --systems {} --seeds {} --tasks {} --output-dir {}",
@@ -235,11 +222,7 @@ pub(crate) fn grid(a: GridArgs) -> Result<()> {
                     cell.record = Some(path.clone());
                     fill(&mut cell, task, r);
                 } else if local.is_file() {
-                    let r: RunRecord = serde_json::from_str(
-                        &std::fs::read_to_string(&local)
-                            .with_context(|| format!("reading {}", local.display()))?,
-                    )
-                    .with_context(|| format!("{}: not a run record", local.display()))?;
+                    let r = qattn_glue::report::read_run(&local)?;
                     cell.state = "done".into();
                     fill(&mut cell, task, &r);
                 } else if !has_data {
@@ -262,7 +245,7 @@ pub(crate) fn grid(a: GridArgs) -> Result<()> {
     let todo: Vec<usize> = (0..cells.len())
         .filter(|&i| matches!(cells[i].state.as_str(), "missing" | "partial"))
         .collect();
-    let (hours, unknown) = hours_left(&cells, &systems);
+    let (hours, unknown) = hours_left(&rows(&cells, &systems));
     eprintln!(
         "grid: {} cells, {} done, {} to run (≈ {hours:.1} h estimated{}), {} without data or \
          recipe; status in {}",
@@ -389,10 +372,10 @@ fn estimate(cells: &[Cell], task: &str, system: &str) -> Option<f64> {
     mean(&|c| c.system == system).or_else(|| mean(&|_| true))
 }
 
-fn hours_left(cells: &[Cell], systems: &[String]) -> (f64, usize) {
+fn hours_left(rows: &[Row]) -> (f64, usize) {
     let mut hours = 0.0;
     let mut unknown = 0;
-    for r in rows(cells, systems) {
+    for r in rows {
         match r.estimate_seconds {
             Some(s) => hours += s * r.todo.len() as f64 / 3600.0,
             None => unknown += r.todo.len(),
@@ -518,7 +501,7 @@ fn write_status(
 ) -> Result<()> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let rows = rows(cells, systems);
-    let (hours_left, runs_without_estimate) = hours_left(cells, systems);
+    let (hours_left, runs_without_estimate) = hours_left(&rows);
     let build = qattn_train::provenance::BUILD;
     let file = GridFile {
         command: command.to_string(),

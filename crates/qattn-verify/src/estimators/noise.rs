@@ -5,7 +5,7 @@ use super::common::{parse_spec, seed_range};
 use super::*;
 use crate::error::{Result, invalid};
 use qattn_kernels::AttentionOptions;
-use qattn_kernels::study::relative_errors;
+use qattn_kernels::study::{mean_se, relative_errors};
 use serde::{Deserialize, Serialize};
 
 /// One noise setting.
@@ -82,11 +82,9 @@ pub fn noise_sweep(
                 spec,
                 seeds_r.clone(),
             )?;
-            let n = errs.len() as f64;
-            let e = errs.iter().sum::<f64>() / n;
-            let var_of_mean = errs.iter().map(|x| (x - e).powi(2)).sum::<f64>() / (n - 1.0) / n;
+            let (e, se) = mean_se(&errs);
             m += e;
-            v += var_of_mean;
+            v += se * se;
             for (acc, x) in per_seed.iter_mut().zip(&errs) {
                 *acc += x / np;
             }

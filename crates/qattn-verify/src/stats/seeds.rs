@@ -238,6 +238,8 @@ pub fn wilcoxon_with_level(a: &[f64], b: &[f64], level: f64) -> Result<TestResul
     let abs: Vec<f64> = nz.iter().map(|x| x.abs()).collect();
     let (ranks, ties) = qattn_glue::metrics::average_ranks(&abs);
     let has_ties = ties.iter().any(|&t| t > 1);
+    // Σ(t³ − t) over the tie groups of the non-zero |d| (the normal approximation's correction)
+    let tie: f64 = ties.iter().map(|&t| (t * t * t - t) as f64).sum();
     let w_plus: f64 = nz
         .iter()
         .zip(&ranks)
@@ -278,7 +280,6 @@ pub fn wilcoxon_with_level(a: &[f64], b: &[f64], level: f64) -> Result<TestResul
     } else {
         let mf = m as f64;
         let mn = mf * (mf + 1.0) * 0.25;
-        let tie: f64 = ties.iter().map(|&t| (t * t * t - t) as f64).sum();
         let se = ((mf * (mf + 1.0) * (2.0 * mf + 1.0) - tie / 2.0) / 24.0).sqrt();
         let z = (w_plus - mn) / se;
         let normal = Normal::new(0.0, 1.0).map_err(|e| dist_err(what, e))?;
@@ -286,7 +287,6 @@ pub fn wilcoxon_with_level(a: &[f64], b: &[f64], level: f64) -> Result<TestResul
     };
     let (ma, mb) = (mean(a), mean(b));
     let interval = if n <= WILCOXON_CI_MAX_N {
-        let tie: f64 = ties.iter().map(|&t| (t * t * t - t) as f64).sum();
         Some(hodges_lehmann(
             &d,
             level,
