@@ -1,7 +1,11 @@
 //! Runs one attention configuration repeatedly, for profilers (`perf record`, callgrind).
 //! Not a benchmark: use `cargo xtask bench kernels` for numbers.
 //!
-//! `cargo run --release -p qattn-kernels --example profile -- SPEC LK [ITERS] [fwd|fwdbwd]`
+//! `cargo run --release -p qattn-kernels --example profile -- SPEC LK [ITERS] [fwd|fwdbwd] [B,H,D] [SHARPNESS]`
+//!
+//! Shape defaults to 2 × 8 heads × D 64 (MiniLM's is 32 × 12 × 32 at LK 128). Queries are
+//! scaled by SHARPNESS (default 1): above 1 the attention rows get peakier, like a trained
+//! model's.
 
 use candle_core::{Device, Tensor, Var};
 use qattn_kernels::{AttentionOptions, GradMode, attention};
@@ -13,10 +17,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let lk: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(2048);
     let iters: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(5);
     let mode = args.get(4).map(String::as_str).unwrap_or("fwd");
+    let shape: Vec<usize> = match args.get(5) {
+        Some(s) => s.split(',').map(str::parse).collect::<Result<_, _>>()?,
+        None => vec![2, 8, 64],
+    };
+    let [b, h, d] = shape[..] else {
+        return Err(format!("shape must be B,H,D, got {shape:?}").into());
+    };
+    let sharpness: f32 = args.get(6).map(|s| s.parse()).transpose()?.unwrap_or(1.0);
     let dev = Device::Cpu;
-    let q = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 8, lk, 64), &dev)?)?;
-    let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 8, lk, 64), &dev)?)?;
-    let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (2, 8, lk, 64), &dev)?)?;
+    let q = Var::from_tensor(&Tensor::randn(0f32, sharpness, (b, h, lk, d), &dev)?)?;
+    let k = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h, lk, d), &dev)?)?;
+    let v = Var::from_tensor(&Tensor::randn(0f32, 1.0, (b, h, lk, d), &dev)?)?;
     let grad_mode = if spec == "exact" {
         GradMode::Exact
     } else {
@@ -44,7 +56,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         times.push(t.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    let flops = 4.0 * 16.0 * (lk * lk * 64) as f64;
+    let flops = 4.0 * (b * h) as f64 * (lk * lk * d) as f64;
     let med = times[times.len() / 2];
     println!(
         "{spec} {mode} Lk={lk}: median {med:.2} ms ({:.1} GFLOP/s exact-equivalent)",

@@ -148,6 +148,33 @@ fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
+/// `out += Σ c·v[j]` over `(j, c)` in list order, where `v[j]` is row j of `v` (width `dv`).
+/// Each element sees the same additions in the same order as one [`axpy`] per row, so the
+/// result is bit-identical; the accumulator stays in registers, 16 columns at a time.
+#[inline(always)]
+fn combine_rows_impl(list: &[(u32, f32)], v: &[f32], dv: usize, out: &mut [f32]) {
+    let full = dv / LANES * LANES;
+    for c0 in (0..full).step_by(LANES) {
+        let mut acc = [0.0f32; LANES];
+        acc.copy_from_slice(&out[c0..c0 + LANES]);
+        for &(j, c) in list {
+            let x = &v[j as usize * dv + c0..j as usize * dv + c0 + LANES];
+            for l in 0..LANES {
+                acc[l] += c * x[l];
+            }
+        }
+        out[c0..c0 + LANES].copy_from_slice(&acc);
+    }
+    if full < dv {
+        for &(j, c) in list {
+            let x = &v[j as usize * dv + full..(j as usize + 1) * dv];
+            for (o, &xi) in out[full..dv].iter_mut().zip(x) {
+                *o += c * xi;
+            }
+        }
+    }
+}
+
 /// Coefficients of the Chebyshev fit of Numerical Recipes' `erfcc`:
 /// erfc(z) = t·exp(−z² + P(t)), t = 1/(1 + z/2), z ≥ 0, fractional error < 1.2e-7 for every z.
 #[allow(clippy::excessive_precision)] // the published coefficients, as printed
@@ -468,6 +495,12 @@ dispatch!(
 dispatch!(
     /// `y += alpha * x`.
     pub(crate) fn axpy(alpha: f32, x: &[f32], y: &mut [f32]) -> () => axpy_impl
+);
+dispatch!(
+    /// `out += Σ c·v[j]` over the `(j, c)` of `list` (rows of `v`, width `dv`), in list order:
+    /// bit-identical to one [`axpy`] per entry.
+    pub(crate) fn combine_rows(list: &[(u32, f32)], v: &[f32], dv: usize, out: &mut [f32]) -> ()
+        => combine_rows_impl
 );
 dispatch!(
     /// `y += x` over the common length.

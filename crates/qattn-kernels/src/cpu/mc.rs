@@ -217,6 +217,12 @@ struct Scratch {
     ideal: Vec<u32>,
     hist: Vec<f64>,
     counts: Vec<(u32, u32)>,
+    /// Usable shots of the row (handed to [`Shots`] and back).
+    keys: Vec<u32>,
+    /// The shots sorted, when they were not drawn in order.
+    sorted: Vec<u32>,
+    /// The sampled part's coefficients.
+    sampled: Vec<(u32, f32)>,
 }
 
 /// Everything a row needs that is shared across the head.
@@ -273,13 +279,221 @@ fn sum16(x: &[f32]) -> f32 {
     e[0]
 }
 
+/// Sub-blocks per CDF block.
+const SUBS: usize = CDF_BLOCK / SUB;
+/// Sub-blocks whose running sums are accumulated side by side (one f64 lane each): two CDF
+/// blocks, 128 keys.
+const GROUP: usize = 8;
+/// Keys per group.
+const GROUP_KEYS: usize = GROUP * SUB;
+
+/// The running sums of one group of sub-blocks. Lane l is sub-block `GROUP·g + l` of the row:
+/// `ss[l]` its sum (fixed pairwise f32 order, widened), `start[l]` where its running sums start
+/// on the CDF (its block's start plus the sums of the block's earlier sub-blocks, f64, left to
+/// right) and `pre[j][l] = start[l] + w_0 + … + w_j` over its keys, left to right in f64.
+/// Positions past the row's end hold the sub-block's total (a zero weight adds exactly nothing).
+/// Each lane is the same chain of additions as one running sum per sub-block; the eight chains
+/// run side by side.
+struct Prefix {
+    /// The group held (`usize::MAX`: none yet).
+    group: usize,
+    start: [f64; GROUP],
+    ss: [f64; GROUP],
+    pre: [[f64; GROUP]; SUB],
+}
+
+impl Prefix {
+    fn new() -> Self {
+        Self {
+            group: usize::MAX,
+            start: [0.0; GROUP],
+            ss: [0.0; GROUP],
+            pre: [[0.0; GROUP]; SUB],
+        }
+    }
+
+    /// Fills group `g` of row `w`; `cum` is where the group's first block starts on the CDF and
+    /// `bsum` the row's block sums.
+    #[inline(always)]
+    fn fill(&mut self, w: &[f32], bsum: &[f64], g: usize, cum: f64, simd: bool) {
+        let k0 = g * GROUP_KEYS;
+        let keys = &w[k0..(k0 + GROUP_KEYS).min(w.len())];
+        let mut buf = [0.0f32; GROUP_KEYS];
+        buf[..keys.len()].copy_from_slice(keys);
+        let mut c = cum;
+        for l in 0..GROUP {
+            if l == SUBS {
+                // The second block starts where the first ends on the block level.
+                c = cum + bsum[g * GROUP / SUBS];
+            }
+            self.ss[l] = f64::from(sum16(&buf[l * SUB..(l + 1) * SUB]));
+            self.start[l] = c;
+            c += self.ss[l];
+        }
+        self.group = g;
+        #[cfg(target_arch = "x86_64")]
+        if simd {
+            // SAFETY: `simd` is only set where the CPU supports AVX-512F (see [`simd_prefix`]).
+            unsafe { prefix_lanes_avx512(&buf, &self.start, &mut self.pre) };
+            return;
+        }
+        let _ = simd;
+        let mut cc = self.start;
+        for (j, row) in self.pre.iter_mut().enumerate() {
+            for (l, x) in cc.iter_mut().enumerate() {
+                *x += f64::from(buf[l * SUB + j]);
+            }
+            *row = cc;
+        }
+    }
+
+    /// The number of lane `l`'s running sums at or below `tv`, for `tv` below its last one.
+    /// The sums never decrease (the weights are ≥ 0 and finite), so it is a search in two
+    /// branch-free levels of three independent comparisons: the quarter, then the place in it.
+    #[inline(always)]
+    fn count(&self, l: usize, tv: f64) -> u32 {
+        let le = |j: usize| usize::from(self.pre[j][l] <= tv);
+        let q = 4 * (le(3) + le(7) + le(11));
+        (q + le(q) + le(q + 1) + le(q + 2)) as u32
+    }
+}
+
+/// Whether [`Prefix::fill`] may use [`prefix_lanes_avx512`].
+fn simd_prefix() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Eight running sums at once: lane l accumulates `buf[l·16 + j]` for j = 0..16 onto
+/// `start[l]`, storing every partial sum (the same additions as [`Prefix::fill`]'s scalar loop).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2")]
+unsafe fn prefix_lanes_avx512(
+    buf: &[f32; GROUP_KEYS],
+    start: &[f64; GROUP],
+    pre: &mut [[f64; GROUP]; SUB],
+) {
+    use std::arch::x86_64::*;
+    let idx = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
+    // SAFETY: every gather reads buf[l·16 + j] < 128 and every store writes one row of `pre`.
+    unsafe {
+        let mut cc = _mm512_loadu_pd(start.as_ptr());
+        for (j, row) in pre.iter_mut().enumerate() {
+            let x = _mm256_i32gather_ps::<4>(buf.as_ptr().add(j), idx);
+            cc = _mm512_add_pd(cc, _mm512_cvtps_pd(x));
+            _mm512_storeu_pd(row.as_mut_ptr(), cc);
+        }
+    }
+}
+
 /// Inverse-CDF draws over a hierarchical CDF: `out[s]` = the key whose cumulative weight interval
 /// contains target s. Targets (sorted ascending) are located among the block sums (64 keys),
 /// then among the block's sub-block sums (16 keys, fixed pairwise order), then by a left-to-right
 /// f64 running sum inside the sub-block; a target that rounding leaves past a sub-block's or
 /// block's last element takes its last positive key, and one past the total takes the row's last
 /// positive key. Keys with zero weight are never drawn.
+///
+/// The running sums come from [`Prefix`] (eight sub-blocks at a time) and a target is placed by
+/// binary search among them. A row whose weights do not sum to a finite value (NaN or infinite
+/// logits) takes [`walk_scalar`], one running sum per sub-block and a count per target: both
+/// give the same draws wherever the sums are monotone.
+#[inline(always)]
 fn walk(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32]) {
+    walk_with(w, bsum, targets, out, simd_prefix());
+}
+
+/// [`walk`], with the AVX-512 running sums on or off.
+#[inline(always)]
+fn walk_with(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32], simd: bool) {
+    if !bsum.iter().sum::<f64>().is_finite() {
+        walk_scalar(w, bsum, targets, out);
+        return;
+    }
+    let n = targets.len();
+    let mut t = 0;
+    let mut cum = 0.0f64;
+    let last_pos = |lo: usize, hi: usize| (lo..hi).rev().find(|&j| w[j] > 0.0).map(|j| j as u32);
+    let mut p = Prefix::new();
+    // Where the current group's first block starts on the CDF.
+    let mut group_cum = 0.0f64;
+    for (b, &bs) in bsum.iter().enumerate() {
+        if b % (GROUP / SUBS) == 0 {
+            group_cum = cum;
+        }
+        if t == n {
+            return;
+        }
+        if bs <= 0.0 {
+            continue;
+        }
+        let end = cum + bs;
+        if targets[t].0 < end {
+            let start = b * CDF_BLOCK;
+            let stop = (start + CDF_BLOCK).min(w.len());
+            let g = b * SUBS / GROUP;
+            if p.group != g {
+                p.fill(w, bsum, g, group_cum, simd);
+            }
+            let l0 = b * SUBS % GROUP;
+            let mut i = 0;
+            while start + i * SUB < stop && t < n && targets[t].0 < end {
+                let s0 = start + i * SUB;
+                let s1 = (s0 + SUB).min(stop);
+                let l = l0 + i;
+                let (c, ss) = (p.start[l], p.ss[l]);
+                if ss > 0.0 && targets[t].0 < c + ss {
+                    // A target goes to the first key whose running sum exceeds it, which has a
+                    // positive weight (a zero weight adds exactly nothing, and ss > 0 rules out
+                    // NaN); positions past the row's end hold the total, which exceeds it.
+                    let cc = p.pre[SUB - 1][l];
+                    while t < n && targets[t].0 < cc {
+                        out[targets[t].1 as usize] = s0 as u32 + p.count(l, targets[t].0);
+                        t += 1;
+                    }
+                    if let Some(last) = last_pos(s0, s1) {
+                        while t < n && targets[t].0 < c + ss {
+                            out[targets[t].1 as usize] = last;
+                            t += 1;
+                        }
+                    }
+                }
+                i += 1;
+            }
+            if let Some(last) = last_pos(start, stop).filter(|_| t < n && targets[t].0 < end) {
+                while t < n && targets[t].0 < end {
+                    out[targets[t].1 as usize] = last;
+                    t += 1;
+                }
+            }
+        }
+        cum = end;
+    }
+    if t < n {
+        let last = last_pos(0, w.len()).unwrap_or(0);
+        while t < n {
+            out[targets[t].1 as usize] = last;
+            t += 1;
+        }
+    }
+}
+
+/// The walk as first written, one running-sum chain per visited sub-block: [`walk`] must
+/// draw exactly what it draws.
+/// [`walk`] with one running sum per visited sub-block and a count per target (the form every
+/// other implementation, the CUDA kernels' included, is checked against):
+/// inverse-CDF draws over a hierarchical CDF: `out[s]` = the key whose cumulative weight interval
+/// contains target s. Targets (sorted ascending) are located among the block sums (64 keys),
+/// then among the block's sub-block sums (16 keys, fixed pairwise order), then by a left-to-right
+/// f64 running sum inside the sub-block; a target that rounding leaves past a sub-block's or
+/// block's last element takes its last positive key, and one past the total takes the row's last
+/// positive key. Keys with zero weight are never drawn.
+fn walk_scalar(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32]) {
     let n = targets.len();
     let mut t = 0;
     let mut cum = 0.0f64;
@@ -345,6 +559,26 @@ fn walk(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32]) {
     }
 }
 
+/// The distinct keys of `sorted` (non-empty, ascending) with their multiplicities, in order,
+/// without a branch per key.
+#[inline(always)]
+fn run_lengths(sorted: &[u32], counts: &mut Vec<(u32, u32)>) {
+    counts.clear();
+    counts.resize(sorted.len(), (0, 0));
+    let (mut cur, mut run, mut m) = (sorted[0], 0u32, 0usize);
+    for &j in sorted {
+        // Slot m always holds the current run as of the previous key; a new key leaves it
+        // final and moves on.
+        counts[m] = (cur, run);
+        let new = j != cur;
+        m += usize::from(new);
+        run = if new { 1 } else { run + 1 };
+        cur = j;
+    }
+    counts[m] = (cur, run);
+    counts.truncate(m + 1);
+}
+
 impl RowCtx<'_> {
     fn eligible(&self, o: u32, keff: usize, top: &[u32]) -> bool {
         let o = o as usize;
@@ -353,6 +587,7 @@ impl RowCtx<'_> {
 
     /// Draws `n` shots from the weights `w` (total `total`), applies noise and post-selection.
     #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
     fn shots(
         &self,
         stream: &SampleStream,
@@ -365,7 +600,8 @@ impl RowCtx<'_> {
         sc: &mut Scratch,
     ) -> Shots {
         let keff = w.len();
-        let mut keys = Vec::with_capacity(n);
+        let mut keys = std::mem::take(&mut sc.keys);
+        keys.clear();
         let mut total_shots = 0u32;
         let mut discarded = 0u32;
         let mut mitigated = None;
@@ -476,6 +712,37 @@ impl RowCtx<'_> {
         sc: &mut Scratch,
         rec: Option<&mut RowRecord>,
     ) -> f32 {
+        #[cfg(target_arch = "x86_64")]
+        {
+            #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx2,fma,popcnt")]
+            unsafe fn avx512(
+                ctx: &RowCtx<'_>,
+                qi: usize,
+                w: &mut [f32],
+                out: &mut [f32],
+                sc: &mut Scratch,
+                rec: Option<&mut RowRecord>,
+            ) -> f32 {
+                ctx.row_impl(qi, w, out, sc, rec)
+            }
+            if std::is_x86_feature_detected!("avx512f") && std::is_x86_feature_detected!("popcnt") {
+                // SAFETY: the CPU supports the features the function was compiled for.
+                return unsafe { avx512(self, qi, w, out, sc, rec) };
+            }
+        }
+        self.row_impl(qi, w, out, sc, rec)
+    }
+
+    /// [`Self::row`]'s body, compiled once per instruction set it is dispatched to.
+    #[inline(always)]
+    fn row_impl(
+        &self,
+        qi: usize,
+        w: &mut [f32],
+        out: &mut [f32],
+        sc: &mut Scratch,
+        rec: Option<&mut RowRecord>,
+    ) -> f32 {
         let h = self.h;
         let dv = h.dv;
         let keff = w.len();
@@ -509,7 +776,6 @@ impl RowCtx<'_> {
         let lse = mx + sum.ln() as f32;
         let ess = (sum * sum / sumsq) as f32;
         let stream = SampleStream::new(self.seed, self.batch_offset + h.batch, h.head, qi);
-        let vrow = |j: u32| &h.v[j as usize * dv..(j as usize + 1) * dv];
 
         let mut exact_part: Vec<(u32, f32)> = Vec::new();
         let mut top: Vec<u32> = Vec::new();
@@ -567,35 +833,34 @@ impl RowCtx<'_> {
         sc.bsum = bsum;
 
         // Coefficients of the sampled part (summing to `mass`).
-        let mut sampled: Vec<(u32, f32)> = Vec::new();
+        let mut sampled = std::mem::take(&mut sc.sampled);
+        sampled.clear();
         if let Some(s) = &shots {
             if let Some(list) = &s.mitigated {
-                sampled = list
-                    .iter()
-                    .map(|&(j, x)| (j, (f64::from(x) * mass) as f32))
-                    .collect();
+                sampled.extend(list.iter().map(|&(j, x)| (j, (f64::from(x) * mass) as f32)));
             } else if !s.keys.is_empty() {
-                sc.counts.clear();
-                let mut sorted = s.keys.clone();
-                sorted.sort_unstable();
-                for j in sorted {
-                    match sc.counts.last_mut() {
-                        Some((k, c)) if *k == j => *c += 1,
-                        _ => sc.counts.push((j, 1)),
-                    }
-                }
+                // Stratified shots without noise come out in key order already.
+                let in_order = s.keys.windows(2).fold(true, |a, p| a & (p[0] <= p[1]));
+                let sorted: &[u32] = if in_order {
+                    &s.keys
+                } else {
+                    sc.sorted.clear();
+                    sc.sorted.extend_from_slice(&s.keys);
+                    sc.sorted.sort_unstable();
+                    &sc.sorted
+                };
+                run_lengths(sorted, &mut sc.counts);
                 let nk = s.keys.len() as f64;
-                sampled = sc
-                    .counts
-                    .iter()
-                    .map(|&(j, c)| (j, (f64::from(c) / nk * mass) as f32))
-                    .collect();
+                sampled.extend(
+                    sc.counts
+                        .iter()
+                        .map(|&(j, c)| (j, (f64::from(c) / nk * mass) as f32)),
+                );
             }
         }
 
-        for &(j, c) in exact_part.iter().chain(&sampled) {
-            math::axpy(c, vrow(j), out);
-        }
+        math::combine_rows(&exact_part, h.v, dv, out);
+        math::combine_rows(&sampled, h.v, dv, out);
         if let Some(cv) = cv {
             // out += (Σ p_j z_j − Σ ŵ_j z_j) Uᵀ
             let mut y = vec![0.0f64; cv.rank];
@@ -645,7 +910,7 @@ impl RowCtx<'_> {
             };
             *r = RowRecord {
                 exact: exact_part,
-                sampled,
+                sampled: sampled.clone(),
                 kappa,
                 diag: QueryDiagnostics {
                     shots: total_shots,
@@ -655,6 +920,10 @@ impl RowCtx<'_> {
                     samples: keys,
                 },
             };
+        }
+        sc.sampled = sampled;
+        if let Some(s) = shots {
+            sc.keys = s.keys;
         }
         lse
     }
@@ -977,6 +1246,128 @@ pub(crate) fn backward_sampled(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn run_lengths_count_each_distinct_key() {
+        let mut counts = Vec::new();
+        for (keys, want) in [
+            (vec![0u32], vec![(0u32, 1u32)]),
+            (vec![0, 0, 0], vec![(0, 3)]),
+            (vec![3, 3, 5, 9, 9, 9], vec![(3, 2), (5, 1), (9, 3)]),
+            (vec![0, 1, 2, 3], vec![(0, 1), (1, 1), (2, 1), (3, 1)]),
+        ] {
+            run_lengths(&keys, &mut counts);
+            assert_eq!(counts, want, "{keys:?}");
+        }
+    }
+
+    /// The block-wise walk draws exactly what the walk with one chain per sub-block draws, also
+    /// for targets placed on the running sums, sub-block and block boundaries, past the total,
+    /// with zero and tiny weights and every length around the block sizes.
+    #[test]
+    fn walk_draws_exactly_what_the_reference_walk_draws() {
+        let mut state = 99u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 11) as f64) / (1u64 << 53) as f64
+        };
+        let mut compared = 0usize;
+        for len in (1usize..=130).chain([191, 192, 193, 257, 1000]) {
+            for kind in 0..7 {
+                let w: Vec<f32> = (0..len)
+                    .map(|k| {
+                        let u = next();
+                        match kind {
+                            // Whole blocks without weight.
+                            6 => {
+                                if (k / CDF_BLOCK) % 3 == 1 {
+                                    0.0
+                                } else {
+                                    u as f32
+                                }
+                            }
+                            0 => u as f32,
+                            1 => {
+                                if u < 0.4 {
+                                    0.0
+                                } else {
+                                    next() as f32
+                                }
+                            }
+                            2 => (-(40.0 * u)).exp() as f32,
+                            3 => {
+                                if u < 0.9 {
+                                    1e-30 * next() as f32
+                                } else {
+                                    1.0
+                                }
+                            }
+                            // Rows that take the scalar walk: infinite and NaN weights.
+                            4 => {
+                                if u < 0.05 {
+                                    f32::INFINITY
+                                } else {
+                                    u as f32
+                                }
+                            }
+                            _ => {
+                                if u < 0.05 {
+                                    f32::NAN
+                                } else {
+                                    u as f32
+                                }
+                            }
+                        }
+                    })
+                    .collect();
+                let mut bsum = Vec::new();
+                let total = block_sums(&w, &mut bsum);
+                let total = if total.is_finite() { total } else { len as f64 };
+                if total <= 0.0 {
+                    continue;
+                }
+                // Random targets plus every boundary the walk compares against.
+                let mut tv: Vec<f64> = (0..64).map(|_| next() * total).collect();
+                let mut cum = 0.0f64;
+                for (b, blk) in w.chunks(CDF_BLOCK).enumerate() {
+                    let mut c = cum;
+                    for sub in blk.chunks(SUB) {
+                        let ss = f64::from(sum16(sub));
+                        let mut cc = c;
+                        for &x in sub {
+                            cc += f64::from(x);
+                            tv.extend([cc, cc.next_down(), cc.next_up()]);
+                        }
+                        tv.extend([c + ss, (c + ss).next_down()]);
+                        c += ss;
+                    }
+                    cum += bsum[b];
+                    tv.extend([cum, cum.next_down(), c, c.next_down()]);
+                }
+                tv.extend([total, total.next_down(), total * 1.5]);
+                tv.retain(|x| *x >= 0.0);
+                tv.sort_by(f64::total_cmp);
+                // Also a few targets only, so that groups of sub-blocks are skipped.
+                let mut sparse: Vec<f64> = (0..3).map(|_| next() * total).collect();
+                sparse.sort_by(f64::total_cmp);
+                for tv in [tv, sparse] {
+                    let targets: Vec<(f64, u32)> =
+                        tv.iter().enumerate().map(|(s, &x)| (x, s as u32)).collect();
+                    let mut want = vec![u32::MAX; targets.len()];
+                    walk_scalar(&w, &bsum, &targets, &mut want);
+                    for simd in [false, simd_prefix()] {
+                        let mut got = vec![u32::MAX; targets.len()];
+                        walk_with(&w, &bsum, &targets, &mut got, simd);
+                        assert_eq!(got, want, "len {len}, kind {kind}, simd {simd}");
+                        compared += targets.len();
+                    }
+                }
+            }
+        }
+        assert!(compared > 50_000, "only {compared} draws compared");
+    }
 
     /// The hierarchical walk agrees with a plain inverse CDF over f64 running sums, across block
     /// and sub-block boundaries and with zero-weight keys, and never draws a zero-weight key.
