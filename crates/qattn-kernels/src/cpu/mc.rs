@@ -320,30 +320,39 @@ impl Prefix {
         let keys = &w[k0..(k0 + GROUP_KEYS).min(w.len())];
         let mut buf = [0.0f32; GROUP_KEYS];
         buf[..keys.len()].copy_from_slice(keys);
-        let mut c = cum;
-        for l in 0..GROUP {
-            if l == SUBS {
-                // The second block starts where the first ends on the block level.
-                c = cum + bsum[g * GROUP / SUBS];
-            }
-            self.ss[l] = f64::from(sum16(&buf[l * SUB..(l + 1) * SUB]));
-            self.start[l] = c;
-            c += self.ss[l];
-        }
+        // The second block starts where the first ends on the block level.
+        let second = cum + bsum[g * GROUP / SUBS];
         self.group = g;
         #[cfg(target_arch = "x86_64")]
         if simd {
             // SAFETY: `simd` is only set where the CPU supports AVX-512F (see [`simd_prefix`]).
-            unsafe { prefix_lanes_avx512(&buf, &self.start, &mut self.pre) };
+            unsafe { prefix_lanes_avx512(&buf, cum, second, self) };
             return;
         }
         let _ = simd;
+        for l in 0..GROUP {
+            self.ss[l] = f64::from(sum16(&buf[l * SUB..(l + 1) * SUB]));
+        }
+        self.set_starts(cum, second);
         let mut cc = self.start;
         for (j, row) in self.pre.iter_mut().enumerate() {
             for (l, x) in cc.iter_mut().enumerate() {
                 *x += f64::from(buf[l * SUB + j]);
             }
             *row = cc;
+        }
+    }
+
+    /// `start` from `ss`: each block's sub-blocks start where the earlier ones end.
+    #[inline(always)]
+    fn set_starts(&mut self, cum: f64, second: f64) {
+        let mut c = cum;
+        for l in 0..GROUP {
+            if l == SUBS {
+                c = second;
+            }
+            self.start[l] = c;
+            c += self.ss[l];
         }
     }
 
@@ -370,22 +379,33 @@ fn simd_prefix() -> bool {
     }
 }
 
-/// Eight running sums at once: lane l accumulates `buf[l·16 + j]` for j = 0..16 onto
-/// `start[l]`, storing every partial sum (the same additions as [`Prefix::fill`]'s scalar loop).
+/// [`Prefix::fill`] on AVX-512: column j of the group (key j of each of its eight sub-blocks) is
+/// one gather. The sub-block sums come from the columns by the pairwise tree of [`sum16`]
+/// (lane l of each step adds the same two values as sub-block l's sum16), and lane l of the
+/// running sums accumulates column after column onto `start[l]` (the same additions as the
+/// scalar loop).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2")]
-unsafe fn prefix_lanes_avx512(
-    buf: &[f32; GROUP_KEYS],
-    start: &[f64; GROUP],
-    pre: &mut [[f64; GROUP]; SUB],
-) {
+unsafe fn prefix_lanes_avx512(buf: &[f32; GROUP_KEYS], cum: f64, second: f64, p: &mut Prefix) {
     use std::arch::x86_64::*;
     let idx = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
-    // SAFETY: every gather reads buf[l·16 + j] < 128 and every store writes one row of `pre`.
+    // SAFETY: every gather reads buf[l·16 + j] < 128; every store writes eight f64 into `p.ss`
+    // or one row of `p.pre`.
     unsafe {
-        let mut cc = _mm512_loadu_pd(start.as_ptr());
-        for (j, row) in pre.iter_mut().enumerate() {
-            let x = _mm256_i32gather_ps::<4>(buf.as_ptr().add(j), idx);
+        let col: [__m256; SUB] =
+            std::array::from_fn(|j| _mm256_i32gather_ps::<4>(buf.as_ptr().add(j), idx));
+        let mut e = col;
+        let mut width = SUB / 2;
+        while width > 0 {
+            for j in 0..width {
+                e[j] = _mm256_add_ps(e[j], e[j + width]);
+            }
+            width /= 2;
+        }
+        _mm512_storeu_pd(p.ss.as_mut_ptr(), _mm512_cvtps_pd(e[0]));
+        p.set_starts(cum, second);
+        let mut cc = _mm512_loadu_pd(p.start.as_ptr());
+        for (row, x) in p.pre.iter_mut().zip(col) {
             cc = _mm512_add_pd(cc, _mm512_cvtps_pd(x));
             _mm512_storeu_pd(row.as_mut_ptr(), cc);
         }
