@@ -223,6 +223,8 @@ struct Scratch {
     sorted: Vec<u32>,
     /// The sampled part's coefficients.
     sampled: Vec<(u32, f32)>,
+    /// The walk's running sums.
+    prefix: Prefix,
 }
 
 /// Everything a row needs that is shared across the head.
@@ -302,8 +304,8 @@ struct Prefix {
     pre: [[f64; GROUP]; SUB],
 }
 
-impl Prefix {
-    fn new() -> Self {
+impl Default for Prefix {
+    fn default() -> Self {
         Self {
             group: usize::MAX,
             start: [0.0; GROUP],
@@ -311,7 +313,9 @@ impl Prefix {
             pre: [[0.0; GROUP]; SUB],
         }
     }
+}
 
+impl Prefix {
     /// Fills group `g` of row `w`; `cum` is where the group's first block starts on the CDF and
     /// `bsum` the row's block sums.
     #[inline(always)]
@@ -424,13 +428,20 @@ unsafe fn prefix_lanes_avx512(buf: &[f32; GROUP_KEYS], cum: f64, second: f64, p:
 /// logits) takes [`walk_scalar`], one running sum per sub-block and a count per target: both
 /// give the same draws wherever the sums are monotone.
 #[inline(always)]
-fn walk(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32]) {
-    walk_with(w, bsum, targets, out, simd_prefix());
+fn walk(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32], p: &mut Prefix) {
+    walk_with(w, bsum, targets, out, p, simd_prefix());
 }
 
 /// [`walk`], with the AVX-512 running sums on or off.
 #[inline(always)]
-fn walk_with(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32], simd: bool) {
+fn walk_with(
+    w: &[f32],
+    bsum: &[f64],
+    targets: &[(f64, u32)],
+    out: &mut [u32],
+    p: &mut Prefix,
+    simd: bool,
+) {
     if !bsum.iter().sum::<f64>().is_finite() {
         walk_scalar(w, bsum, targets, out);
         return;
@@ -439,7 +450,11 @@ fn walk_with(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32], s
     let mut t = 0;
     let mut cum = 0.0f64;
     let last_pos = |lo: usize, hi: usize| (lo..hi).rev().find(|&j| w[j] > 0.0).map(|j| j as u32);
-    let mut p = Prefix::new();
+    if w.len() <= GROUP_KEYS && walk_short(w, bsum, targets, out, p, simd) {
+        return;
+    }
+    // The buffer is reused from row to row: nothing in it is valid yet.
+    p.group = usize::MAX;
     // Where the current group's first block starts on the CDF.
     let mut group_cum = 0.0f64;
     for (b, &bs) in bsum.iter().enumerate() {
@@ -505,6 +520,119 @@ fn walk_with(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32], s
 
 /// The walk as first written, one running-sum chain per visited sub-block: [`walk`] must
 /// draw exactly what it draws.
+/// [`walk`] for a row of one group (at most 128 keys) when every target can be placed on its
+/// own; returns false, having written nothing that counts, when one cannot.
+///
+/// The walk visits regions in order (each sub-block, then its block's end) and a region takes
+/// the targets below its bounds from the smallest one left, so where a target lands can depend
+/// on the targets before it only where the bounds disagree by rounding: between a sub-block's
+/// f64 running total `cc` and its start plus pairwise sum `c + ss`, and past the block's end. A
+/// target x with `M ≤ x < min(c + ss, cc, end)` for a sub-block with weight, where M is the
+/// largest bound of every region before it, is placed in that sub-block whatever else was drawn:
+/// no earlier region can take it, every earlier decision sees a current target ≤ x, and the
+/// sub-block's own tests pass. Such a target goes to the sub-block's first key plus the number
+/// of its running sums at or below x, as in the walk. A target outside every such interval (a
+/// rounding gap, or past the total) sends the row to the ordered walk.
+#[inline(always)]
+fn walk_short(
+    w: &[f32],
+    bsum: &[f64],
+    targets: &[(f64, u32)],
+    out: &mut [u32],
+    p: &mut Prefix,
+    simd: bool,
+) -> bool {
+    // The second block starts where the first ends (the walk's `cum + bs` from 0).
+    let ends = [bsum[0], bsum[0] + bsum.get(1).copied().unwrap_or(0.0)];
+    p.fill(w, bsum, 0, 0.0, simd);
+    let subs = w.len().div_ceil(SUB);
+    // Lane l places the targets in [lo[l], hi[l]); an empty interval where it places none.
+    let mut lo = [f64::INFINITY; GROUP];
+    let mut hi = [f64::NEG_INFINITY; GROUP];
+    let mut bound = f64::NEG_INFINITY;
+    for l in 0..subs {
+        let b = l / SUBS;
+        if b > 0 && l % SUBS == 0 {
+            bound = bound.max(ends[b - 1]);
+        }
+        let (c, ss, cc) = (p.start[l], p.ss[l], p.pre[SUB - 1][l]);
+        if ss > 0.0 && bsum[b] > 0.0 {
+            lo[l] = bound;
+            hi[l] = (c + ss).min(cc).min(ends[b]);
+        }
+        bound = bound.max(c + ss).max(cc);
+    }
+    #[cfg(target_arch = "x86_64")]
+    if simd {
+        // SAFETY: `simd` is only set where the CPU supports AVX-512F (see [`simd_prefix`]).
+        return unsafe { place_short_avx512(&lo, &hi, targets, out, p) };
+    }
+    for &(x, dst) in targets {
+        let mut lanes = 0u32;
+        for l in 0..GROUP {
+            lanes |= u32::from(lo[l] <= x && x < hi[l]) << l;
+        }
+        if lanes == 0 {
+            return false;
+        }
+        let l = lanes.trailing_zeros() as usize;
+        out[dst as usize] = (l * SUB) as u32 + p.count(l, x);
+    }
+    true
+}
+
+/// [`walk_short`]'s placement on AVX-512, eight targets per step: a target's lane is the one
+/// interval that holds it (the intervals are disjoint: each starts at or after every earlier
+/// bound), and its place the number of that lane's running sums at or below it, picked out of
+/// each row of sums by a permute.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn place_short_avx512(
+    lo: &[f64; GROUP],
+    hi: &[f64; GROUP],
+    targets: &[(f64, u32)],
+    out: &mut [u32],
+    p: &Prefix,
+) -> bool {
+    use std::arch::x86_64::*;
+    let one = _mm512_set1_epi64(1);
+    for chunk in targets.chunks(8) {
+        // Built in registers: eight scalar stores read back as one vector would stall on
+        // store forwarding.
+        let x = |i: usize| chunk.get(i).map_or(0.0, |t| t.0);
+        let vx = _mm512_setr_pd(x(0), x(1), x(2), x(3), x(4), x(5), x(6), x(7));
+        let active = ((1u32 << chunk.len()) - 1) as __mmask8;
+        let mut keys = [0u64; 8];
+        // SAFETY: the loads read the rows of `p.pre`; the store writes the eight-element
+        // array `keys`.
+        unsafe {
+            let mut lane = _mm512_setzero_si512();
+            let mut found: __mmask8 = 0;
+            for l in 0..GROUP {
+                let inside = _mm512_cmp_pd_mask::<_CMP_LE_OQ>(_mm512_set1_pd(lo[l]), vx)
+                    & _mm512_cmp_pd_mask::<_CMP_LT_OQ>(vx, _mm512_set1_pd(hi[l]));
+                lane = _mm512_mask_mov_epi64(lane, inside, _mm512_set1_epi64(l as i64));
+                found |= inside;
+            }
+            if found & active != active {
+                return false;
+            }
+            let mut cnt = _mm512_setzero_si512();
+            for row in &p.pre {
+                let v = _mm512_permutexvar_pd(lane, _mm512_loadu_pd(row.as_ptr()));
+                let le = _mm512_cmp_pd_mask::<_CMP_LE_OQ>(v, vx);
+                cnt = _mm512_mask_add_epi64(cnt, le, cnt, one);
+            }
+            let key = _mm512_add_epi64(_mm512_slli_epi64::<4>(lane), cnt);
+            _mm512_storeu_si512(keys.as_mut_ptr().cast(), key);
+        }
+        for (t, &k) in chunk.iter().zip(&keys) {
+            out[t.1 as usize] = k as u32;
+        }
+    }
+    true
+}
+
 /// [`walk`] with one running sum per visited sub-block and a count per target (the form every
 /// other implementation, the CUDA kernels' included, is checked against):
 /// inverse-CDF draws over a hierarchical CDF: `out[s]` = the key whose cumulative weight interval
@@ -644,7 +772,7 @@ impl RowCtx<'_> {
             }
             sc.ideal.clear();
             sc.ideal.resize(n, 0);
-            walk(w, bsum, &sc.targets, &mut sc.ideal);
+            walk(w, bsum, &sc.targets, &mut sc.ideal, &mut sc.prefix);
             total_shots += n as u32;
             match self.channel {
                 None => {
@@ -1294,6 +1422,9 @@ mod tests {
             ((state >> 11) as f64) / (1u64 << 53) as f64
         };
         let mut compared = 0usize;
+        let (mut short, mut tried) = (0usize, 0usize);
+        // One buffer for every row, as in the sampler.
+        let mut prefix = Prefix::default();
         for len in (1usize..=130).chain([191, 192, 193, 257, 1000]) {
             for kind in 0..7 {
                 let w: Vec<f32> = (0..len)
@@ -1369,6 +1500,41 @@ mod tests {
                 tv.extend([total, total.next_down(), total * 1.5]);
                 tv.retain(|x| *x >= 0.0);
                 tv.sort_by(f64::total_cmp);
+                if len <= GROUP_KEYS && kind < 4 {
+                    // Random targets (no boundaries) are placed without the ordered walk.
+                    let mut random: Vec<(f64, u32)> =
+                        (0..32).map(|s| (next() * total, s)).collect();
+                    random.sort_by(|a, b| a.0.total_cmp(&b.0));
+                    let mut got = vec![u32::MAX; 32];
+                    let mut want = vec![u32::MAX; 32];
+                    walk_scalar(&w, &bsum, &random, &mut want);
+                    for simd in [false, simd_prefix()] {
+                        if walk_short(&w, &bsum, &random, &mut got, &mut prefix, simd) {
+                            short += 1;
+                            assert_eq!(got, want, "len {len}, kind {kind}, simd {simd}");
+                        }
+                        tried += 1;
+                    }
+                }
+                // Every boundary alone and after its predecessor: where a target lands then
+                // depends on that target (and one neighbour) only, so a wrong bound of the
+                // placement without the ordered walk shows.
+                for k in 0..tv.len() {
+                    let lo = k.saturating_sub(1);
+                    for set in [&tv[k..=k], &tv[lo..=k]] {
+                        let targets: Vec<(f64, u32)> = set
+                            .iter()
+                            .enumerate()
+                            .map(|(s, &x)| (x, s as u32))
+                            .collect();
+                        let mut want = vec![u32::MAX; targets.len()];
+                        walk_scalar(&w, &bsum, &targets, &mut want);
+                        let mut got = vec![u32::MAX; targets.len()];
+                        walk_with(&w, &bsum, &targets, &mut got, &mut prefix, simd_prefix());
+                        assert_eq!(got, want, "len {len}, kind {kind}, targets {targets:?}");
+                        compared += targets.len();
+                    }
+                }
                 // Also a few targets only, so that groups of sub-blocks are skipped.
                 let mut sparse: Vec<f64> = (0..3).map(|_| next() * total).collect();
                 sparse.sort_by(f64::total_cmp);
@@ -1379,7 +1545,7 @@ mod tests {
                     walk_scalar(&w, &bsum, &targets, &mut want);
                     for simd in [false, simd_prefix()] {
                         let mut got = vec![u32::MAX; targets.len()];
-                        walk_with(&w, &bsum, &targets, &mut got, simd);
+                        walk_with(&w, &bsum, &targets, &mut got, &mut prefix, simd);
                         assert_eq!(got, want, "len {len}, kind {kind}, simd {simd}");
                         compared += targets.len();
                     }
@@ -1387,6 +1553,11 @@ mod tests {
             }
         }
         assert!(compared > 50_000, "only {compared} draws compared");
+        assert!(
+            short * 10 > tried * 9,
+            "random targets took the ordered walk in {} of {tried} rows",
+            tried - short
+        );
     }
 
     /// The hierarchical walk agrees with a plain inverse CDF over f64 running sums, across block
@@ -1417,7 +1588,7 @@ mod tests {
             let mut targets: Vec<(f64, u32)> = (0..50).map(|s| (next() * total, s)).collect();
             targets.sort_by(|a, b| a.0.total_cmp(&b.0));
             let mut out = vec![0u32; 50];
-            walk(&w, &bsum, &targets, &mut out);
+            walk(&w, &bsum, &targets, &mut out, &mut Prefix::default());
             for &(t, s) in &targets {
                 let j = out[s as usize] as usize;
                 assert!(w[j] > 0.0, "len {len}: drew a zero-weight key");
