@@ -1154,6 +1154,16 @@ impl RowCtx<'_> {
     }
 }
 
+/// Logits (f32) a worker thread keeps between tasks: 64 queries × 16384 keys, 4 MiB.
+const KEEP_LOGITS: usize = BQM * 16384;
+
+thread_local! {
+    /// Each worker thread's logits block and row scratch, kept from task to task (a task
+    /// writes every logit it reads and each row resets what it uses of the scratch).
+    static TASK_BUFFERS: std::cell::RefCell<(Vec<f32>, Scratch)> =
+        std::cell::RefCell::new((Vec::new(), Scratch::default()));
+}
+
 /// Sampling forward pass over all heads (the CUDA emulation tests compare against it).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn forward(p: &Problem<'_>, spec: &EstimatorSpec, seed: u64, record: bool) -> McForward {
@@ -1207,23 +1217,32 @@ pub(crate) fn forward_at(
                     let i0 = blk * BQM;
                     let bq = l.len();
                     let kend = key_limit(&h, i0 + bq);
-                    let mut s = vec![0.0f32; bq * kend];
-                    matmul(
-                        &mut s,
-                        kend,
-                        false,
-                        Mat::rows(&h.q[i0 * d..(i0 + bq) * d], bq, d, d),
-                        Mat::rows(&h.k[..kend * d], kend, d, d).t(),
-                        h.scale,
-                    );
-                    let mut sc = Scratch::default();
-                    for rr in 0..bq {
-                        let qi = i0 + rr;
-                        let keff = if h.causal { lk.min(qi + 1) } else { lk };
-                        let w = &mut s[rr * kend..rr * kend + keff];
-                        let rec = r.as_deref_mut().map(|r| &mut r[rr]);
-                        l[rr] = ctx.row(qi, w, &mut o[rr * dv..(rr + 1) * dv], &mut sc, rec);
-                    }
+                    TASK_BUFFERS.with_borrow_mut(|(logits, sc)| {
+                        if logits.len() < bq * kend {
+                            logits.resize(bq * kend, 0.0);
+                        }
+                        // Every element is written (no accumulation): stale values never show.
+                        let s = &mut logits[..bq * kend];
+                        matmul(
+                            s,
+                            kend,
+                            false,
+                            Mat::rows(&h.q[i0 * d..(i0 + bq) * d], bq, d, d),
+                            Mat::rows(&h.k[..kend * d], kend, d, d).t(),
+                            h.scale,
+                        );
+                        for rr in 0..bq {
+                            let qi = i0 + rr;
+                            let keff = if h.causal { lk.min(qi + 1) } else { lk };
+                            let w = &mut s[rr * kend..rr * kend + keff];
+                            let rec = r.as_deref_mut().map(|r| &mut r[rr]);
+                            l[rr] = ctx.row(qi, w, &mut o[rr * dv..(rr + 1) * dv], sc, rec);
+                        }
+                        if logits.capacity() > KEEP_LOGITS {
+                            // A long sequence's block is not kept alive between calls.
+                            *logits = Vec::new();
+                        }
+                    });
                 };
             match rows_h {
                 Some(rows_h) => out_h
