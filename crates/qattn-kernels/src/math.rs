@@ -82,6 +82,36 @@ fn exp_shift_sum_impl(xs: &mut [f32], shift: f32) -> f32 {
     acc.iter().sum()
 }
 
+/// `xs[i] = exp(xs[i] - shift)`, and the sums of the new values over consecutive blocks of
+/// `block` elements (a multiple of 16) pushed to `sums` (cleared first) as [`sum`] of each
+/// block, widened; returns their f64 total, summed left to right. One pass instead of
+/// [`exp_shift_sum`] then [`sum`] per block, with the same values.
+#[inline(always)]
+fn exp_block_sums_impl(xs: &mut [f32], shift: f32, block: usize, sums: &mut Vec<f64>) -> f64 {
+    sums.clear();
+    let mut total = 0.0f64;
+    for blk in xs.chunks_mut(block.max(LANES)) {
+        let mut acc = [0.0f32; LANES];
+        let mut chunks = blk.chunks_exact_mut(LANES);
+        for c in &mut chunks {
+            for l in 0..LANES {
+                let e = exp_approx(c[l] - shift);
+                c[l] = e;
+                acc[l] += e;
+            }
+        }
+        for (l, x) in chunks.into_remainder().iter_mut().enumerate() {
+            let e = exp_approx(*x - shift);
+            *x = e;
+            acc[l] += e;
+        }
+        let s = f64::from(acc.iter().sum::<f32>());
+        sums.push(s);
+        total += s;
+    }
+    total
+}
+
 #[inline(always)]
 fn sum_impl(xs: &[f32]) -> f32 {
     let mut acc = [0.0f32; LANES];
@@ -495,6 +525,12 @@ dispatch!(
     pub(crate) fn exp_shift_sum(xs: &mut [f32], shift: f32) -> f32 => exp_shift_sum_impl
 );
 dispatch!(
+    /// Exponentiates `xs` against `shift` and returns the blocks' sums (see
+    /// [`exp_block_sums_impl`]).
+    pub(crate) fn exp_block_sums(xs: &mut [f32], shift: f32, block: usize, sums: &mut Vec<f64>)
+        -> f64 => exp_block_sums_impl
+);
+dispatch!(
     /// Sum of `xs` through 16 fixed lanes.
     pub(crate) fn sum(xs: &[f32]) -> f32 => sum_impl
 );
@@ -552,6 +588,28 @@ dispatch!(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The fused pass gives the values and block sums of exp_shift_sum then sum per block,
+    /// bit for bit, for lengths around the block and lane sizes.
+    #[test]
+    fn exp_block_sums_is_exp_then_block_sums() {
+        for len in [0usize, 1, 15, 16, 17, 63, 64, 65, 127, 128, 200] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 53 % 97) as f32 - 60.0) / 9.0)
+                .collect();
+            let shift = x.iter().copied().fold(f32::NEG_INFINITY, f32::max).max(0.0);
+            let mut want = x.clone();
+            exp_shift_sum(&mut want, shift);
+            let want_sums: Vec<f64> = want.chunks(64).map(|b| f64::from(sum(b))).collect();
+            let mut got = x;
+            let mut sums = vec![7.0];
+            let total = exp_block_sums(&mut got, shift, 64, &mut sums);
+            let bits = |x: &[f32]| x.iter().map(|y| y.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&got), bits(&want), "len {len}");
+            assert_eq!(sums, want_sums, "len {len}");
+            assert_eq!(total, want_sums.iter().fold(0.0, |a, b| a + b), "len {len}");
+        }
+    }
 
     /// One pass over the list gives, bit for bit, what one axpy per entry gives, for widths
     /// below, at and around the register blocks.

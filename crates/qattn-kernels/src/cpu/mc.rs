@@ -252,6 +252,7 @@ pub(crate) const CDF_BLOCK: usize = 64;
 
 /// Block sums of `w` (each summed in 16 fixed f32 lanes, then widened) and their f64 total,
 /// summed left to right. The total is the normaliser every draw of the row is scaled by.
+/// ([`math::exp_block_sums`] computes the same sums while it exponentiates.)
 fn block_sums(w: &[f32], out: &mut Vec<f64>) -> f64 {
     out.clear();
     let mut total = 0.0f64;
@@ -912,9 +913,8 @@ impl RowCtx<'_> {
             }
             return f32::NEG_INFINITY;
         }
-        math::exp_shift_sum(w, mx);
         let mut bsum = std::mem::take(&mut sc.bsum);
-        let sum = block_sums(w, &mut bsum);
+        let sum = math::exp_block_sums(w, mx, CDF_BLOCK, &mut bsum);
         let need_ess = rec.is_some() || matches!(self.estimator, Estimator::Adaptive { .. });
         let sumsq = if need_ess {
             f64::from(math::dot(w, w))
