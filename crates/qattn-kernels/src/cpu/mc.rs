@@ -384,8 +384,50 @@ fn simd_prefix() -> bool {
     }
 }
 
-/// [`Prefix::fill`] on AVX-512: column j of the group (key j of each of its eight sub-blocks) is
-/// one gather. The sub-block sums come from the columns by the pairwise tree of [`sum16`]
+/// Column j (key j of each of the eight 16-key rows of `buf`) for j = 0..16: an 8 × 16
+/// transpose in registers (in-lane unpacks, then one two-source permute per pair of columns).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn columns_avx512(buf: &[f32; GROUP_KEYS]) -> [std::arch::x86_64::__m256; SUB] {
+    use std::arch::x86_64::*;
+    // SAFETY: row l reads buf[16·l..16·l + 16] < 128.
+    let r: [__m512; GROUP] =
+        std::array::from_fn(|l| unsafe { _mm512_loadu_ps(buf.as_ptr().add(l * SUB)) });
+    // In each 128-bit lane k: pairs of rows interleaved ...
+    let lo = |a: __m512, b: __m512| _mm512_unpacklo_ps(a, b);
+    let hi = |a: __m512, b: __m512| _mm512_unpackhi_ps(a, b);
+    let (a0, a1) = (lo(r[0], r[1]), hi(r[0], r[1]));
+    let (b0, b1) = (lo(r[2], r[3]), hi(r[2], r[3]));
+    let (c0, c1) = (lo(r[4], r[5]), hi(r[4], r[5]));
+    let (d0, d1) = (lo(r[6], r[7]), hi(r[6], r[7]));
+    // ... then quadruples: e[a] (rows 0–3) and f[a] (rows 4–7) hold key 4k + a in lane k.
+    let pd_lo = |x: __m512, y: __m512| {
+        _mm512_castpd_ps(_mm512_unpacklo_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)))
+    };
+    let pd_hi = |x: __m512, y: __m512| {
+        _mm512_castpd_ps(_mm512_unpackhi_pd(_mm512_castps_pd(x), _mm512_castps_pd(y)))
+    };
+    let e = [pd_lo(a0, b0), pd_hi(a0, b0), pd_lo(a1, b1), pd_hi(a1, b1)];
+    let f = [pd_lo(c0, d0), pd_hi(c0, d0), pd_lo(c1, d1), pd_hi(c1, d1)];
+    // Lanes (e.k, f.k, e.k+1, f.k+1): columns 4k + a and 4(k + 1) + a.
+    let first = _mm512_setr_epi32(0, 1, 2, 3, 16, 17, 18, 19, 4, 5, 6, 7, 20, 21, 22, 23);
+    let second = _mm512_setr_epi32(8, 9, 10, 11, 24, 25, 26, 27, 12, 13, 14, 15, 28, 29, 30, 31);
+    let low = |x: __m512| _mm512_castps512_ps256(x);
+    let high = |x: __m512| _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(x)));
+    let mut col = [_mm256_setzero_ps(); SUB];
+    for a in 0..4 {
+        let x = _mm512_permutex2var_ps(e[a], first, f[a]);
+        let y = _mm512_permutex2var_ps(e[a], second, f[a]);
+        col[a] = low(x);
+        col[4 + a] = high(x);
+        col[8 + a] = low(y);
+        col[12 + a] = high(y);
+    }
+    col
+}
+
+/// [`Prefix::fill`] on AVX-512: column j of the group is key j of each of its eight sub-blocks
+/// ([`columns_avx512`]). The sub-block sums come from the columns by the pairwise tree of [`sum16`]
 /// (lane l of each step adds the same two values as sub-block l's sum16), and lane l of the
 /// running sums accumulates column after column onto `start[l]` (the same additions as the
 /// scalar loop).
@@ -393,12 +435,10 @@ fn simd_prefix() -> bool {
 #[target_feature(enable = "avx512f,avx2")]
 unsafe fn prefix_lanes_avx512(buf: &[f32; GROUP_KEYS], cum: f64, second: f64, p: &mut Prefix) {
     use std::arch::x86_64::*;
-    let idx = _mm256_setr_epi32(0, 16, 32, 48, 64, 80, 96, 112);
-    // SAFETY: every gather reads buf[l·16 + j] < 128; every store writes eight f64 into `p.ss`
-    // or one row of `p.pre`.
+    // SAFETY: every store writes eight f64 into `p.ss` or one row of `p.pre`; the CPU has
+    // AVX-512F (this function's own requirement).
     unsafe {
-        let col: [__m256; SUB] =
-            std::array::from_fn(|j| _mm256_i32gather_ps::<4>(buf.as_ptr().add(j), idx));
+        let col = columns_avx512(buf);
         let mut e = col;
         let mut width = SUB / 2;
         while width > 0 {
@@ -550,18 +590,21 @@ fn walk_short(
     // Lane l places the targets in [lo[l], hi[l]); an empty interval where it places none.
     let mut lo = [f64::INFINITY; GROUP];
     let mut hi = [f64::NEG_INFINITY; GROUP];
+    // Every sum here is finite (the caller checked the total), so plain comparisons do.
+    let min = |a: f64, b: f64| if b < a { b } else { a };
+    let max = |a: f64, b: f64| if b > a { b } else { a };
     let mut bound = f64::NEG_INFINITY;
     for l in 0..subs {
         let b = l / SUBS;
         if b > 0 && l % SUBS == 0 {
-            bound = bound.max(ends[b - 1]);
+            bound = max(bound, ends[b - 1]);
         }
         let (c, ss, cc) = (p.start[l], p.ss[l], p.pre[SUB - 1][l]);
         if ss > 0.0 && bsum[b] > 0.0 {
             lo[l] = bound;
-            hi[l] = (c + ss).min(cc).min(ends[b]);
+            hi[l] = min(min(c + ss, cc), ends[b]);
         }
-        bound = bound.max(c + ss).max(cc);
+        bound = max(max(bound, c + ss), cc);
     }
     #[cfg(target_arch = "x86_64")]
     if simd {
@@ -1007,7 +1050,9 @@ impl RowCtx<'_> {
             }
         }
 
-        math::combine_rows(&exact_part, h.v, dv, out);
+        if !exact_part.is_empty() {
+            math::combine_rows(&exact_part, h.v, dv, out);
+        }
         math::combine_rows(&sampled, h.v, dv, out);
         if let Some(cv) = cv {
             // out += (Σ p_j z_j − Σ ŵ_j z_j) Uᵀ
