@@ -95,6 +95,8 @@ struct OpConfig {
     mask: Option<Vec<u8>>,
     dims: Dims,
     record: bool,
+    /// Diagnostics were asked for: records carry the variance estimate too.
+    diagnostics: bool,
 }
 
 #[derive(Default)]
@@ -301,7 +303,14 @@ impl AttentionOp {
             let f = cpu::lsh::forward(&p, lsh, cfg.seed, cfg.batch_offset, cfg.record);
             (f.out, f.lse, f.rows)
         } else {
-            let f = mc::forward_at(&p, &cfg.spec, cfg.seed, cfg.batch_offset, cfg.record);
+            let f = mc::forward_at(
+                &p,
+                &cfg.spec,
+                cfg.seed,
+                cfg.batch_offset,
+                cfg.record,
+                cfg.diagnostics,
+            );
             (f.out, f.lse, f.rows)
         };
         let mut st = self.state()?;
@@ -433,6 +442,7 @@ fn run(
         mask,
         dims,
         record,
+        diagnostics,
     });
     let state = Arc::new(Mutex::new(OpState::default()));
     let prep = |t: &Tensor| -> Result<Tensor> { Ok(t.to_dtype(DType::F32)?.contiguous()?) };

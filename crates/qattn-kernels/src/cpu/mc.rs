@@ -236,6 +236,8 @@ struct RowCtx<'a> {
     /// Added to the batch index of the Philox streams (see [`forward_at`]).
     batch_offset: usize,
     cv: Option<&'a CvContext>,
+    /// Whether records carry the estimated variance (see [`forward_at`]).
+    variance: bool,
 }
 
 /// The usable shots of one row's sampled part.
@@ -1094,7 +1096,7 @@ impl RowCtx<'_> {
             } else {
                 1.0
             };
-            let variance = if mitigated {
+            let variance = if mitigated || !self.variance {
                 f32::NAN
             } else if nk == 0 {
                 if shots.is_none() { 0.0 } else { f32::NAN }
@@ -1212,18 +1214,22 @@ thread_local! {
 /// Sampling forward pass over all heads (the CUDA emulation tests compare against it).
 #[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 pub(crate) fn forward(p: &Problem<'_>, spec: &EstimatorSpec, seed: u64, record: bool) -> McForward {
-    forward_at(p, spec, seed, 0, record)
+    forward_at(p, spec, seed, 0, record, record)
 }
 
 /// [`forward`] for a batch that is rows `batch_offset..batch_offset + B` of a larger logical
 /// batch: row b draws from the streams of batch index `batch_offset + b`, so a batch split
-/// across processes draws exactly what the whole batch draws in one call.
+/// across processes draws exactly what the whole batch draws in one call. `record` keeps each
+/// query's record (the sampled backward replays it); `diagnostics` also estimates each
+/// query's variance, which only diagnostics report (records kept for the backward alone carry
+/// NaN there).
 pub(crate) fn forward_at(
     p: &Problem<'_>,
     spec: &EstimatorSpec,
     seed: u64,
     batch_offset: usize,
     record: bool,
+    diagnostics: bool,
 ) -> McForward {
     let (lq, lk, d, dv) = (p.lq, p.lk, p.d, p.dv);
     let heads = p.heads();
@@ -1256,6 +1262,7 @@ pub(crate) fn forward_at(
                 seed,
                 batch_offset,
                 cv: cv.as_ref(),
+                variance: diagnostics,
             };
             let task =
                 |blk: usize, o: &mut [f32], l: &mut [f32], mut r: Option<&mut [RowRecord]>| {
