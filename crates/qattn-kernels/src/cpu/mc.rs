@@ -1361,105 +1361,170 @@ pub(crate) fn backward_sampled(
         .zip(dvv.par_chunks_mut((lk * dv).max(1)))
         .enumerate()
         .for_each(|(bh, ((dq_h, dk_h), dv_h))| {
-            let h = p.head(bh);
-            let cv = match spec.estimator {
-                Estimator::ControlVariate { rank, .. } => Some(CvContext::new(&h, rank)),
-                _ => None,
+            let args = BackwardInputs {
+                p,
+                spec,
+                out,
+                lse,
+                rows,
+                dout,
             };
-            let mut acc_z = cv.as_ref().map(|c| vec![0.0f32; lk * c.rank]);
-            let mut logits = vec![0.0f32; lk];
-            for i in 0..lq {
-                let rec = &rows[bh * lq + i];
-                let g = &dout[(bh * lq + i) * dv..(bh * lq + i + 1) * dv];
-                let o = &out[(bh * lq + i) * dv..(bh * lq + i + 1) * dv];
-                let q_i = &h.q[i * d..(i + 1) * d];
-                let mut dq_i = vec![0.0f32; d];
-                let push = |j: usize, dl: f32, dk_h: &mut [f32], dq_i: &mut [f32]| {
-                    let ds = dl * h.scale;
-                    if ds != 0.0 {
-                        math::axpy(ds, &h.k[j * d..(j + 1) * d], dq_i);
-                        math::axpy(ds, q_i, &mut dk_h[j * d..(j + 1) * d]);
-                    }
-                };
-                match &cv {
-                    None => {
-                        let b = math::dot(g, o);
-                        for (&(j, c), is_sampled) in rec
-                            .exact
-                            .iter()
-                            .map(|e| (e, false))
-                            .chain(rec.sampled.iter().map(|e| (e, true)))
-                        {
-                            let j = j as usize;
-                            let vj = &h.v[j * dv..(j + 1) * dv];
-                            let a = math::dot(g, vj);
-                            let coef = if is_sampled { c * rec.kappa } else { c };
-                            push(j, coef * (a - b), dk_h, &mut dq_i);
-                            math::axpy(c, g, &mut dv_h[j * dv..(j + 1) * dv]);
-                        }
-                    }
-                    Some(cv) => {
-                        let lse_i = lse[bh * lq + i];
-                        let gu = cv.project(g);
-                        let gmu = math::dot(g, &cv.mu);
-                        let keff = if h.causal { lk.min(i + 1) } else { lk };
-                        // Control part (exact expectation, dense over visible keys).
-                        if lse_i > f32::NEG_INFINITY {
-                            for (j, l) in logits[..keff].iter_mut().enumerate() {
-                                let keep = h.mask.is_none_or(|m| m[j] != 0);
-                                *l = if keep {
-                                    (math::dot(q_i, &h.k[j * d..(j + 1) * d]) * h.scale - lse_i)
-                                        .exp()
-                                } else {
-                                    0.0
-                                };
-                            }
-                            let mut zbar = vec![0.0f32; cv.rank];
-                            for (j, &pj) in logits[..keff].iter().enumerate() {
-                                math::axpy(pj, cv.zrow(j), &mut zbar);
-                            }
-                            let gz_bar = math::dot(&gu, &zbar);
-                            let acc = acc_z.as_mut().expect("cv accumulator");
-                            for j in 0..keff {
-                                let pj = logits[j];
-                                if pj > 0.0 {
-                                    let dl = pj * (math::dot(&gu, cv.zrow(j)) - gz_bar);
-                                    push(j, dl, dk_h, &mut dq_i);
-                                    math::axpy(pj, &gu, &mut acc[j * cv.rank..(j + 1) * cv.rank]);
-                                }
-                            }
-                        }
-                        // Residual part (sampled).
-                        let gr = |j: usize| {
-                            math::dot(g, &h.v[j * dv..(j + 1) * dv])
-                                - gmu
-                                - math::dot(&gu, cv.zrow(j))
-                        };
-                        let gr_hat: f32 =
-                            rec.sampled.iter().map(|&(j, c)| c * gr(j as usize)).sum();
-                        let mut g_perp = g.to_vec();
-                        let gu64: Vec<f64> = gu.iter().map(|&x| -f64::from(x)).collect();
-                        cv.add_lift(&gu64, &mut g_perp);
-                        for &(j, c) in &rec.sampled {
-                            let j = j as usize;
-                            push(j, rec.kappa * c * (gr(j) - gr_hat), dk_h, &mut dq_i);
-                            math::axpy(c, &g_perp, &mut dv_h[j * dv..(j + 1) * dv]);
-                        }
-                    }
-                }
-                dq_h[i * d..(i + 1) * d].copy_from_slice(&dq_i);
-            }
-            if let (Some(cv), Some(acc)) = (&cv, &acc_z) {
-                for j in 0..lk {
-                    let y: Vec<f64> = acc[j * cv.rank..(j + 1) * cv.rank]
-                        .iter()
-                        .map(|&x| f64::from(x))
-                        .collect();
-                    cv.add_lift(&y, &mut dv_h[j * dv..(j + 1) * dv]);
-                }
-            }
+            backward_head(&args, bh, dq_h, dk_h, dv_h);
         });
     (dq, dk, dvv)
+}
+
+/// What every head's sampled backward reads.
+struct BackwardInputs<'a> {
+    p: &'a Problem<'a>,
+    spec: &'a EstimatorSpec,
+    out: &'a [f32],
+    lse: &'a [f32],
+    rows: &'a [RowRecord],
+    dout: &'a [f32],
+}
+
+/// One head of [`backward_sampled`], compiled for AVX-512F where the CPU has it (its many
+/// short dot products and axpys then inline instead of dispatching one by one).
+fn backward_head(
+    a: &BackwardInputs<'_>,
+    bh: usize,
+    dq_h: &mut [f32],
+    dk_h: &mut [f32],
+    dv_h: &mut [f32],
+) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx512f,avx2,fma")]
+        unsafe fn avx512(
+            a: &BackwardInputs<'_>,
+            bh: usize,
+            dq_h: &mut [f32],
+            dk_h: &mut [f32],
+            dv_h: &mut [f32],
+        ) {
+            backward_head_impl(a, bh, dq_h, dk_h, dv_h)
+        }
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { avx512(a, bh, dq_h, dk_h, dv_h) };
+        }
+    }
+    backward_head_impl(a, bh, dq_h, dk_h, dv_h)
+}
+
+/// [`backward_head`]'s body.
+#[inline(always)]
+fn backward_head_impl(
+    a: &BackwardInputs<'_>,
+    bh: usize,
+    dq_h: &mut [f32],
+    dk_h: &mut [f32],
+    dv_h: &mut [f32],
+) {
+    let BackwardInputs {
+        p,
+        spec,
+        out,
+        lse,
+        rows,
+        dout,
+    } = *a;
+    let (lq, lk, d, dv) = (p.lq, p.lk, p.d, p.dv);
+    let h = p.head(bh);
+    let cv = match spec.estimator {
+        Estimator::ControlVariate { rank, .. } => Some(CvContext::new(&h, rank)),
+        _ => None,
+    };
+    let mut acc_z = cv.as_ref().map(|c| vec![0.0f32; lk * c.rank]);
+    let mut logits = vec![0.0f32; lk];
+    let mut dq_i = vec![0.0f32; d];
+    for i in 0..lq {
+        let rec = &rows[bh * lq + i];
+        let g = &dout[(bh * lq + i) * dv..(bh * lq + i + 1) * dv];
+        let o = &out[(bh * lq + i) * dv..(bh * lq + i + 1) * dv];
+        let q_i = &h.q[i * d..(i + 1) * d];
+        dq_i.fill(0.0);
+        let push = |j: usize, dl: f32, dk_h: &mut [f32], dq_i: &mut [f32]| {
+            let ds = dl * h.scale;
+            if ds != 0.0 {
+                math::axpy(ds, &h.k[j * d..(j + 1) * d], dq_i);
+                math::axpy(ds, q_i, &mut dk_h[j * d..(j + 1) * d]);
+            }
+        };
+        match &cv {
+            None => {
+                let b = math::dot(g, o);
+                for (&(j, c), is_sampled) in rec
+                    .exact
+                    .iter()
+                    .map(|e| (e, false))
+                    .chain(rec.sampled.iter().map(|e| (e, true)))
+                {
+                    let j = j as usize;
+                    let vj = &h.v[j * dv..(j + 1) * dv];
+                    let a = math::dot(g, vj);
+                    let coef = if is_sampled { c * rec.kappa } else { c };
+                    push(j, coef * (a - b), dk_h, &mut dq_i);
+                    math::axpy(c, g, &mut dv_h[j * dv..(j + 1) * dv]);
+                }
+            }
+            Some(cv) => {
+                let lse_i = lse[bh * lq + i];
+                let gu = cv.project(g);
+                let gmu = math::dot(g, &cv.mu);
+                let keff = if h.causal { lk.min(i + 1) } else { lk };
+                // Control part (exact expectation, dense over visible keys).
+                if lse_i > f32::NEG_INFINITY {
+                    for (j, l) in logits[..keff].iter_mut().enumerate() {
+                        let keep = h.mask.is_none_or(|m| m[j] != 0);
+                        *l = if keep {
+                            (math::dot(q_i, &h.k[j * d..(j + 1) * d]) * h.scale - lse_i).exp()
+                        } else {
+                            0.0
+                        };
+                    }
+                    let mut zbar = vec![0.0f32; cv.rank];
+                    for (j, &pj) in logits[..keff].iter().enumerate() {
+                        math::axpy(pj, cv.zrow(j), &mut zbar);
+                    }
+                    let gz_bar = math::dot(&gu, &zbar);
+                    let acc = acc_z.as_mut().expect("cv accumulator");
+                    for j in 0..keff {
+                        let pj = logits[j];
+                        if pj > 0.0 {
+                            let dl = pj * (math::dot(&gu, cv.zrow(j)) - gz_bar);
+                            push(j, dl, dk_h, &mut dq_i);
+                            math::axpy(pj, &gu, &mut acc[j * cv.rank..(j + 1) * cv.rank]);
+                        }
+                    }
+                }
+                // Residual part (sampled).
+                let gr = |j: usize| {
+                    math::dot(g, &h.v[j * dv..(j + 1) * dv]) - gmu - math::dot(&gu, cv.zrow(j))
+                };
+                let gr_hat: f32 = rec.sampled.iter().map(|&(j, c)| c * gr(j as usize)).sum();
+                let mut g_perp = g.to_vec();
+                let gu64: Vec<f64> = gu.iter().map(|&x| -f64::from(x)).collect();
+                cv.add_lift(&gu64, &mut g_perp);
+                for &(j, c) in &rec.sampled {
+                    let j = j as usize;
+                    push(j, rec.kappa * c * (gr(j) - gr_hat), dk_h, &mut dq_i);
+                    math::axpy(c, &g_perp, &mut dv_h[j * dv..(j + 1) * dv]);
+                }
+            }
+        }
+        dq_h[i * d..(i + 1) * d].copy_from_slice(&dq_i);
+    }
+    if let (Some(cv), Some(acc)) = (&cv, &acc_z) {
+        for j in 0..lk {
+            let y: Vec<f64> = acc[j * cv.rank..(j + 1) * cv.rank]
+                .iter()
+                .map(|&x| f64::from(x))
+                .collect();
+            cv.add_lift(&y, &mut dv_h[j * dv..(j + 1) * dv]);
+        }
+    }
 }
 
 #[cfg(test)]
