@@ -63,8 +63,9 @@ fn exp_poly(r: f32) -> f32 {
     p * r * r + r + 1.0
 }
 
+/// `xs[i] = exp(xs[i] - shift)`, each new value added to lane `i mod 16` of the returned sums.
 #[inline(always)]
-fn exp_shift_sum_impl(xs: &mut [f32], shift: f32) -> f32 {
+fn exp_shift_lanes(xs: &mut [f32], shift: f32) -> [f32; LANES] {
     let mut acc = [0.0f32; LANES];
     let mut chunks = xs.chunks_exact_mut(LANES);
     for c in &mut chunks {
@@ -79,7 +80,12 @@ fn exp_shift_sum_impl(xs: &mut [f32], shift: f32) -> f32 {
         *x = e;
         acc[l] += e;
     }
-    acc.iter().sum()
+    acc
+}
+
+#[inline(always)]
+fn exp_shift_sum_impl(xs: &mut [f32], shift: f32) -> f32 {
+    exp_shift_lanes(xs, shift).iter().sum()
 }
 
 /// `xs[i] = exp(xs[i] - shift)`, and the sums of the new values over consecutive blocks of
@@ -91,21 +97,7 @@ fn exp_block_sums_impl(xs: &mut [f32], shift: f32, block: usize, sums: &mut Vec<
     sums.clear();
     let mut total = 0.0f64;
     for blk in xs.chunks_mut(block.max(LANES)) {
-        let mut acc = [0.0f32; LANES];
-        let mut chunks = blk.chunks_exact_mut(LANES);
-        for c in &mut chunks {
-            for l in 0..LANES {
-                let e = exp_approx(c[l] - shift);
-                c[l] = e;
-                acc[l] += e;
-            }
-        }
-        for (l, x) in chunks.into_remainder().iter_mut().enumerate() {
-            let e = exp_approx(*x - shift);
-            *x = e;
-            acc[l] += e;
-        }
-        let s = f64::from(acc.iter().sum::<f32>());
+        let s = f64::from(exp_shift_lanes(blk, shift).iter().sum::<f32>());
         sums.push(s);
         total += s;
     }
@@ -178,15 +170,18 @@ fn axpy_impl(alpha: f32, x: &[f32], y: &mut [f32]) {
     }
 }
 
-/// `out += Σ c·v[j]` over `(j, c)` in list order, where `v[j]` is row j of `v` (width `dv`).
-/// Each element sees the same additions in the same order as one [`axpy`] per row, so the
-/// result is bit-identical; the accumulator stays in registers, 16 columns at a time.
+/// [`combine_rows_impl`] on the columns `from..` in blocks of `W` held in registers, as many
+/// whole blocks as fit; returns where they end.
 #[inline(always)]
-fn combine_rows_impl(list: &[(u32, f32)], v: &[f32], dv: usize, out: &mut [f32]) {
-    // Two register blocks per pass over the list: independent chains hide the add latency.
-    const W: usize = 2 * LANES;
-    let wide = dv / W * W;
-    for c0 in (0..wide).step_by(W) {
+fn combine_columns<const W: usize>(
+    list: &[(u32, f32)],
+    v: &[f32],
+    dv: usize,
+    from: usize,
+    out: &mut [f32],
+) -> usize {
+    let end = from + (dv - from) / W * W;
+    for c0 in (from..end).step_by(W) {
         let mut acc = [0.0f32; W];
         acc.copy_from_slice(&out[c0..c0 + W]);
         for &(j, c) in list {
@@ -197,18 +192,18 @@ fn combine_rows_impl(list: &[(u32, f32)], v: &[f32], dv: usize, out: &mut [f32])
         }
         out[c0..c0 + W].copy_from_slice(&acc);
     }
-    let full = dv / LANES * LANES;
-    for c0 in (wide..full).step_by(LANES) {
-        let mut acc = [0.0f32; LANES];
-        acc.copy_from_slice(&out[c0..c0 + LANES]);
-        for &(j, c) in list {
-            let x = &v[j as usize * dv + c0..j as usize * dv + c0 + LANES];
-            for l in 0..LANES {
-                acc[l] += c * x[l];
-            }
-        }
-        out[c0..c0 + LANES].copy_from_slice(&acc);
-    }
+    end
+}
+
+/// `out += Σ c·v[j]` over `(j, c)` in list order, where `v[j]` is row j of `v` (width `dv`).
+/// Each element sees the same additions in the same order as one [`axpy`] per row, so the
+/// result is bit-identical; the accumulator stays in registers, 16 columns at a time.
+#[inline(always)]
+fn combine_rows_impl(list: &[(u32, f32)], v: &[f32], dv: usize, out: &mut [f32]) {
+    // Two register blocks per pass over the list (independent chains hide the add latency),
+    // then one, then the columns left.
+    let wide = combine_columns::<{ 2 * LANES }>(list, v, dv, 0, out);
+    let full = combine_columns::<LANES>(list, v, dv, wide, out);
     if full < dv {
         for &(j, c) in list {
             let x = &v[j as usize * dv + full..(j as usize + 1) * dv];

@@ -535,34 +535,25 @@ fn walk_with(
                         t += 1;
                     }
                     if let Some(last) = last_pos(s0, s1) {
-                        while t < n && targets[t].0 < c + ss {
-                            out[targets[t].1 as usize] = last;
-                            t += 1;
-                        }
+                        assign_below(targets, &mut t, c + ss, last, out);
                     }
                 }
                 i += 1;
             }
             if let Some(last) = last_pos(start, stop).filter(|_| t < n && targets[t].0 < end) {
-                while t < n && targets[t].0 < end {
-                    out[targets[t].1 as usize] = last;
-                    t += 1;
-                }
+                assign_below(targets, &mut t, end, last, out);
             }
         }
         cum = end;
     }
     if t < n {
         let last = last_pos(0, w.len()).unwrap_or(0);
-        while t < n {
-            out[targets[t].1 as usize] = last;
-            t += 1;
+        for &(_, s) in &targets[t..] {
+            out[s as usize] = last;
         }
     }
 }
 
-/// The walk as first written, one running-sum chain per visited sub-block: [`walk`] must
-/// draw exactly what it draws.
 /// [`walk`] for a row of one group (at most 128 keys) when every target can be placed on its
 /// own; returns false, having written nothing that counts, when one cannot.
 ///
@@ -726,30 +717,32 @@ fn walk_scalar(w: &[f32], bsum: &[f64], targets: &[(f64, u32)], out: &mut [u32])
                         t += 1;
                     }
                     if let Some(last) = last_pos(s0, s1) {
-                        while t < n && targets[t].0 < c + ss {
-                            out[targets[t].1 as usize] = last;
-                            t += 1;
-                        }
+                        assign_below(targets, &mut t, c + ss, last, out);
                     }
                 }
                 c += ss;
                 s0 = s1;
             }
             if let Some(last) = last_pos(start, stop).filter(|_| t < n && targets[t].0 < end) {
-                while t < n && targets[t].0 < end {
-                    out[targets[t].1 as usize] = last;
-                    t += 1;
-                }
+                assign_below(targets, &mut t, end, last, out);
             }
         }
         cum = end;
     }
     if t < n {
         let last = last_pos(0, w.len()).unwrap_or(0);
-        while t < n {
-            out[targets[t].1 as usize] = last;
-            t += 1;
+        for &(_, s) in &targets[t..] {
+            out[s as usize] = last;
         }
+    }
+}
+
+/// `out[s] = key` for the targets `(x, s)` from `*t` on while `x < bound`, advancing `*t`.
+#[inline(always)]
+fn assign_below(targets: &[(f64, u32)], t: &mut usize, bound: f64, key: u32, out: &mut [u32]) {
+    while *t < targets.len() && targets[*t].0 < bound {
+        out[targets[*t].1 as usize] = key;
+        *t += 1;
     }
 }
 
