@@ -6,7 +6,8 @@
 //! The `bench_forward` example of qattn-model and `benchmarks/baselines/hf_bert.py` measure;
 //! [`side_by_side`](super::side_by_side) runs them (one process per configuration, PyTorch and
 //! our exact run interleaved and mirrored, on a quiet machine, disturbed rows rerun or
-//! flagged) and this module adds issue 3's targets and writes
+//! flagged) and this module adds issue 3's targets (exact against PyTorch) and issue 14's
+//! (`stratified:32` against exact, measured right next to exact in both runs) and writes
 //! `benchmarks/results/model.{json,md}` atomically.
 
 use std::path::Path;
@@ -15,12 +16,18 @@ use anyhow::Result;
 
 use super::Target;
 use super::side_by_side::{
-    self, EAGER, EXACT, Options, Page, Report, Row, Schema, Shape, Suite, exact_vs_pytorch,
-    first_run, mirrored_plan, workload_shape,
+    self, EAGER, EXACT, Options, Page, Report, Row, Run, SDPA, Schema, Shape, Suite,
+    compare_target, exact_vs_pytorch, first_run, workload_shape,
 };
 
 /// Measurements per query of the Monte-Carlo rows.
 const SHOTS: [u64; 2] = [8, 32];
+
+/// The estimator issue 14 compares with exact attention, measured next to it in both runs.
+const PAIRED: &str = "stratified:32";
+
+/// Issue 14: [`PAIRED`]'s throughput at least this fraction of exact's.
+const PAIRED_MIN: f64 = 0.9;
 
 /// The names of `bench_forward`'s JSON and of the page.
 pub(crate) const SCHEMA: Schema = Schema {
@@ -51,6 +58,24 @@ fn mc_specs() -> Vec<String> {
     specs
 }
 
+/// PyTorch eager, exact, [`PAIRED`], PyTorch sdpa, the other estimators, then the first four
+/// mirrored (run 2): every ratio a target reads compares rows measured next to each other, in
+/// two runs, so the machine's drift over the minutes between them does not enter it.
+fn plan() -> Vec<Run> {
+    let mut runs: Vec<Run> = [EAGER, EXACT, PAIRED, SDPA]
+        .iter()
+        .map(|c| Run::new(c, 1))
+        .collect();
+    runs.extend(
+        mc_specs()
+            .iter()
+            .filter(|c| c.as_str() != PAIRED)
+            .map(|c| Run::new(c, 1)),
+    );
+    runs.extend([SDPA, PAIRED, EXACT, EAGER].iter().map(|c| Run::new(c, 2)));
+    runs
+}
+
 fn suite() -> Suite {
     Suite {
         name: "model",
@@ -58,7 +83,7 @@ fn suite() -> Suite {
         script: "benchmarks/baselines/hf_bert.py",
         schema: SCHEMA,
         full: 10,
-        plan: mirrored_plan(&mc_specs()),
+        plan: plan(),
         qattn_args: |_| Vec::new(),
         targets: evaluate_targets,
         markdown,
@@ -67,10 +92,23 @@ fn suite() -> Suite {
 }
 
 /// Issue 3: qattn with exact attention at least as fast as PyTorch, eager and SDPA, in every
-/// run (exact and PyTorch of the same run compared). A target whose rows were measured while
+/// run (exact and PyTorch of the same run compared). Issue 14: [`PAIRED`] at least
+/// [`PAIRED_MIN`] of exact's throughput in every run. A target whose rows were measured while
 /// other processes were busy is unreliable.
 fn evaluate_targets(rows: &[Row], shape: Shape) -> Vec<Target> {
-    exact_vs_pytorch(rows, "sequences/s", shape)
+    let mut targets = exact_vs_pytorch(rows, "sequences/s", shape);
+    targets.push(compare_target(
+        rows,
+        PAIRED,
+        EXACT,
+        format!(
+            "qattn {PAIRED} ≥ {PAIRED_MIN}× qattn exact (sequences/s, batch {}, length {})",
+            shape.batch, shape.seq
+        ),
+        "× qattn exact",
+        PAIRED_MIN,
+    ));
+    targets
 }
 
 pub(crate) fn model(root: &Path, opts: &Options) -> Result<()> {
@@ -90,11 +128,12 @@ fn markdown(r: &Report) -> String {
         r.statistic
     ));
     workload.push_str(
-        "- Order: PyTorch eager, qattn exact, PyTorch sdpa, the estimators, then PyTorch sdpa, \
-         qattn exact and PyTorch eager again (run 2), so the rows the target compares are close \
-         in time and their two runs show how much the machine drifted; ratios compare rows of \
-         the same run (the estimators: run 1), and a target is met only when it is met in both \
-         runs\n",
+        "- Order: PyTorch eager, qattn exact, qattn stratified:32, PyTorch sdpa, the other \
+         estimators, then PyTorch sdpa, qattn stratified:32, qattn exact and PyTorch eager again \
+         (run 2), so the rows each target compares are next to each other in time and their two \
+         runs show how much the machine drifted; ratios compare rows of the same run (the other \
+         estimators: run 1, against exact measured minutes earlier), and a target is met only \
+         when it is met in both runs\n",
     );
     let mean = |config: &str| first_run(r, config).and_then(|row| row.check.value);
     let check = match (mean(EXACT), mean(EAGER)) {
@@ -108,7 +147,7 @@ fn markdown(r: &Report) -> String {
         r,
         &Page {
             title: "qattn-model forward benchmark",
-            targets_heading: "Targets (issue 3)",
+            targets_heading: "Targets (issues 3 and 14)",
             schema: &SCHEMA,
             pytorch: "`AutoModel`, f32, eval, `inference_mode`",
             example: suite().example,
@@ -135,16 +174,19 @@ mod tests {
     fn configurations() {
         let p = suite().plan;
         let labels: Vec<String> = p.iter().map(Run::label).collect();
-        assert_eq!(labels[..3], [EAGER, EXACT, SDPA]);
+        assert_eq!(labels[..4], [EAGER, EXACT, PAIRED, SDPA]);
         assert_eq!(
-            labels[labels.len() - 3..],
+            labels[labels.len() - 4..],
             [
                 "pytorch-sdpa (run 2)",
+                "stratified:32 (run 2)",
                 "exact (run 2)",
                 "pytorch-eager (run 2)"
             ]
         );
-        assert_eq!(p.len(), 16);
+        // Every estimator once in run 1, the paired one once more in run 2.
+        assert_eq!(p.len(), 4 + (mc_specs().len() - 1) + 4);
+        assert_eq!(labels.iter().filter(|l| l.as_str() == PAIRED).count(), 1);
         for spec in [
             "adaptive:2:8",
             "adaptive:8:32",
@@ -181,7 +223,8 @@ mod tests {
 
         let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         let status: Vec<Status> = targets.iter().map(|t| t.status).collect();
-        assert_eq!(status, [Status::Met, Status::Met]);
+        // No stratified:32 row: issue 14's target has no data.
+        assert_eq!(status, [Status::Met, Status::Met, Status::NoData]);
         assert_eq!(targets[0].observed, "2.00× PyTorch eager (run 1)");
 
         let md = markdown(&report(&SCHEMA, rows, targets));
@@ -228,7 +271,7 @@ mod tests {
         let rows = rows(&first(&[(EAGER, m(1.0)), (EXACT, m(0.9)), (SDPA, m(0.6))]));
         let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         let status: Vec<Status> = targets.iter().map(|t| t.status).collect();
-        assert_eq!(status, [Status::Met, Status::NotMet]);
+        assert_eq!(status, [Status::Met, Status::NotMet, Status::NoData]);
         assert_eq!(targets[1].observed, "0.67× PyTorch sdpa (run 1)");
         let md = markdown(&report(&SCHEMA, rows, targets));
         assert!(md.contains("| not met |"), "{md}");
@@ -238,6 +281,36 @@ mod tests {
         let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         assert!(targets.iter().all(|t| t.status == Status::NoData));
         assert_eq!(rows[0].ratio_vs_torch_sdpa, None);
+    }
+
+    /// Issue 14's target: stratified:32 at ≥ 0.9× exact of the same run, in both runs.
+    #[test]
+    fn paired_estimator_against_exact_in_both_runs() {
+        let pair = |run2_paired: f64| {
+            let mut measured = first(&[(EXACT, m(0.50)), (PAIRED, m(0.55)), (SDPA, m(0.6))]);
+            measured.push((Run::new(PAIRED, 2), m(run2_paired)));
+            measured.push((Run::new(EXACT, 2), m(0.50)));
+            let targets = evaluate_targets(&rows(&measured), DEFAULT_SHAPE);
+            targets.into_iter().last().unwrap()
+        };
+        // 0.50 / 0.55 = 0.91 and 0.50 / 0.54 = 0.93: met.
+        let met = pair(0.54);
+        assert_eq!(met.status, Status::Met, "{met:?}");
+        assert!(
+            met.target.contains("stratified:32 ≥ 0.9× qattn exact"),
+            "{met:?}"
+        );
+        assert_eq!(
+            met.observed,
+            "0.91× qattn exact (run 1), 0.93× qattn exact (run 2)"
+        );
+        // Run 2 at 0.50 / 0.60 = 0.83: not met, whatever run 1 says.
+        let not_met = pair(0.60);
+        assert_eq!(not_met.status, Status::NotMet, "{not_met:?}");
+        assert_eq!(
+            not_met.observed,
+            "0.91× qattn exact (run 1), 0.83× qattn exact (run 2)"
+        );
     }
 
     #[test]
@@ -272,7 +345,7 @@ mod tests {
         assert_eq!(exact2.ratio_vs_exact, Some(1.0));
         let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         let status: Vec<Status> = targets.iter().map(|t| t.status).collect();
-        assert_eq!(status, [Status::Met, Status::NotMet]);
+        assert_eq!(status, [Status::Met, Status::NotMet, Status::NoData]);
         assert_eq!(
             targets[1].observed,
             "1.25× PyTorch sdpa (run 1), 0.80× PyTorch sdpa (run 2)"
@@ -295,7 +368,7 @@ mod tests {
         ]));
         let targets = evaluate_targets(&rows, DEFAULT_SHAPE);
         let status: Vec<Status> = targets.iter().map(|t| t.status).collect();
-        assert_eq!(status, [Status::NotMet, Status::Unreliable]);
+        assert_eq!(status, [Status::NotMet, Status::Unreliable, Status::NoData]);
         assert!(targets[1].observed.contains("0.90 cores"), "{targets:?}");
         let md = markdown(&report(&SCHEMA, rows, targets));
         assert!(md.contains("| unreliable (machine busy) |"), "{md}");
