@@ -493,11 +493,12 @@ fn walk_with(
     let mut t = 0;
     let mut cum = 0.0f64;
     let last_pos = |lo: usize, hi: usize| (lo..hi).rev().find(|&j| w[j] > 0.0).map(|j| j as u32);
+    // The buffer is reused from row to row: nothing in it is valid yet. A short row that
+    // falls back keeps the group 0 `walk_short` filled (the same fill the loop below makes).
+    p.group = usize::MAX;
     if w.len() <= GROUP_KEYS && walk_short(w, bsum, targets, out, p, simd) {
         return;
     }
-    // The buffer is reused from row to row: nothing in it is valid yet.
-    p.group = usize::MAX;
     // Where the current group's first block starts on the CDF.
     let mut group_cum = 0.0f64;
     for (b, &bs) in bsum.iter().enumerate() {
@@ -540,7 +541,10 @@ fn walk_with(
                 }
                 i += 1;
             }
-            if let Some(last) = last_pos(start, stop).filter(|_| t < n && targets[t].0 < end) {
+            if t < n
+                && targets[t].0 < end
+                && let Some(last) = last_pos(start, stop)
+            {
                 assign_below(targets, &mut t, end, last, out);
             }
         }
