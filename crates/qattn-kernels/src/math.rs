@@ -27,6 +27,22 @@ pub(crate) fn exp_approx(x: f32) -> f32 {
     if x < -87.0 { 0.0 } else { res }
 }
 
+/// [`exp_approx`] with fused multiply-adds in the range reduction and the polynomial: about
+/// half the instructions, the same accuracy, rounded differently. For kernels with no
+/// cross-device identity to keep (exact attention's softmax); the samplers and the GPU
+/// kernels use [`exp_approx`].
+#[inline(always)]
+pub(crate) fn exp_fused(x: f32) -> f32 {
+    let xc = x.clamp(-87.0, 88.0);
+    let t = xc.mul_add(LOG2E, MAGIC);
+    let n = t - MAGIC;
+    let r = n.mul_add(-LN2_LO, n.mul_add(-LN2_HI, xc));
+    let ni = (t.to_bits() as i32).wrapping_sub(0x4B40_0000);
+    let scale = f32::from_bits(((ni + 127) as u32) << 23);
+    let res = exp_poly_fused(r) * scale;
+    if x < -87.0 { 0.0 } else { res }
+}
+
 /// exp(hi + lo) for a sum that f32 cannot hold exactly (`lo` small against `hi`, both
 /// finite), as `(y, a, b)` with exp(hi + lo) = y·a·b: `lo` joins the reduced argument after the
 /// exact step `hi − n·ln2_hi`, so the value has the accuracy of [`exp_approx`] on the exact sum.
@@ -639,6 +655,19 @@ mod tests {
             x += 0.0137;
         }
         assert!(worst < 5e-7, "relative error {worst}");
+        let mut worst = 0.0f64;
+        let mut x = -87.0f32;
+        while x < 88.0 {
+            let got = f64::from(exp_fused(x));
+            let want = f64::from(x).exp();
+            worst = worst.max(((got - want) / want).abs());
+            x += 0.0137;
+        }
+        assert!(worst < 5e-7, "fused: relative error {worst}");
+        assert_eq!(exp_fused(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_fused(-100.0), 0.0);
+        assert_eq!(exp_fused(0.0), 1.0);
+        assert!(exp_fused(f32::NAN).is_nan());
         assert_eq!(exp_approx(f32::NEG_INFINITY), 0.0);
         assert_eq!(exp_approx(-100.0), 0.0);
         assert_eq!(exp_approx(0.0), 1.0);

@@ -3,30 +3,14 @@
 //! log-sum-exp one tile at a time.
 
 use super::HeadInput;
-use super::gemm::{Mat, matmul};
+use super::gemm::Mat;
+use super::tile::{Init, tile_matmul};
 use crate::math;
 
 /// Query rows per task.
 pub(crate) const BQ: usize = 64;
 /// Keys per tile.
-pub(crate) const BK: usize = 256;
-
-/// Masks one tile row in place: masked keys and keys beyond the causal limit become -inf.
-#[inline]
-pub(crate) fn mask_row(h: &HeadInput<'_>, row: &mut [f32], qi: usize, j0: usize) {
-    if let Some(mask) = h.mask {
-        let n = row.len();
-        for (x, &keep) in row.iter_mut().zip(&mask[j0..j0 + n]) {
-            if keep == 0 {
-                *x = f32::NEG_INFINITY;
-            }
-        }
-    }
-    if h.causal && j0 + row.len() > qi + 1 {
-        let start = (qi + 1).saturating_sub(j0);
-        row[start..].fill(f32::NEG_INFINITY);
-    }
-}
+pub(crate) const BK: usize = 128;
 
 /// The number of keys a query block [i0, i1) can see.
 #[inline]
@@ -34,52 +18,148 @@ pub(crate) fn key_limit(h: &HeadInput<'_>, i1: usize) -> usize {
     if h.causal { h.lk.min(i1) } else { h.lk }
 }
 
+/// Masks a transposed score tile in place: row j of `s` (stride [`BQ`]) holds key `j0 + j`
+/// against the `bq` queries from `i0`; masked keys and keys past a query's causal limit become
+/// -inf.
+fn mask_tile(h: &HeadInput<'_>, s: &mut [f32], bq: usize, bk: usize, i0: usize, j0: usize) {
+    if h.mask.is_none() && !h.causal {
+        return;
+    }
+    for j in 0..bk {
+        let row = &mut s[j * BQ..j * BQ + bq];
+        if h.mask.is_some_and(|m| m[j0 + j] == 0) {
+            row.fill(f32::NEG_INFINITY);
+        } else if h.causal {
+            // Query i0 + r sees key j0 + j when j0 + j <= i0 + r.
+            let hidden = (j0 + j).saturating_sub(i0).min(bq);
+            row[..hidden].fill(f32::NEG_INFINITY);
+        }
+    }
+}
+
+/// `dst[c·BQ + r] = mul · src[r·width + c]` for `r < rows`, `c < width`: a row block
+/// transposed into the layout [`tile_matmul`] reads as its right operand.
+fn transpose_block(src: &[f32], rows: usize, width: usize, mul: f32, dst: &mut [f32]) {
+    if width == 0 {
+        return;
+    }
+    for (r, row) in src.chunks_exact(width).take(rows).enumerate() {
+        for (c, &x) in row.iter().enumerate() {
+            dst[c * BQ + r] = mul * x;
+        }
+    }
+}
+
+/// A transposed tile (`rows` keys × `cols` queries at stride [`BQ`]) read as its transpose.
+fn queries_by_keys(s: &[f32], cols: usize, rows: usize) -> Mat<'_> {
+    Mat {
+        data: s,
+        rows: cols,
+        cols: rows,
+        rs: 1,
+        cs: BQ,
+    }
+}
+
+/// Compiles `$body` (an `_impl` function) for AVX-512F and AVX2+FMA and picks one at run time:
+/// the column loops of the tiles then vectorise at the CPU's width.
+macro_rules! simd_dispatch {
+    ($name:ident => $imp:ident ($($arg:ident : $ty:ty),*)) => {
+        pub(crate) fn $name($($arg: $ty),*) {
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx2,fma")]
+                unsafe fn avx512($($arg: $ty),*) { $imp($($arg),*) }
+                #[target_feature(enable = "avx2,fma")]
+                unsafe fn avx2($($arg: $ty),*) { $imp($($arg),*) }
+                if std::is_x86_feature_detected!("avx512f") {
+                    // SAFETY: the CPU supports the features the function was compiled for.
+                    return unsafe { avx512($($arg),*) };
+                }
+                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                    // SAFETY: as above.
+                    return unsafe { avx2($($arg),*) };
+                }
+            }
+            $imp($($arg),*)
+        }
+    };
+}
+
+simd_dispatch!(forward_block => forward_block_impl(
+    h: &HeadInput<'_>, i0: usize, out: &mut [f32], lse: &mut [f32]));
+
 /// Forward for query rows [i0, i0 + out.len()/dv): writes the normalised output and the
 /// log-sum-exp (natural log, including the scale; -inf for a row with no visible key).
-pub(crate) fn forward_block(h: &HeadInput<'_>, i0: usize, out: &mut [f32], lse: &mut [f32]) {
+///
+/// Scores are computed transposed, keys × queries (`Sᵀ = K · (scale·Q)ᵀ`), so that the
+/// softmax statistics of the block's queries are vector lanes, and both products read their
+/// right operand as stored: the block's queries transposed once, then the values.
+#[inline(always)]
+fn forward_block_impl(h: &HeadInput<'_>, i0: usize, out: &mut [f32], lse: &mut [f32]) {
     let (d, dv) = (h.d, h.dv);
     let bq = lse.len();
     let i1 = i0 + bq;
-    let mut s = vec![0.0f32; bq * BK];
-    let mut m = vec![f32::NEG_INFINITY; bq];
-    let mut l = vec![0.0f32; bq];
+    let mut qt = vec![0.0f32; d * BQ];
+    transpose_block(&h.q[i0 * d..i1 * d], bq, d, h.scale, &mut qt);
+    let mut s = vec![0.0f32; BK * BQ];
+    let mut m = [f32::NEG_INFINITY; BQ];
+    let mut l = [0.0f32; BQ];
     out.fill(0.0);
     let kend = key_limit(h, i1);
-    let q_blk = Mat::rows(&h.q[i0 * d..i1 * d], bq, d, d);
     let mut j0 = 0;
     while j0 < kend {
         let bk = BK.min(kend - j0);
-        let k_tile = Mat::rows(&h.k[j0 * d..(j0 + bk) * d], bk, d, d);
-        matmul(&mut s[..bq * bk], bk, false, q_blk, k_tile.t(), h.scale);
-        for r in 0..bq {
-            let row = &mut s[r * bk..(r + 1) * bk];
-            mask_row(h, row, i0 + r, j0);
-            let m_new = m[r].max(math::max(row));
-            if m_new == f32::NEG_INFINITY {
-                row.fill(0.0);
-                continue;
+        let s = &mut s[..bk * BQ];
+        tile_matmul(
+            s,
+            BQ,
+            Init::Zero,
+            Mat::rows(&h.k[j0 * d..(j0 + bk) * d], bk, d, d),
+            Mat::rows(&qt, d, bq, BQ),
+            1.0,
+        );
+        mask_tile(h, s, bq, bk, i0, j0);
+        let mut tile_max = [f32::NEG_INFINITY; BQ];
+        for row in s.chunks_exact(BQ) {
+            for (t, &x) in tile_max.iter_mut().zip(row) {
+                *t = t.max(x);
             }
-            let psum = math::exp_shift_sum(row, m_new);
-            let alpha = if m[r] == f32::NEG_INFINITY {
+        }
+        let mut shift = [0.0f32; BQ];
+        let mut alpha = [0.0f32; BQ];
+        for r in 0..BQ {
+            let m_new = m[r].max(tile_max[r]);
+            // A query with no visible key so far keeps weight 0 everywhere (exp(-inf) = 0).
+            shift[r] = if m_new == f32::NEG_INFINITY {
+                0.0
+            } else {
+                m_new
+            };
+            alpha[r] = if m[r] == f32::NEG_INFINITY {
                 0.0
             } else {
                 math::exp_approx(m[r] - m_new)
             };
-            if alpha != 1.0 {
-                for x in &mut out[r * dv..(r + 1) * dv] {
-                    *x *= alpha;
-                }
-            }
-            l[r] = l[r] * alpha + psum;
             m[r] = m_new;
         }
-        let v_tile = Mat::rows(&h.v[j0 * dv..(j0 + bk) * dv], bk, dv, dv);
-        matmul(
+        let mut tile_sum = [0.0f32; BQ];
+        for row in s.chunks_exact_mut(BQ) {
+            for ((x, &sh), t) in row.iter_mut().zip(&shift).zip(tile_sum.iter_mut()) {
+                let e = math::exp_fused(*x - sh);
+                *x = e;
+                *t += e;
+            }
+        }
+        for r in 0..BQ {
+            l[r] = l[r] * alpha[r] + tile_sum[r];
+        }
+        tile_matmul(
             out,
             dv,
-            true,
-            Mat::rows(&s[..bq * bk], bq, bk, bk),
-            v_tile,
+            Init::Scale(&alpha),
+            queries_by_keys(s, bq, bk),
+            Mat::rows(&h.v[j0 * dv..(j0 + bk) * dv], bk, dv, dv),
             1.0,
         );
         j0 += bk;
@@ -99,9 +179,15 @@ pub(crate) fn forward_block(h: &HeadInput<'_>, i0: usize, out: &mut [f32], lse: 
     }
 }
 
+simd_dispatch!(backward_head => backward_head_impl(
+    h: &HeadInput<'_>, out: &[f32], lse: &[f32], dout: &[f32], dq: &mut [f32], dk: &mut [f32],
+    dvv: &mut [f32]));
+
 /// Backward of exact attention for one head. `out` and `lse` come from [`forward_block`];
-/// gradients are written (not accumulated) into `dq`, `dk`, `dv`.
-pub(crate) fn backward_head(
+/// gradients are written (not accumulated) into `dq`, `dk`, `dv`. Tiles are transposed as in
+/// the forward (keys × queries), which makes every product read its right operand as stored.
+#[inline(always)]
+fn backward_head_impl(
     h: &HeadInput<'_>,
     out: &[f32],
     lse: &[f32],
@@ -114,63 +200,78 @@ pub(crate) fn backward_head(
     dq.fill(0.0);
     dk.fill(0.0);
     dvv.fill(0.0);
-    let delta: Vec<f32> = (0..lq)
-        .map(|i| math::dot(&dout[i * dv..(i + 1) * dv], &out[i * dv..(i + 1) * dv]))
-        .collect();
-    let mut p = vec![0.0f32; BQ * BK];
-    let mut dp = vec![0.0f32; BQ * BK];
+    let mut qt = vec![0.0f32; d * BQ];
+    let mut dot = vec![0.0f32; dv * BQ];
+    let mut p = vec![0.0f32; BK * BQ];
+    let mut dp = vec![0.0f32; BK * BQ];
     let mut i0 = 0;
     while i0 < lq {
         let bq = BQ.min(lq - i0);
         let i1 = i0 + bq;
-        let q_blk = Mat::rows(&h.q[i0 * d..i1 * d], bq, d, d);
-        let do_blk = Mat::rows(&dout[i0 * dv..i1 * dv], bq, dv, dv);
+        transpose_block(&h.q[i0 * d..i1 * d], bq, d, h.scale, &mut qt);
+        transpose_block(&dout[i0 * dv..i1 * dv], bq, dv, 1.0, &mut dot);
+        // Columns past the block, and queries that see no key, get weight exp(-inf) = 0.
+        let mut shift = [f32::INFINITY; BQ];
+        let mut delta = [0.0f32; BQ];
+        for r in 0..bq {
+            let i = i0 + r;
+            if lse[i] != f32::NEG_INFINITY {
+                shift[r] = lse[i];
+            }
+            delta[r] = math::dot(&dout[i * dv..(i + 1) * dv], &out[i * dv..(i + 1) * dv]);
+        }
         let kend = key_limit(h, i1);
         let mut j0 = 0;
         while j0 < kend {
             let bk = BK.min(kend - j0);
             let k_tile = Mat::rows(&h.k[j0 * d..(j0 + bk) * d], bk, d, d);
-            let v_tile = Mat::rows(&h.v[j0 * dv..(j0 + bk) * dv], bk, dv, dv);
-            let p = &mut p[..bq * bk];
-            let dp = &mut dp[..bq * bk];
-            matmul(p, bk, false, q_blk, k_tile.t(), h.scale);
-            for r in 0..bq {
-                let row = &mut p[r * bk..(r + 1) * bk];
-                mask_row(h, row, i0 + r, j0);
-                if lse[i0 + r] == f32::NEG_INFINITY {
-                    row.fill(0.0);
-                } else {
-                    math::exp_shift_sum(row, lse[i0 + r]);
+            let p = &mut p[..bk * BQ];
+            let dp = &mut dp[..bk * BQ];
+            tile_matmul(p, BQ, Init::Zero, k_tile, Mat::rows(&qt, d, bq, BQ), 1.0);
+            mask_tile(h, p, bq, bk, i0, j0);
+            for row in p.chunks_exact_mut(BQ) {
+                for (x, &sh) in row.iter_mut().zip(&shift) {
+                    *x = math::exp_fused(*x - sh);
                 }
             }
             // dV_tile += Pᵀ dO
-            matmul(
+            tile_matmul(
                 &mut dvv[j0 * dv..(j0 + bk) * dv],
                 dv,
-                true,
-                Mat::rows(p, bq, bk, bk).t(),
-                do_blk,
+                Init::Add,
+                Mat::rows(p, bk, bq, BQ),
+                Mat::rows(&dout[i0 * dv..i1 * dv], bq, dv, dv),
                 1.0,
             );
-            // dP = dO Vᵀ ; dS = P ∘ (dP − δ)
-            matmul(dp, bk, false, do_blk, v_tile.t(), 1.0);
-            for r in 0..bq {
-                let dl = delta[i0 + r];
-                for (g, &pp) in dp[r * bk..(r + 1) * bk]
-                    .iter_mut()
-                    .zip(&p[r * bk..(r + 1) * bk])
-                {
+            // dPᵀ = V dOᵀ ; dSᵀ = Pᵀ ∘ (dPᵀ − δ)
+            tile_matmul(
+                dp,
+                BQ,
+                Init::Zero,
+                Mat::rows(&h.v[j0 * dv..(j0 + bk) * dv], bk, dv, dv),
+                Mat::rows(&dot, dv, bq, BQ),
+                1.0,
+            );
+            for (g_row, p_row) in dp.chunks_exact_mut(BQ).zip(p.chunks_exact(BQ)) {
+                for ((g, &pp), &dl) in g_row.iter_mut().zip(p_row).zip(&delta) {
                     *g = pp * (*g - dl);
                 }
             }
-            let ds = Mat::rows(dp, bq, bk, bk);
-            matmul(&mut dq[i0 * d..i1 * d], d, true, ds, k_tile, h.scale);
-            matmul(
+            // dQ += scale · dS K ; dK += scale · dSᵀ Q
+            tile_matmul(
+                &mut dq[i0 * d..i1 * d],
+                d,
+                Init::Add,
+                queries_by_keys(dp, bq, bk),
+                k_tile,
+                h.scale,
+            );
+            tile_matmul(
                 &mut dk[j0 * d..(j0 + bk) * d],
                 d,
-                true,
-                ds.t(),
-                q_blk,
+                Init::Add,
+                Mat::rows(dp, bk, bq, BQ),
+                Mat::rows(&h.q[i0 * d..i1 * d], bq, d, d),
                 h.scale,
             );
             j0 += bk;

@@ -33,7 +33,8 @@ impl<'a> Mat<'a> {
         }
     }
 
-    fn check(&self) {
+    /// Panics when the view reaches past its data.
+    pub(crate) fn check(&self) {
         if self.rows > 0 && self.cols > 0 {
             let last = (self.rows - 1) * self.rs + (self.cols - 1) * self.cs;
             assert!(last < self.data.len(), "matrix view out of bounds");

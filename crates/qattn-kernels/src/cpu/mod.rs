@@ -5,6 +5,7 @@ pub(crate) mod exact;
 pub(crate) mod gemm;
 pub(crate) mod lsh;
 pub(crate) mod mc;
+pub(crate) mod tile;
 
 use rayon::prelude::*;
 

@@ -4,7 +4,7 @@ use qattn_kernels::reference::Dims;
 use qattn_kernels::{AttentionOptions, attention};
 
 /// Exact attention vs the naive f64 reference: max |Δ| / max |ref| ≤ 1e-5, across tile
-/// boundaries (64 queries × 256 keys), with masks and causal masking.
+/// boundaries (64 queries × 128 keys), with masks and causal masking.
 #[test]
 fn exact_matches_naive_f64_reference() {
     let dims = Dims {
