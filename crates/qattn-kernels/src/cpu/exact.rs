@@ -4,7 +4,7 @@
 
 use super::HeadInput;
 use super::gemm::Mat;
-use super::tile::{Init, tile_matmul};
+use super::tile::{AlignedBuf, Init, tile_matmul};
 use crate::math;
 
 /// Query rows per task.
@@ -100,9 +100,9 @@ fn forward_block_impl(h: &HeadInput<'_>, i0: usize, out: &mut [f32], lse: &mut [
     let (d, dv) = (h.d, h.dv);
     let bq = lse.len();
     let i1 = i0 + bq;
-    let mut qt = vec![0.0f32; d * BQ];
+    let mut qt = AlignedBuf::zeros(d * BQ);
     transpose_block(&h.q[i0 * d..i1 * d], bq, d, h.scale, &mut qt);
-    let mut s = vec![0.0f32; BK * BQ];
+    let mut s = AlignedBuf::zeros(BK * BQ);
     let mut m = [f32::NEG_INFINITY; BQ];
     let mut l = [0.0f32; BQ];
     out.fill(0.0);
@@ -200,10 +200,10 @@ fn backward_head_impl(
     dq.fill(0.0);
     dk.fill(0.0);
     dvv.fill(0.0);
-    let mut qt = vec![0.0f32; d * BQ];
-    let mut dot = vec![0.0f32; dv * BQ];
-    let mut p = vec![0.0f32; BK * BQ];
-    let mut dp = vec![0.0f32; BK * BQ];
+    let mut qt = AlignedBuf::zeros(d * BQ);
+    let mut dot = AlignedBuf::zeros(dv * BQ);
+    let mut p = AlignedBuf::zeros(BK * BQ);
+    let mut dp = AlignedBuf::zeros(BK * BQ);
     let mut i0 = 0;
     while i0 < lq {
         let bq = BQ.min(lq - i0);

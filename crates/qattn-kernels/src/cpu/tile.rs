@@ -103,6 +103,36 @@ pub(crate) fn tile_matmul_with(
     }
 }
 
+/// A zeroed f32 buffer of `len` values starting on a 64-byte boundary, so that the vector rows
+/// of an operand laid out in it do not straddle cache lines (a split 64-byte load costs two).
+pub(crate) struct AlignedBuf {
+    buf: Vec<f32>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    /// `len` zeros.
+    pub(crate) fn zeros(len: usize) -> Self {
+        let buf = vec![0.0f32; len + 15];
+        let off = buf.as_ptr().align_offset(64).min(15);
+        AlignedBuf { buf, off, len }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use super::{Init, Mat};
@@ -270,6 +300,16 @@ mod tests {
     /// Every init mode, on both paths, against f64: row counts around the register block,
     /// column counts around the vector width and the column block, A transposed or not, B
     /// with a row stride wider than its columns.
+    #[test]
+    fn aligned_buffers_start_on_a_cache_line() {
+        for len in [0, 1, 17, 1000] {
+            let b = AlignedBuf::zeros(len);
+            assert_eq!(b.len(), len);
+            assert!(b.iter().all(|&x| x == 0.0));
+            assert_eq!(b.as_ptr() as usize % 64, 0, "len {len}");
+        }
+    }
+
     #[test]
     fn both_paths_match_f64() {
         for fast in [false, true] {
