@@ -234,6 +234,28 @@ fn validate(
     ))
 }
 
+/// `t` as a contiguous f32 tensor on the CPU (`t` itself when it already is one).
+fn host_f32(t: &Tensor) -> candle_core::Result<Tensor> {
+    let t = if t.device().is_cpu() {
+        t.clone()
+    } else {
+        t.to_device(&candle_core::Device::Cpu)?
+    };
+    t.to_dtype(DType::F32)?.contiguous()
+}
+
+/// The f32 values of a CPU storage under its (contiguous) layout.
+fn cpu_slice<'a>(
+    s: &'a candle_core::Storage,
+    l: &Layout,
+    name: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match s {
+        candle_core::Storage::Cpu(c) => slice(c, l, name),
+        _ => candle_core::bail!("qattn attention: `{name}` must be on the CPU here"),
+    }
+}
+
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
@@ -375,27 +397,38 @@ impl candle_core::CustomOp3 for AttentionOp {
             return Ok(grads);
         }
         let cfg = &self.cfg;
-        let flat = |t: &Tensor| -> candle_core::Result<Vec<f32>> {
-            t.contiguous()?.flatten_all()?.to_vec1::<f32>()
-        };
-        let (qv, kv, vv) = (flat(q)?, flat(k)?, flat(v)?);
-        let dout = flat(&grad_res.to_dtype(DType::F32)?)?;
-        let p = cfg.problem(&qv, &kv, &vv);
+        let dev = q.device().clone();
+        // The operands are read in place (no copies): contiguous f32 CPU tensors, as the op's
+        // inputs and output are; anything else is made so first.
+        let (q, k, v) = (host_f32(q)?, host_f32(k)?, host_f32(v)?);
+        let grad_res = host_f32(&grad_res.to_dtype(DType::F32)?)?;
+        let res = host_f32(res)?;
+        let (qs, ql) = q.storage_and_layout();
+        let (ks, kl) = k.storage_and_layout();
+        let (vs, vl) = v.storage_and_layout();
+        let (gs, gl) = grad_res.storage_and_layout();
+        let (rs, rl) = res.storage_and_layout();
+        let (qv, kv, vv) = (
+            cpu_slice(&qs, ql, "q")?,
+            cpu_slice(&ks, kl, "k")?,
+            cpu_slice(&vs, vl, "v")?,
+        );
+        let dout = cpu_slice(&gs, gl, "grad")?;
+        let out = cpu_slice(&rs, rl, "out")?;
+        let p = cfg.problem(qv, kv, vv);
         let st = self.state()?;
         let (dq, dk, dvv) = if cfg.spec.is_exact() {
-            let out = flat(res)?;
             match &st.lse {
-                Some(lse) => cpu::exact_backward(&p, &out, lse, &dout),
+                Some(lse) => cpu::exact_backward(&p, out, lse, dout),
                 None => {
                     let (o, l) = cpu::exact_forward(&p);
-                    cpu::exact_backward(&p, &o, &l, &dout)
+                    cpu::exact_backward(&p, &o, &l, dout)
                 }
             }
         } else if let (Some(lsh), GradMode::Sampled) = (cfg.lsh(), cfg.grad_mode) {
             // The selection is recomputed from the same Philox streams, not stored.
             let lse = st.lse.as_ref().expect("lse saved by forward");
-            let out = flat(res)?;
-            cpu::lsh::backward_sampled(&p, lsh, cfg.seed, cfg.batch_offset, &out, lse, &dout)
+            cpu::lsh::backward_sampled(&p, lsh, cfg.seed, cfg.batch_offset, out, lse, dout)
         } else if cfg.grad_mode == GradMode::Sampled {
             let rows = st.rows.as_ref().ok_or_else(|| {
                 candle_core::Error::Msg(
@@ -403,18 +436,16 @@ impl candle_core::CustomOp3 for AttentionOp {
                 )
             })?;
             let lse = st.lse.as_ref().expect("lse saved by forward");
-            let out = flat(res)?;
-            mc::backward_sampled(&p, &cfg.spec, &out, lse, rows, &dout)
+            mc::backward_sampled(&p, &cfg.spec, out, lse, rows, dout)
         } else {
             // Straight-through: the gradient of exact attention, recomputed.
             let (o, l) = cpu::exact_forward(&p);
-            cpu::exact_backward(&p, &o, &l, &dout)
+            cpu::exact_backward(&p, &o, &l, dout)
         };
-        let dev = q.device();
         Ok((
-            Some(Tensor::from_vec(dq, q.shape(), dev)?),
-            Some(Tensor::from_vec(dk, k.shape(), dev)?),
-            Some(Tensor::from_vec(dvv, v.shape(), dev)?),
+            Some(Tensor::from_vec(dq, q.shape(), &dev)?),
+            Some(Tensor::from_vec(dk, k.shape(), &dev)?),
+            Some(Tensor::from_vec(dvv, v.shape(), &dev)?),
         ))
     }
 }
