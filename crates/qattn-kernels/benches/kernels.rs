@@ -10,6 +10,12 @@
 //! Throughput is exact-attention FLOPs, 4·B·H·Lq·Lk·D for `fwd` and 3.5× that for `fwdbwd`
 //! (FlashAttention's convention: backward = 2.5× forward), so criterion's elements/s are FLOP/s.
 //!
+//! Freed buffers stay in the process (`qattn_kernels::memory::retain_freed_memory`, as in the
+//! `qattn` commands that train and serve): without it every call's multi-megabyte outputs are
+//! mapped and unmapped again, and on a multi-threaded process each unmap flushes the other
+//! cores' TLBs (the exact forward+backward at Lk = 512, 2 threads: 30.6 and 43.5 ms in two
+//! runs with it off, 14.9 ms with it on).
+//!
 //! `QATTN_BENCH_QUICK=1` shrinks the grid to Lk ∈ {128, 512, 2048} and S ∈ {8, 32}.
 
 use std::hint::black_box;
@@ -123,6 +129,7 @@ fn configure(group: &mut BenchmarkGroup<'_, WallTime>, lk: usize) {
 }
 
 fn fwd(c: &mut Criterion) {
+    qattn_kernels::memory::retain_freed_memory();
     let specs = fwd_specs();
     let mut group = c.benchmark_group("fwd");
     group.sample_size(10);
@@ -145,6 +152,7 @@ fn fwd(c: &mut Criterion) {
 }
 
 fn fwdbwd(c: &mut Criterion) {
+    qattn_kernels::memory::retain_freed_memory();
     let cases = [
         ("exact", GradMode::Exact),
         ("stratified:32", GradMode::Sampled),

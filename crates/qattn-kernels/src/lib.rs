@@ -47,6 +47,7 @@ mod error;
 pub mod fused;
 pub mod heads;
 mod math;
+pub mod memory;
 pub mod noise;
 mod op;
 pub mod packed;

@@ -45,7 +45,9 @@ pub mod error;
 pub mod heads;
 pub mod hub;
 pub mod io;
-pub mod memory;
+/// Keeping freed buffers in the process (defined in `qattn-kernels`, the lowest layer, so its
+/// benchmarks can use it too).
+pub use qattn_kernels::memory;
 pub mod model;
 pub mod params;
 pub mod precision;

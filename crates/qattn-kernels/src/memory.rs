@@ -17,7 +17,7 @@
 //! The process's peak RSS is unchanged; what changes is that memory freed after the peak is
 //! kept for reuse instead of being returned to the system, which suits a training or serving
 //! process and is why the library never does this on its own: the `qattn` commands that train,
-//! serve or encode, and the benchmark examples, call it at start-up.
+//! serve or encode, the benchmark examples and the kernel benchmarks call it at start-up.
 //!
 //! glibc falls back to `mmap` by itself when the heap cannot grow, so this cannot make an
 //! allocation fail that would have succeeded. Other C libraries have no such settings and the
