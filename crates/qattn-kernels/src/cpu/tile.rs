@@ -1,7 +1,7 @@
 //! Small matmuls of attention tiles without packing.
 //!
 //! A general GEMM (the `gemm` crate) copies both operands into its panel layout on every call.
-//! For the products inside an attention tile (64 queries × 256 keys × head width 32–128) that
+//! For the products inside an attention tile (64 queries × 128 keys × head width 32–128) that
 //! copy is a large share of the work: in the exact forward at Lk = 2048 gemm's packing and
 //! dispatch took 16% of the time against 54% in its micro-kernel. Every product attention needs
 //! can instead be written as `C = A · B` with `B` row-major (contiguous along the output
