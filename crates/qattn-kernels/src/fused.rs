@@ -59,8 +59,19 @@ pub(crate) fn with_slice<R>(
 ) -> candle_core::Result<R> {
     let t = t.contiguous()?;
     let (s, l) = t.storage_and_layout();
-    match &*s {
-        Storage::Cpu(cpu) => f(contiguous_f32(cpu, l, op, what)?),
+    f(storage_f32(&s, l, op, what)?)
+}
+
+/// The contiguous f32 data of a CPU storage under its layout (an error naming `op` and `what`
+/// for any other device, dtype or layout).
+pub(crate) fn storage_f32<'a>(
+    s: &'a Storage,
+    l: &Layout,
+    op: &str,
+    what: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match s {
+        Storage::Cpu(cpu) => contiguous_f32(cpu, l, op, what),
         _ => Err(err(format!("{op}: {what} must be on the CPU"))),
     }
 }

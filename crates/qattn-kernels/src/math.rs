@@ -530,6 +530,7 @@ macro_rules! dispatch {
         }
     };
 }
+pub(crate) use dispatch;
 
 dispatch!(
     /// `xs[i] = exp(xs[i] - shift)`; returns the sum of the new values.

@@ -244,18 +244,6 @@ fn host_f32(t: &Tensor) -> candle_core::Result<Tensor> {
     t.to_dtype(DType::F32)?.contiguous()
 }
 
-/// The f32 values of a CPU storage under its (contiguous) layout.
-fn cpu_slice<'a>(
-    s: &'a candle_core::Storage,
-    l: &Layout,
-    name: &str,
-) -> candle_core::Result<&'a [f32]> {
-    match s {
-        candle_core::Storage::Cpu(c) => slice(c, l, name),
-        _ => candle_core::bail!("qattn attention: `{name}` must be on the CPU here"),
-    }
-}
-
 fn slice<'a>(s: &'a CpuStorage, l: &Layout, name: &str) -> candle_core::Result<&'a [f32]> {
     let data = match s {
         CpuStorage::F32(v) => v.as_slice(),
@@ -401,20 +389,21 @@ impl candle_core::CustomOp3 for AttentionOp {
         // The operands are read in place (no copies): contiguous f32 CPU tensors, as the op's
         // inputs and output are; anything else is made so first.
         let (q, k, v) = (host_f32(q)?, host_f32(k)?, host_f32(v)?);
-        let grad_res = host_f32(&grad_res.to_dtype(DType::F32)?)?;
+        let grad_res = host_f32(grad_res)?;
         let res = host_f32(res)?;
         let (qs, ql) = q.storage_and_layout();
         let (ks, kl) = k.storage_and_layout();
         let (vs, vl) = v.storage_and_layout();
         let (gs, gl) = grad_res.storage_and_layout();
         let (rs, rl) = res.storage_and_layout();
+        let data = |s, l, what| crate::fused::storage_f32(s, l, "qattn attention backward", what);
         let (qv, kv, vv) = (
-            cpu_slice(&qs, ql, "q")?,
-            cpu_slice(&ks, kl, "k")?,
-            cpu_slice(&vs, vl, "v")?,
+            data(&qs, ql, "q")?,
+            data(&ks, kl, "k")?,
+            data(&vs, vl, "v")?,
         );
-        let dout = cpu_slice(&gs, gl, "grad")?;
-        let out = cpu_slice(&rs, rl, "out")?;
+        let dout = data(&gs, gl, "the output gradient")?;
+        let out = data(&rs, rl, "the output")?;
         let p = cfg.problem(qv, kv, vv);
         let st = self.state()?;
         let (dq, dk, dvv) = if cfg.spec.is_exact() {

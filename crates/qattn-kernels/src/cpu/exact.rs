@@ -61,33 +61,12 @@ fn queries_by_keys(s: &[f32], cols: usize, rows: usize) -> Mat<'_> {
     }
 }
 
-/// Compiles `$body` (an `_impl` function) for AVX-512F and AVX2+FMA and picks one at run time:
-/// the column loops of the tiles then vectorise at the CPU's width.
-macro_rules! simd_dispatch {
-    ($name:ident => $imp:ident ($($arg:ident : $ty:ty),*)) => {
-        pub(crate) fn $name($($arg: $ty),*) {
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx512f,avx2,fma")]
-                unsafe fn avx512($($arg: $ty),*) { $imp($($arg),*) }
-                #[target_feature(enable = "avx2,fma")]
-                unsafe fn avx2($($arg: $ty),*) { $imp($($arg),*) }
-                if std::is_x86_feature_detected!("avx512f") {
-                    // SAFETY: the CPU supports the features the function was compiled for.
-                    return unsafe { avx512($($arg),*) };
-                }
-                if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-                    // SAFETY: as above.
-                    return unsafe { avx2($($arg),*) };
-                }
-            }
-            $imp($($arg),*)
-        }
-    };
-}
-
-simd_dispatch!(forward_block => forward_block_impl(
-    h: &HeadInput<'_>, i0: usize, out: &mut [f32], lse: &mut [f32]));
+math::dispatch!(
+    /// [`forward_block_impl`], compiled for the CPU's vector width (its column loops vectorise
+    /// at it).
+    pub(crate) fn forward_block(h: &HeadInput<'_>, i0: usize, out: &mut [f32], lse: &mut [f32])
+        -> () => forward_block_impl
+);
 
 /// Forward for query rows [i0, i0 + out.len()/dv): writes the normalised output and the
 /// log-sum-exp (natural log, including the scale; -inf for a row with no visible key).
@@ -179,9 +158,11 @@ fn forward_block_impl(h: &HeadInput<'_>, i0: usize, out: &mut [f32], lse: &mut [
     }
 }
 
-simd_dispatch!(backward_head => backward_head_impl(
-    h: &HeadInput<'_>, out: &[f32], lse: &[f32], dout: &[f32], dq: &mut [f32], dk: &mut [f32],
-    dvv: &mut [f32]));
+math::dispatch!(
+    /// [`backward_head_impl`], compiled for the CPU's vector width.
+    pub(crate) fn backward_head(h: &HeadInput<'_>, out: &[f32], lse: &[f32], dout: &[f32],
+        dq: &mut [f32], dk: &mut [f32], dvv: &mut [f32]) -> () => backward_head_impl
+);
 
 /// Backward of exact attention for one head. `out` and `lse` come from [`forward_block`];
 /// gradients are written (not accumulated) into `dq`, `dk`, `dv`. Tiles are transposed as in
