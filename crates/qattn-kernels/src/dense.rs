@@ -71,6 +71,17 @@ fn rows(dims: &[usize]) -> usize {
 }
 
 /// The output shape: `x`'s with its last dimension replaced by `m`.
+/// `lhs · rhs` as a new row-major vector, written without zeroing it first (a gradient of a
+/// dense layer is as large as its input or weight, so a zero fill would cost a full pass).
+fn product(lhs: Mat<'_>, rhs: Mat<'_>) -> Vec<f32> {
+    let len = lhs.rows * rhs.cols;
+    let mut out = Vec::<f32>::with_capacity(len);
+    matmul_par_uninit(&mut out.spare_capacity_mut()[..len], lhs, rhs, 1.0);
+    // SAFETY: `matmul_par_uninit` writes every one of the `len` elements of its destination.
+    unsafe { out.set_len(len) };
+    out
+}
+
 fn out_shape(x: &Layout, m: usize) -> Shape {
     let mut dims = x.shape().dims().to_vec();
     if let Some(last) = dims.last_mut() {
@@ -139,24 +150,8 @@ impl Linear {
         with_slice(grad, "linear", "grad", |g| {
             with_slice(x, "linear", "x", |xs| {
                 with_slice(w, "linear", "w", |ws| {
-                    let mut dx = vec![0f32; n * k];
-                    matmul_par(
-                        &mut dx,
-                        k,
-                        false,
-                        Mat::rows(g, n, m, m),
-                        Mat::rows(ws, m, k, k),
-                        1.0,
-                    );
-                    let mut dw = vec![0f32; m * k];
-                    matmul_par(
-                        &mut dw,
-                        k,
-                        false,
-                        Mat::rows(g, n, m, m).t(),
-                        Mat::rows(xs, n, k, k),
-                        1.0,
-                    );
+                    let dx = product(Mat::rows(g, n, m, m), Mat::rows(ws, m, k, k));
+                    let dw = product(Mat::rows(g, n, m, m).t(), Mat::rows(xs, n, k, k));
                     let db = with_bias.then(|| column_sums(g, m));
                     Ok((
                         Tensor::from_vec(dx, x.shape(), dev)?,
