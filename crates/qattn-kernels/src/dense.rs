@@ -70,7 +70,6 @@ fn rows(dims: &[usize]) -> usize {
         .map_or(1, |(_, lead)| lead.iter().product())
 }
 
-/// The output shape: `x`'s with its last dimension replaced by `m`.
 /// `lhs · rhs` as a new row-major vector, written without zeroing it first (a gradient of a
 /// dense layer is as large as its input or weight, so a zero fill would cost a full pass).
 fn product(lhs: Mat<'_>, rhs: Mat<'_>) -> Vec<f32> {
@@ -82,6 +81,7 @@ fn product(lhs: Mat<'_>, rhs: Mat<'_>) -> Vec<f32> {
     out
 }
 
+/// The output shape: `x`'s with its last dimension replaced by `m`.
 fn out_shape(x: &Layout, m: usize) -> Shape {
     let mut dims = x.shape().dims().to_vec();
     if let Some(last) = dims.last_mut() {
