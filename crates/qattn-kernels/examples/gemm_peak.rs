@@ -14,11 +14,16 @@
 //!   AVX-512 FMA unit has half the AVX-512 peak (the measured FMA throughput shows it).
 //! - FMA throughput: 12 independent FMA chains per thread in registers (no memory), the
 //!   rate the core sustains in practice.
+//! - Micro-kernel ceiling (AVX-512F only): the inner loop of a GEMM with nothing around it —
+//!   a 14 × 32 block of C in 28 registers, updated from packed A and B panels that sit in L1
+//!   (14 broadcasts and 2 vector loads per 28 FMAs, the shape of a BLIS-style AVX-512 kernel),
+//!   on every thread at once. No GEMM can beat its own inner loop, so this is the rate a GEMM
+//!   can reach on this machine; the FMA-chain figure above has no loads at all.
 //! - GEMM: `[M, K] × [K, N]` f32 candle matmuls, default 4096 × 384 × 1536 (the MiniLM
 //!   feed-forward at batch 32 × 128), median of timed runs after a warm-up.
 //!
 //! JSON: `{"isa", "lanes", "threads", "clock_ghz", "peak_gflops", "fma_gflops",
-//! "gemm": {"m", "k", "n", "median_s", "gflops", "fraction_of_peak"}}`.
+//! "kernel_gflops" (null without AVX-512F), "gemm": {"m", "k", "n", "median_s", "gflops", "fraction_of_peak"}}`.
 
 use std::time::Instant;
 
@@ -101,6 +106,69 @@ fn fma_avx512(iters: u64) -> f64 {
     (iters * 12 * 16 * 2) as f64 / s
 }
 
+/// Rows and columns of the micro-kernel's register block, and its reduction depth.
+const KMR: usize = 14;
+const KNR: usize = 32;
+const KKC: usize = 128;
+
+/// FLOP/s of the 14 × 32 micro-kernel over L1-resident panels for `reps` passes.
+#[target_feature(enable = "avx512f")]
+fn kernel_avx512(reps: u64) -> f64 {
+    use std::arch::x86_64::*;
+    let a: Vec<f32> = (0..KMR * KKC)
+        .map(|i| 1.0 + (i % 7) as f32 * 1e-3)
+        .collect();
+    let b: Vec<f32> = (0..KKC * KNR).map(|i| 1e-3 * (i % 5) as f32).collect();
+    let mut c = [0.0f32; KMR * KNR];
+    let t = Instant::now();
+    for _ in 0..reps {
+        let mut acc = [[_mm512_setzero_ps(); 2]; KMR];
+        for kk in 0..KKC {
+            // SAFETY: kk < KKC, so the loads stay inside `b` (KKC·KNR) and `a` (KKC·KMR).
+            unsafe {
+                let bp = b.as_ptr().add(kk * KNR);
+                let (b0, b1) = (_mm512_loadu_ps(bp), _mm512_loadu_ps(bp.add(16)));
+                for (i, row) in acc.iter_mut().enumerate() {
+                    let ai = _mm512_set1_ps(*a.as_ptr().add(kk * KMR + i));
+                    row[0] = _mm512_fmadd_ps(ai, b0, row[0]);
+                    row[1] = _mm512_fmadd_ps(ai, b1, row[1]);
+                }
+            }
+        }
+        for (i, row) in acc.iter().enumerate() {
+            // SAFETY: row i of the 14 × 32 block of `c`.
+            unsafe {
+                let p = c.as_mut_ptr().add(i * KNR);
+                _mm512_storeu_ps(p, _mm512_add_ps(row[0], _mm512_loadu_ps(p)));
+                _mm512_storeu_ps(p.add(16), _mm512_add_ps(row[1], _mm512_loadu_ps(p.add(16))));
+            }
+        }
+    }
+    let s = t.elapsed().as_secs_f64();
+    std::hint::black_box(&c);
+    (reps as usize * 2 * KMR * KNR * KKC) as f64 / s
+}
+
+/// Total micro-kernel FLOP/s over `threads` threads at once (best of 3); `None` without
+/// AVX-512F.
+fn kernel_throughput(threads: usize) -> Option<f64> {
+    if !std::arch::is_x86_feature_detected!("avx512f") {
+        return None;
+    }
+    let reps = 200_000;
+    // SAFETY: AVX-512F was detected above.
+    let run = move || -> f64 { unsafe { kernel_avx512(reps) } };
+    (0..3)
+        .map(|_| {
+            let handles: Vec<_> = (0..threads).map(|_| std::thread::spawn(run)).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0.0))
+                .sum::<f64>()
+        })
+        .reduce(f64::max)
+}
+
 /// Total FMA FLOP/s over `threads` threads running at once (best of 3).
 fn fma_throughput(lanes: usize, threads: usize) -> f64 {
     let iters = 20_000_000;
@@ -150,6 +218,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let clock = clock_ghz();
     let peak = clock * lanes as f64 * 2.0 * 2.0 * threads as f64;
     let fma = fma_throughput(lanes, threads) / 1e9;
+    let kernel = kernel_throughput(threads).map(|f| f / 1e9);
     let (m, k, n) = (4096, 384, 1536);
     let dev = Device::Cpu;
     let a = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
@@ -169,8 +238,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let gflops = 2.0 * (m * k * n) as f64 / med / 1e9;
     println!(
         "{isa}, {threads} threads: clock {clock:.2} GHz, peak {peak:.0} GFLOP/s \
-         ({lanes} lanes × 2 × 2 FMA pipes × {threads}), FMA throughput {fma:.0} GFLOP/s; \
-         matmul {m}×{k}×{n}: {:.2} ms, {gflops:.0} GFLOP/s = {:.0}% of peak",
+         ({lanes} lanes × 2 × 2 FMA pipes × {threads}), FMA throughput {fma:.0} GFLOP/s, \
+         micro-kernel on L1 panels {}; matmul {m}×{k}×{n}: {:.2} ms, {gflops:.0} GFLOP/s = {:.0}% of peak",
+        kernel.map_or("—".to_owned(), |k| format!("{k:.0} GFLOP/s")),
         med * 1e3,
         100.0 * gflops / peak
     );
@@ -178,8 +248,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let text = format!(
             "{{\"isa\": \"{isa}\", \"lanes\": {lanes}, \"threads\": {threads}, \
              \"clock_ghz\": {clock}, \"peak_gflops\": {peak}, \"fma_gflops\": {fma}, \
-             \"gemm\": {{\"m\": {m}, \"k\": {k}, \"n\": {n}, \"median_s\": {med}, \
+             \"kernel_gflops\": {}, \"gemm\": {{\"m\": {m}, \"k\": {k}, \"n\": {n}, \"median_s\": {med}, \
              \"gflops\": {gflops}, \"fraction_of_peak\": {}}}}}\n",
+            kernel.map_or("null".to_owned(), |k| k.to_string()),
             gflops / peak
         );
         std::fs::write(&path, text)?;

@@ -110,6 +110,10 @@ struct Gemm {
     clock_ghz: f64,
     peak_gflops: f64,
     fma_gflops: f64,
+    /// The 14 × 32 AVX-512 micro-kernel over L1-resident panels (no packing, no memory
+    /// traffic): the ceiling of any GEMM's inner loop here. `None` without AVX-512F or in
+    /// files written before it was measured.
+    kernel_gflops: Option<f64>,
     m: u64,
     k: u64,
     n: u64,
@@ -136,6 +140,7 @@ fn parse_gemm(v: &Value, torch_gflops: Option<f64>) -> Result<Gemm> {
         clock_ghz: num(v, "clock_ghz")?,
         peak_gflops: num(v, "peak_gflops")?,
         fma_gflops: num(v, "fma_gflops")?,
+        kernel_gflops: v["kernel_gflops"].as_f64(),
         m: num(g, "m")? as u64,
         k: num(g, "k")? as u64,
         n: num(g, "n")? as u64,
@@ -155,10 +160,13 @@ fn gemm_markdown(g: &Gemm) -> String {
         "\n## f32 GEMM ({m} × {k} × {n}, {threads} threads)\n\n\
          Peak = measured clock {clock:.2} GHz × {lanes} f32 lanes ({isa}) × 2 FLOP per FMA × 2 \
          FMA pipes × {threads} cores = {peak:.0} GFLOP/s; 12 independent FMA chains per core \
-         sustained {fma:.0} GFLOP/s (the `gemm_peak` example).\n\n\
+         sustained {fma:.0} GFLOP/s (the `gemm_peak` example). The micro-kernel row is the \
+         inner loop of a GEMM alone — a 14 × 32 block of C in registers, packed A and B panels \
+         resident in L1, 14 broadcasts and 2 loads per 28 FMAs — on every core: no GEMM runs \
+         faster than its inner loop.\n\n\
          | matmul | GFLOP/s | of peak | × PyTorch |\n|---|---:|---:|---:|\n\
          | qattn (candle → gemm) | {ours:.0} | {pct:.0}% | {ratio} |\n\
-         | PyTorch `torch.mm` | {torch} | {tpct} | 1.00 |\n",
+         | PyTorch `torch.mm` | {torch} | {tpct} | 1.00 |\n{kernel}",
         m = g.m,
         k = g.k,
         n = g.n,
@@ -170,6 +178,10 @@ fn gemm_markdown(g: &Gemm) -> String {
         fma = g.fma_gflops,
         ours = g.gflops,
         pct = 100.0 * g.fraction_of_peak,
+        kernel = g.kernel_gflops.map_or(String::new(), |k| format!(
+            "| micro-kernel ceiling (L1 panels) | {k:.0} | {:.0}% | — |\n",
+            100.0 * k / g.peak_gflops
+        )),
         tpct = g.torch_gflops.map_or("—".to_owned(), |t| format!(
             "{:.0}%",
             100.0 * t / g.peak_gflops
@@ -759,6 +771,14 @@ mod tests {
             "{md}"
         );
         assert!(md.contains("3.19 GHz × 8 f32 lanes (AVX2+FMA)"), "{md}");
+        assert!(!md.contains("micro-kernel ceiling"), "{md}");
+        let mut v = v;
+        v["kernel_gflops"] = json!(163.4);
+        let md = gemm_markdown(&parse_gemm(&v, Some(135.0)).unwrap());
+        assert!(
+            md.contains("| micro-kernel ceiling (L1 panels) | 163 | 80% | — |"),
+            "{md}"
+        );
         let err = parse_gemm(&json!({"isa": "AVX2+FMA"}), None).unwrap_err();
         assert!(format!("{err:#}").contains("lanes"), "{err:#}");
     }
