@@ -508,12 +508,12 @@ impl Model {
 
     /// Encoder outputs (hidden states and pooler).
     pub fn forward(&self, inputs: &Inputs, mode: Mode) -> Result<EncoderOutput> {
-        in_pool(mode, || self.bert.forward(inputs, mode, false))
+        in_pool(mode, inputs, || self.bert.forward(inputs, mode, false))
     }
 
     /// Encoder outputs with every layer's hidden states.
     pub fn forward_all_layers(&self, inputs: &Inputs, mode: Mode) -> Result<EncoderOutput> {
-        in_pool(mode, || self.bert.forward(inputs, mode, true))
+        in_pool(mode, inputs, || self.bert.forward(inputs, mode, true))
     }
 
     /// Mean-pooled, L2-normalised sentence embeddings [B, H].
@@ -744,22 +744,31 @@ fn infer_head(cfg: &Config) -> Option<HeadKind> {
     }
 }
 
-/// Runs an inference pass `f` on a worker thread of rayon's global pool (inline when the
-/// caller is one); a training pass (`mode.train`) runs on the calling thread.
+/// The most tokens (batch × length) of an inference pass that [`in_pool`] starts on a rayon
+/// worker.
+const IN_POOL_MAX_TOKENS: usize = 1024;
+
+/// Runs a small inference pass `f` on a worker thread of rayon's global pool (inline when the
+/// caller is one); larger passes and training passes run on the calling thread.
 ///
-/// A forward pass is dozens of rayon parallel regions (every dense layer, attention, the fused
+/// A forward is dozens of rayon parallel regions (every dense layer, attention, the fused
 /// element-wise kernels). Started from a thread outside the pool, each region is handed to the
-/// pool while the caller sleeps on a latch, a wake-up and a sleep per region; from a pool
-/// worker the regions are split by work stealing and the hand-off happens once. At batch
-/// 1 × 19 tokens on two cores (`bench_forward`, two alternating pairs) the forward went from
-/// 4.7 to 3.9–4.0 ms, at 1 × 128 from 19.0–19.8 to 17.3–17.7 ms, at 32 × 128 by 4%.
+/// pool while the caller sleeps on a latch: a wake-up and a sleep per region. From a pool
+/// worker the regions are split by work stealing and the hand-off happens once. On two cores
+/// (`bench_forward`, alternating pairs) the forward at 1 × 19 tokens went from 4.7 to
+/// 3.9–4.0 ms and at 1 × 128 from 19.0–19.8 to 17.3–17.7 ms.
 ///
-/// Training stays on its own thread: its activations and gradients (tens of MB each) are then
-/// allocated in glibc's main arena, where [`qattn_kernels::memory::retain_freed_memory`] keeps
-/// them for the next step; moved onto a pool worker (a separate arena) the step was 4–30%
-/// slower (`bench_train`, batch 32 × 128, two alternating pairs).
-fn in_pool<R: Send>(mode: Mode, f: impl FnOnce() -> R + Send) -> R {
-    if mode.train {
+/// The catch is memory: the worker allocates from its own glibc arena, which does not reuse
+/// the main arena's freed blocks. At 32 × 128 the forward gained 4% but its peak RSS went from
+/// 219 to 303 MiB (one arena for all threads, `M_ARENA_MAX` = 1, kept 211 MiB but made the
+/// 1 × 19 forward 15% slower through the arena's lock). So only passes of at most
+/// [`IN_POOL_MAX_TOKENS`] tokens, where the hand-offs are a large share of the time and the
+/// activations are small, move to a worker. Training passes stay too: their activations and
+/// gradients (tens of MB each) belong in the main arena, where
+/// [`qattn_kernels::memory::retain_freed_memory`] keeps them between steps (on a worker the
+/// step was 4–30% slower, `bench_train` at 32 × 128).
+fn in_pool<R: Send>(mode: Mode, inputs: &Inputs, f: impl FnOnce() -> R + Send) -> R {
+    if mode.train || inputs.input_ids.elem_count() > IN_POOL_MAX_TOKENS {
         f()
     } else {
         rayon::scope(|_| f())

@@ -402,13 +402,7 @@ impl Engine {
         let batcher = Batcher::spawn(
             &format!("{}:{}", mc.name, mc.version),
             self.cfg.batch_config(),
-            // The whole batch (inputs, forward, pooling, read-back) runs on a worker of rayon's
-            // pool: a forward is dozens of parallel regions, and from this plain thread each
-            // would be handed to the pool while the thread sleeps on a latch (see
-            // `Model::forward`, which does the same for the forward alone). Embed, short texts,
-            // two alternating pairs of servers: concurrency-1 p50 5.07–5.11 → 4.21–4.27 ms,
-            // concurrency 4: 245–247 → 266–286 requests/s.
-            move |jobs| rayon::scope(|_| worker.run(jobs)),
+            move |jobs| worker.run(jobs),
         );
         metrics::gauge!(m::BREAKER_STATE, "model" => mc.name.clone(), "version" => mc.version.clone())
             .set(0.0);
