@@ -149,6 +149,19 @@ fn kernel_avx512(reps: u64) -> f64 {
     (reps as usize * 2 * KMR * KNR * KKC) as f64 / s
 }
 
+/// The best of 3 rounds of `run` on `threads` threads at once, each round's results summed.
+fn best_total(threads: usize, run: impl Fn() -> f64 + Send + Copy + 'static) -> f64 {
+    (0..3)
+        .map(|_| {
+            let handles: Vec<_> = (0..threads).map(|_| std::thread::spawn(run)).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(0.0))
+                .sum::<f64>()
+        })
+        .fold(0.0, f64::max)
+}
+
 /// Total micro-kernel FLOP/s over `threads` threads at once (best of 3); `None` without
 /// AVX-512F.
 fn kernel_throughput(threads: usize) -> Option<f64> {
@@ -158,15 +171,7 @@ fn kernel_throughput(threads: usize) -> Option<f64> {
     let reps = 200_000;
     // SAFETY: AVX-512F was detected above.
     let run = move || -> f64 { unsafe { kernel_avx512(reps) } };
-    (0..3)
-        .map(|_| {
-            let handles: Vec<_> = (0..threads).map(|_| std::thread::spawn(run)).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(0.0))
-                .sum::<f64>()
-        })
-        .reduce(f64::max)
+    Some(best_total(threads, run))
 }
 
 /// Total FMA FLOP/s over `threads` threads running at once (best of 3).
@@ -183,15 +188,7 @@ fn fma_throughput(lanes: usize, threads: usize) -> f64 {
             }
         }
     };
-    (0..3)
-        .map(|_| {
-            let handles: Vec<_> = (0..threads).map(|_| std::thread::spawn(run)).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().unwrap_or(0.0))
-                .sum::<f64>()
-        })
-        .fold(0.0, f64::max)
+    best_total(threads, run)
 }
 
 fn median(mut xs: Vec<f64>) -> f64 {
