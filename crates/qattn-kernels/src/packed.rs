@@ -401,8 +401,9 @@ unsafe fn panel_rows(
     col: usize,
     width: usize,
 ) {
-    // Near-equal blocks of at most `block_rows()` rows: each block streams the panel once, so
-    // 19 rows go as 10 + 9 (two passes), not 12 + 7.
+    // Blocks of at most `block_rows()` rows (each block streams the panel once), of near-equal
+    // size: 13 rows go as 7 + 6, not 12 + 1, whose one-row block would run the
+    // latency-bound two-chain path for a whole pass.
     let most = block_rows();
     let blocks = m.div_ceil(most);
     let (base, extra) = (m / blocks, m % blocks);

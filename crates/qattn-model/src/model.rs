@@ -780,6 +780,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn small_inference_passes_run_on_a_pool_worker_and_the_rest_on_the_caller() {
+        let ids =
+            |n: usize| Inputs::from_ids(Tensor::zeros((1, n), DType::U32, &Device::Cpu).unwrap());
+        let on_worker = |mode: Mode, inputs: &Inputs| {
+            in_pool(mode, inputs, || rayon::current_thread_index().is_some())
+        };
+        // The test thread is not a rayon worker.
+        assert!(rayon::current_thread_index().is_none());
+        assert!(on_worker(Mode::EVAL, &ids(19)));
+        assert!(on_worker(Mode::EVAL, &ids(IN_POOL_MAX_TOKENS)));
+        assert!(!on_worker(Mode::EVAL, &ids(IN_POOL_MAX_TOKENS + 1)));
+        assert!(!on_worker(Mode::train(0), &ids(19)));
+    }
+
+    #[test]
     fn canonical_names() {
         assert_eq!(
             canonical_name("embeddings.word_embeddings.weight"),
