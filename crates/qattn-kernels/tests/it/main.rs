@@ -8,5 +8,6 @@ mod exact;
 mod fused;
 mod grads;
 mod isa;
+mod matmul;
 mod noise;
 mod props;

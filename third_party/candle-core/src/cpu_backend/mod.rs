@@ -1478,7 +1478,11 @@ impl Map2 for MatMul {
         let dst_rs = dst_strides[0];
         let dst_cs = dst_strides[1];
 
-        let mut dst = vec![T::zero(); b * m * n];
+        // qattn patch: the destination is left uninitialised. gemm is called with
+        // read_dst = false, which makes it write every element of the (m, n) result (zeros
+        // when k = 0) without reading it, so zero-filling b * m * n elements first was a
+        // wasted pass over the output (5-6% of a 4096 x 384 x 1536 matmul).
+        let mut dst: Vec<T> = Vec::with_capacity(b * m * n);
         let num_threads = crate::utils::get_num_threads();
         let parallelism = if num_threads > 1 {
             Parallelism::Rayon(num_threads)
@@ -1502,13 +1506,14 @@ impl Map2 for MatMul {
         for step in 0..b {
             let lhs_p = &lhs[step * a_skip..];
             let rhs_p = &rhs[step * b_skip..];
-            let dst_p = &mut dst[step * c_skip..];
+            // A raw pointer, not a slice: the vector's length is still 0 here.
+            let dst_p = dst.as_mut_ptr().wrapping_add(step * c_skip);
             unsafe {
                 gemm(
                     /* m: usize = */ m,
                     /* n: usize = */ n,
                     /* k: usize = */ k,
-                    /* dst: *mut T = */ dst_p.as_mut_ptr(),
+                    /* dst: *mut T = */ dst_p,
                     /* dst_cs: isize = */ dst_cs as isize,
                     /* dst_rs: isize = */ dst_rs as isize,
                     /* read_dst: bool = */ false,
@@ -1527,6 +1532,9 @@ impl Map2 for MatMul {
                 )
             }
         }
+        // SAFETY: the loop above ran gemm with read_dst = false over every batch, and gemm
+        // writes all m * n elements of each batch's destination (see the comment above).
+        unsafe { dst.set_len(b * m * n) };
         Ok(dst)
     }
 
