@@ -38,11 +38,11 @@ fn main() -> candle_core::Result<()> {
         .unwrap_or(50);
     let dev = Device::Cpu;
     let mut rows = Vec::new();
-    for &(k, n) in &[(384usize, 384usize), (384, 1536), (1536, 384)] {
+    for &(k, n) in &[(384usize, 384usize), (384, 1152), (384, 1536), (1536, 384)] {
         let w = Tensor::randn(0f32, 1.0, (n, k), &dev)?;
         let wt = w.t()?;
         let p = PackedWeight::from_tensor(&w)?;
-        for &m in &[1usize, 8, 20, 32, 64, 128, 256, 1024, 4096] {
+        for &m in &[1usize, 8, 20, 32, 64, 128, 256, 384, 512, 768, 1024, 4096] {
             let x = Tensor::randn(0f32, 1.0, (m, k), &dev)?;
             let gemm = time(reps, || {
                 std::hint::black_box(x.matmul(&wt).unwrap());

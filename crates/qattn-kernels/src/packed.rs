@@ -35,7 +35,8 @@
 //! 1e-5 relative to the row's ℓ1 mass).
 //!
 //! On a CPU with AVX-512F, gemm's AVX-512 kernels are faster from [`AVX512_GEMM_FROM_ROWS`]
-//! rows on, so [`worth_it`] sends those matmuls to gemm (the MiniLM forward at batch 32 × 128,
+//! rows on ([`AVX512_GEMM_FROM_ROWS_NARROWING`] for a weight with fewer outputs than inputs),
+//! so [`worth_it`] sends those matmuls to gemm (the MiniLM forward at batch 32 × 128,
 //! 4096 rows per dense layer: 73–74 sequences/s packed against 88–98 through gemm, three
 //! alternating pairs on a 2-core Intel Xeon).
 //!
@@ -107,15 +108,31 @@ pub fn available() -> bool {
 /// taken for any number of rows.
 pub const AVX512_GEMM_FROM_ROWS: usize = 256;
 
-/// Whether a matmul of `rows` input rows should take the packed kernel: [`available`], and on
-/// a CPU with AVX-512F fewer than [`AVX512_GEMM_FROM_ROWS`] rows (`QATTN_PACKED_MATMUL=1`
-/// takes it at every row count).
-pub fn worth_it(rows: usize) -> bool {
+/// The fewest rows at which a CPU with AVX-512F leaves the packed kernel for gemm when the
+/// weight narrows its input (k > n, as in a feed-forward block's down projection).
+///
+/// gemm is slow on those shapes until the rows are many: on a 2-core AMD EPYC (Zen 5),
+/// k = 1536, n = 384, gemm ran at 194 / 284 / 328 GFLOP/s at 128 / 256 / 384 rows against the
+/// packed kernel's 423–432 (2.2× / 1.53× / 1.29×), and the two were even from 512 rows on
+/// (1.00–1.06× at 512–1024, 0.89× at 4096). MiniLM at batch 2 × 128 (256 rows per dense layer):
+/// 21.4 ms through gemm against 18.0 ms with every layer packed (`bench_forward`).
+pub const AVX512_GEMM_FROM_ROWS_NARROWING: usize = 512;
+
+/// Whether a matmul of `rows` input rows of width `k` by a weight of `n` outputs should take
+/// the packed kernel: [`available`], and on a CPU with AVX-512F fewer than
+/// [`AVX512_GEMM_FROM_ROWS`] rows, or fewer than [`AVX512_GEMM_FROM_ROWS_NARROWING`] when
+/// k > n (`QATTN_PACKED_MATMUL=1` takes it at every row count).
+pub fn worth_it(rows: usize, k: usize, n: usize) -> bool {
     static FORCED: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     let forced = || {
         *FORCED.get_or_init(|| std::env::var("QATTN_PACKED_MATMUL").is_ok_and(|v| v.trim() == "1"))
     };
-    available() && (rows < AVX512_GEMM_FROM_ROWS || !has_avx512f() || forced())
+    let limit = if k > n {
+        AVX512_GEMM_FROM_ROWS_NARROWING
+    } else {
+        AVX512_GEMM_FROM_ROWS
+    };
+    available() && (rows < limit || !has_avx512f() || forced())
 }
 
 /// Whether the CPU has AVX-512F (runtime detection; `false` off x86-64).
@@ -546,15 +563,27 @@ mod tests {
 
     #[test]
     fn many_rows_leave_the_packed_kernel_only_on_avx512() {
+        let (wide, narrowing) = ((384, 1536), (1536, 384));
         if !available() {
-            assert!(!worth_it(1) && !worth_it(1 << 20));
+            assert!(!worth_it(1, 384, 384) && !worth_it(1 << 20, 384, 384));
             return;
         }
         let avx512 = has_avx512f();
         let forced = std::env::var("QATTN_PACKED_MATMUL").is_ok_and(|v| v.trim() == "1");
-        assert!(worth_it(1) && worth_it(AVX512_GEMM_FROM_ROWS - 1));
-        assert_eq!(worth_it(AVX512_GEMM_FROM_ROWS), !avx512 || forced);
-        assert_eq!(worth_it(1 << 20), !avx512 || forced);
+        let at = |rows: usize, (k, n): (usize, usize)| worth_it(rows, k, n);
+        assert!(at(1, wide) && at(AVX512_GEMM_FROM_ROWS - 1, wide));
+        assert!(at(1, narrowing) && at(AVX512_GEMM_FROM_ROWS_NARROWING - 1, narrowing));
+        // Square weights count as widening: the plain limit.
+        assert_eq!(at(AVX512_GEMM_FROM_ROWS, (384, 384)), !avx512 || forced);
+        assert_eq!(at(AVX512_GEMM_FROM_ROWS, wide), !avx512 || forced);
+        // Between the two limits only a narrowing weight keeps the packed kernel.
+        assert!(at(AVX512_GEMM_FROM_ROWS, narrowing));
+        assert_eq!(
+            at(AVX512_GEMM_FROM_ROWS_NARROWING, narrowing),
+            !avx512 || forced
+        );
+        assert_eq!(at(1 << 20, wide), !avx512 || forced);
+        assert_eq!(at(1 << 20, narrowing), !avx512 || forced);
     }
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {

@@ -190,9 +190,9 @@ impl Linear {
             && !self.weight.track_op()
             && qattn_kernels::fused::supported(x)
             && qattn_kernels::fused::supported(&self.weight)
-            && qattn_kernels::packed::worth_it(
-                x.elem_count() / x.dim(D::Minus1).unwrap_or(1).max(1),
-            )
+            && self.weight.dims2().is_ok_and(|(n, k)| {
+                qattn_kernels::packed::worth_it(x.elem_count() / k.max(1), k, n)
+            })
     }
 }
 
